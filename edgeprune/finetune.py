@@ -1,0 +1,174 @@
+"""Training and recovery fine-tuning, with optional knowledge distillation from the unpruned
+model; checkpointed after every epoch and resumable."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.checkpoint import atomic_write_bytes
+from edgeprune.console import info, progress_bar
+from edgeprune.data import DataBundle, iterate_batches
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training or fine-tuning run."""
+
+    epochs: float = 1.0
+    lr: float = 0.05
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    augment: bool = True
+    kd_alpha: float = 0.7
+    kd_temperature: float = 4.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    train_limit: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history (loss, test accuracy) and the wall time."""
+
+    history: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.history[-1]["test_acc"] if self.history else None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 2, generator=None) -> torch.Tensor:
+    """Per-sample random translation (zero padding) and horizontal flip of a batch."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    i = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    j = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (i[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (j[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = xp[torch.arange(n, device=dev)[:, None, None, None],
+             torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: str = "test", limit: int | None = None,
+             batch_size: int = 512, description: str = "evaluating") -> float:
+    """Top-1 accuracy (0-1) of `model` on a split."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    loader = data.loader(split, batch_size=batch_size, limit=limit)
+    with progress_bar(len(loader), description) as advance:
+        for x, y in iterate_batches(loader):
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+            advance()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float, t: float):
+    """Hinton KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)."""
+    kd = F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
+                  reduction="batchmean") * (t * t)
+    return alpha * kd + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def _save_state(path: Path, model, opt, sched, epoch: int, history: list) -> None:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch, "history": history}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
+          teacher: nn.Module | None = None, state_path: Path | None = None,
+          description: str = "training") -> TrainResult:
+    """Train `model` on `data.train` (SGD + cosine schedule, evaluated on `data.test` after
+    every epoch). With `teacher`, the loss is knowledge distillation from it. With
+    `state_path`, progress is saved there after each epoch and resumed from it if present.
+    Fractional `epochs` (e.g. 0.5) train on that share of one epoch's batches."""
+    cfg = config or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    device = default_device()
+    model.to(device)
+    if teacher is not None:
+        teacher = copy.deepcopy(teacher).to(device).eval()
+    loader = data.loader("train", cfg.batch_size, shuffle=True, limit=cfg.train_limit,
+                         seed=cfg.seed)
+    n_epochs = max(1, math.ceil(cfg.epochs))
+    steps_total = max(1, round(cfg.epochs * len(loader)))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps_total,
+                                                pct_start=0.15 if cfg.epochs >= 3 else 0.05)
+    result, start_epoch = TrainResult(), 0
+    if state_path is not None and Path(state_path).exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, result.history = state["epoch"], list(state["history"])
+        info(f"resuming {description} from {state_path} at epoch {start_epoch}")
+    g = torch.Generator().manual_seed(cfg.seed + start_epoch)
+    t0, step = time.perf_counter(), start_epoch * len(loader)
+    for epoch in range(start_epoch, n_epochs):
+        model.train()
+        total_loss = seen = 0.0
+        n_batches = min(len(loader), steps_total - step)
+        with progress_bar(n_batches, f"{description} epoch {epoch + 1}/{n_epochs}") as advance:
+            for b, (x, y) in enumerate(iterate_batches(loader)):
+                if b >= n_batches:
+                    break
+                if cfg.augment:
+                    x = random_crop_flip(x, generator=g)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = distillation_loss(logits, t_logits, y, cfg.kd_alpha,
+                                             cfg.kd_temperature)
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                total_loss += float(loss) * len(y)
+                seen += len(y)
+                advance(status=f"loss {total_loss / seen:.3f}")
+        acc = evaluate(model, data, "test", description="  test accuracy")
+        result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                               "test_acc": acc})
+        info(f"{description} epoch {epoch + 1}/{n_epochs}: loss {total_loss / max(seen, 1):.4f},"
+             f" test top-1 {acc * 100:.2f}%")
+        if state_path is not None:
+            _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
+    result.wall_s = time.perf_counter() - t0
+    model.eval()
+    return result
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
