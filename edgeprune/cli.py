@@ -66,6 +66,84 @@ def train(
                    f"{result['epochs']} epochs in {result['wall_s']:.0f} s")
 
 
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (see "
+                                          "'edgeprune targets')")]
+
+
+@app.command()
+def compress(
+    target: TargetOpt = "rpi4",
+    model: ModelOpt = "demo",
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    criterion: Annotated[str, typer.Option(help="channel criterion: lrp, l1, l2, random")] = "lrp",
+    flops_reduction: Annotated[float, typer.Option(
+        help="share of FLOPs to remove (0.5 = half)")] = 0.5,
+    score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
+    epochs: Annotated[float | None, typer.Option(
+        help="fine-tuning epochs [default: 1 on large data, up to 10 on small]")] = None,
+    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
+    formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
+    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
+    bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
+    bench_seconds: Annotated[float, typer.Option(help="timed seconds per model file (at "
+                                                  "least)")] = 1.0,
+    eval_limit: Annotated[int | None, typer.Option(help="evaluate on this many test "
+                                                    "images only")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    name: Annotated[str | None, typer.Option(help="run name [default: MODEL-TARGET-"
+                                              "CRITERION-PERCENT]")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [default: RUNS_DIR/NAME]")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score, prune, fine-tune, export and benchmark a model for a target device."""
+    _setup(quiet)
+    from edgeprune.pipeline import CompressConfig, compress as run_compress
+
+    cfg = CompressConfig(
+        model=model, weights=str(weights) if weights else None, input_size=input_size,
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, target=target,
+        criterion=criterion, flops_reduction=flops_reduction, score_samples=score_samples,
+        epochs=epochs, lr=lr, batch_size=batch_size, formats=tuple(formats.split(",")),
+        verify=verify, bench_runs=bench_runs, bench_seconds=bench_seconds,
+        eval_limit=eval_limit, seed=seed, name=name, out=str(out) if out else None,
+        runs_dir=str(runs_dir))
+    result = run_compress(cfg, overwrite=overwrite)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        from edgeprune.summary import summary_table
+
+        console.stdout.print(summary_table(result))
+
+
+@app.command()
+def targets(json_out: JsonOpt = False) -> None:
+    """List the device profiles --target accepts."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from edgeprune.devices.targets import list_targets
+
+    profiles = list_targets()
+    if json_out:
+        typer.echo(json.dumps([asdict(p) for p in profiles], indent=2))
+        return
+    table = Table("target", "cpu", "cores", "SIMD width", "RAM", "runtime", "threads",
+                  "formats", "peak GFLOPS", title="device profiles")
+    for p in profiles:
+        table.add_row(p.name, p.cpu, str(p.cores), str(p.simd_width), f"{p.ram_mb} MB",
+                      p.runtime, str(p.threads), ",".join(p.formats), f"{p.peak_gflops:g}")
+    console.stdout.print(table)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 stderr = Console(stderr=True)
+stdout = Console()
 _state = {"quiet": False}
 
 

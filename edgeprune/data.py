@@ -186,7 +186,7 @@ def load_fashion_mnist(data_dir: Path | None = None, download: bool = True) -> D
 
 def _bundle_from_arrays(name: str, arr: dict[str, np.ndarray], mean, std, labels) -> DataBundle:
     def images(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a, copy=True))
         return t.unsqueeze(1) if t.ndim == 3 else t
 
     train = ArrayImageDataset(images(arr["train_x"]), torch.from_numpy(arr["train_y"].astype(

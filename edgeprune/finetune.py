@@ -100,6 +100,22 @@ def _save_state(path: Path, model, opt, sched, epoch: int, history: list) -> Non
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _resume(path: Path, model, opt, sched, device) -> tuple[int, list]:
+    """Load a saved training state; a state that does not fit the model is ignored."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if own != {k: tuple(v.shape) for k, v in state["model"].items()}:
+            raise ValueError("saved for a model of another shape")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        info(f"ignoring unusable training state {path}: {str(e).splitlines()[0]}")
+        return 0, []
+    return int(state["epoch"]), list(state["history"])
+
+
 def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
           teacher: nn.Module | None = None, state_path: Path | None = None,
           description: str = "training") -> TrainResult:
@@ -123,12 +139,9 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                                                 pct_start=0.15 if cfg.epochs >= 3 else 0.05)
     result, start_epoch = TrainResult(), 0
     if state_path is not None and Path(state_path).exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, result.history = state["epoch"], list(state["history"])
-        info(f"resuming {description} from {state_path} at epoch {start_epoch}")
+        start_epoch, result.history = _resume(Path(state_path), model, opt, sched, device)
+        if start_epoch:
+            info(f"resuming {description} from {state_path} at epoch {start_epoch}")
     g = torch.Generator().manual_seed(cfg.seed + start_epoch)
     t0, step = time.perf_counter(), start_epoch * len(loader)
     for epoch in range(start_epoch, n_epochs):
@@ -155,7 +168,7 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                 opt.step()
                 sched.step()
                 step += 1
-                total_loss += float(loss) * len(y)
+                total_loss += float(loss.detach()) * len(y)
                 seen += len(y)
                 advance(status=f"loss {total_loss / seen:.3f}")
         acc = evaluate(model, data, "test", description="  test accuracy")

@@ -1,0 +1,292 @@
+"""`compress`: score -> prune -> fine-tune -> export -> bench, one run folder per call.
+
+Every stage is a public function of its own package; this module only chains them, writes
+their outputs into the run folder and records them in the manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeprune.checkpoint import ArchRef, atomic_write_text, parameter_shapes, save_checkpoint
+from edgeprune.console import info
+from edgeprune.data import DataBundle, iterate_batches, load_dataset
+from edgeprune.errors import EdgepruneError
+from edgeprune.finetune import TrainConfig, evaluate, train
+from edgeprune.models import LoadedModel, load_model
+from edgeprune.runs import RunFolder
+from edgeprune.spec import InputSpec, parse_input_size
+
+FINETUNE_SAMPLES = 20_000
+
+
+@dataclass
+class CompressConfig:
+    """Every option of `edgeprune compress`; the CLI flags have the same names."""
+
+    model: str = "demo"
+    weights: str | None = None
+    input_size: str | None = None
+    dataset: str = "auto"
+    data_dir: str | None = None
+    target: str = "rpi4"
+    criterion: str = "lrp"
+    flops_reduction: float = 0.5
+    score_samples: int = 500
+    epochs: float | None = None
+    lr: float = 0.01
+    batch_size: int = 128
+    formats: tuple[str, ...] = ("onnx", "tflite")
+    verify: bool = True
+    bench_runs: int = 50
+    bench_seconds: float = 1.0
+    eval_limit: int | None = None
+    seed: int = 0
+    name: str | None = None
+    out: str | None = None
+    runs_dir: str = "edgeprune-runs"
+
+    def run_name(self) -> str:
+        model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
+        model = model.replace(":", "-").replace("/", "-")
+        return self.name or f"{model}-{self.target}-{self.criterion}-{round(self.flops_reduction * 100)}"
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
+
+
+@dataclass
+class ModelFigures:
+    """What the summary compares between the dense and the pruned model."""
+
+    accuracy: float
+    params: int
+    macs: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class CompressResult:
+    """The outcome of a compress run: where it is and the before/after figures."""
+
+    run_dir: Path
+    target: str
+    dense: ModelFigures
+    pruned: ModelFigures
+    wall_s: float
+    stages: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+def _resolve_model(cfg: CompressConfig, data: DataBundle) -> tuple[LoadedModel, InputSpec]:
+    size = parse_input_size(cfg.input_size) if cfg.input_size else None
+    loaded = load_model(cfg.model, cfg.weights, in_channels=data.spec.channels,
+                        num_classes=data.spec.num_classes)
+    spec = loaded.spec or data.spec
+    if size is not None and size != spec.shape:
+        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if spec.shape != data.spec.shape:
+        raise EdgepruneError(
+            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
+            f"{data.name} gives {'x'.join(map(str, data.spec.shape))}; pass a matching "
+            "--dataset/--data-dir or --input-size")
+    _check_outputs(loaded.model, spec, data.spec.num_classes)
+    return loaded, spec
+
+
+def _check_outputs(model: torch.nn.Module, spec: InputSpec, num_classes: int) -> None:
+    with torch.no_grad():
+        try:
+            out = model.eval()(torch.zeros(1, *spec.shape))
+        except Exception as e:  # noqa: BLE001 - a user's model failing on its input
+            raise EdgepruneError(f"the model fails on a {'x'.join(map(str, spec.shape))} "
+                                 f"input: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise EdgepruneError(f"the model outputs shape {tuple(out.shape)} but the dataset has "
+                             f"{num_classes} classes; pass --weights for a matching head")
+
+
+def _count(model: torch.nn.Module, spec: InputSpec) -> tuple[int, int]:
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *spec.shape))
+    return int(macs), int(params)
+
+
+def _samples(data: DataBundle, n: int, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for x, y in iterate_batches(data.loader(split, batch_size=256, limit=n, seed=seed)):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
+    """1 epoch on large training sets; more on small ones, so fine-tuning sees about
+    FINETUNE_SAMPLES images (at most 10 epochs)."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return float(min(10, max(1, math.ceil(FINETUNE_SAMPLES / len(data.train)))))
+
+
+def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpec,
+                     data: DataBundle, round_to: int):
+    from edgeprune.criteria import get_criterion
+    from edgeprune.pruning import prune
+
+    criterion = get_criterion(cfg.criterion)
+    t0 = time.perf_counter()
+    x, y = _samples(data, cfg.score_samples, "train", cfg.seed)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+    scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
+    score_s = time.perf_counter() - t0
+    info(f"score: {cfg.criterion} on {len(x)} samples, {len(scores)} layers, {score_s:.1f} s")
+    t0 = time.perf_counter()
+    result = prune(model, torch.zeros(1, *spec.shape), scores=scores,
+                   flops_reduction=cfg.flops_reduction, round_to=round_to)
+    prune_s = time.perf_counter() - t0
+    info(f"prune: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
+         f"(-{result.flops_reduction * 100:.1f}%), params {result.params_before / 1e3:.0f}k -> "
+         f"{result.params_after / 1e3:.0f}k, channels rounded to {round_to}, {prune_s:.1f} s")
+    return scores, result, score_s, prune_s
+
+
+def _export_and_bench(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
+                      spec: InputSpec, samples: torch.Tensor, threads: int) -> dict[str, dict]:
+    from edgeprune.devices.bench import bench_local
+    from edgeprune.export import export_model
+
+    files: dict[str, dict] = {}
+    results = export_model(model, spec, run.path("models"), samples, formats=cfg.formats,
+                           stem=tag, verify=cfg.verify)
+    for r in results:
+        run.record(r.path, r.format, "export", model=tag, precision=r.precision)
+        run.record(r.sidecar, "sidecar", "export", model=tag)
+        bench = bench_local(r.path, threads=threads, runs=cfg.bench_runs,
+                            min_seconds=cfg.bench_seconds)
+        files[r.format] = {
+            "path": r.path.relative_to(run.work).as_posix(), "precision": r.precision,
+            "size_bytes": r.size_bytes, "max_abs_diff": r.max_abs_diff,
+            "top1_agreement": r.top1_agreement, "export_s": r.wall_s,
+            "latency_ms": {"p50": bench.p50_ms, "p90": bench.p90_ms,
+                           "mean": bench.latency_ms["mean"]},
+            "latency_label": f"host, {threads} thread{'s' if threads > 1 else ''}",
+            "runtime": f"{bench.runtime} {bench.runtime_version}",
+        }
+        info(f"bench: {tag}.{r.format} p50 {bench.p50_ms:.3f} ms, p90 {bench.p90_ms:.3f} ms "
+             f"(host, {threads} threads, {bench.runs} runs)")
+    return files
+
+
+def compress(config: CompressConfig | None = None, overwrite: bool = False,
+             **options: Any) -> CompressResult:
+    """Run the whole pipeline and publish a complete run folder.
+
+    `options` override fields of `config` (same names as the CLI flags). The input model
+    file is only read. An interrupted run resumes fine-tuning when the same command is run
+    again; a finished run is replaced only with `overwrite`."""
+    from edgeprune.devices.targets import load_target
+
+    cfg = _merge(config, options)
+    t_start = time.perf_counter()
+    target = load_target(cfg.target)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    loaded, spec = _resolve_model(cfg, data)
+    run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
+                         protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
+    info(f"run folder {run.final} (target {target.name}: {target.cpu}); data {data.name} "
+         f"({len(data.train)} train / {len(data.test)} test)")
+    try:
+        result = _run_stages(cfg, run, loaded, spec, data, target)
+    except EdgepruneError:
+        run.discard()
+        raise
+    result.wall_s = time.perf_counter() - t_start
+    run.stage_done("total", wall_s=result.wall_s)
+    atomic_write_text(run.path("summary.json"), json.dumps(result.to_dict(), indent=2,
+                                                           default=str))
+    result.run_dir = run.publish()
+    return result
+
+
+def _merge(config: CompressConfig | None, options: dict[str, Any]) -> CompressConfig:
+    cfg = copy.deepcopy(config) if config else CompressConfig()
+    for key, value in options.items():
+        if not hasattr(cfg, key):
+            raise EdgepruneError(f"unknown compress option {key!r}")
+        setattr(cfg, key, value)
+    if isinstance(cfg.formats, str):
+        cfg.formats = tuple(f.strip() for f in cfg.formats.split(",") if f.strip())
+    if not 0.0 < cfg.flops_reduction < 0.95:
+        raise EdgepruneError(f"--flops-reduction {cfg.flops_reduction} must be between 0 and "
+                             "0.95 (e.g. 0.5 for half the FLOPs)")
+    return cfg
+
+
+def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["formats"] = list(cfg.formats)
+    return d
+
+
+def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: InputSpec,
+                data: DataBundle, target) -> CompressResult:
+    dense = loaded.model.eval()
+    t0 = time.perf_counter()
+    dense_acc = evaluate(dense, data, limit=cfg.eval_limit, description="evaluating dense")
+    dense_macs, dense_params = _count(dense, spec)
+    info(f"dense: top-1 {dense_acc * 100:.2f}% on {len(data.test)} test images, "
+         f"{dense_macs / 1e6:.1f}M MACs, {dense_params / 1e3:.0f}k params")
+    run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
+
+    scores, pruned, score_s, prune_s = _score_and_prune(cfg, dense, spec, data,
+                                                        target.simd_width)
+    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion)
+    run.stage_done("prune", wall_s=prune_s, flops_reduction=pruned.flops_reduction,
+                   channels={k: list(v) for k, v in pruned.channels.items()},
+                   protected=pruned.protected)
+    torch.save({k: v.cpu() for k, v in scores.items()}, run.path("scores.pt"))
+    run.record(run.work / "scores.pt", "scores", "score")
+
+    epochs = _auto_epochs(cfg, data)
+    tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
+    ft = train(pruned.model, data, tcfg, teacher=dense, state_path=run.path("finetune.state"),
+               description="fine-tuning")
+    model = pruned.model.cpu().eval()
+    pruned_acc = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
+    run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history)
+    info(f"fine-tune: {epochs:g} epochs with distillation, top-1 {pruned_acc * 100:.2f}% "
+         f"({(pruned_acc - dense_acc) * 100:+.2f} points), {ft.wall_s:.0f} s")
+
+    meta = {"pruned_from": loaded.arch.ref, "criterion": cfg.criterion,
+            "flops_reduction": pruned.flops_reduction, "test_acc": pruned_acc}
+    save_checkpoint(run.path("model.pt"), model, loaded.arch, spec, meta)
+    run.record(run.work / "model.pt", "checkpoint", "finetune")
+    atomic_write_text(run.path("architecture.json"),
+                      json.dumps(parameter_shapes(model), indent=1))
+    run.record(run.work / "architecture.json", "architecture", "finetune")
+
+    t0 = time.perf_counter()
+    samples, _ = _samples(data, 32, "test", cfg.seed)
+    threads = max(1, min(target.threads, os.cpu_count() or 1))
+    dense_files = _export_and_bench(cfg, run, "dense", dense, spec, samples, threads)
+    pruned_files = _export_and_bench(cfg, run, "pruned", model, spec, samples, threads)
+    run.stage_done("export+bench", wall_s=time.perf_counter() - t0, threads=threads)
+    return CompressResult(
+        run_dir=run.final, target=target.name,
+        dense=ModelFigures(dense_acc, dense_params, dense_macs, dense_files),
+        pruned=ModelFigures(pruned_acc, pruned.params_after, pruned.macs_after, pruned_files),
+        wall_s=0.0, stages=run.manifest["stages"])

@@ -1,0 +1,30 @@
+"""Shared fixtures: small synthetic data and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune.checkpoint import ArchRef, save_checkpoint
+from edgeprune.data import make_synthetic
+from edgeprune.finetune import TrainConfig, train
+from edgeprune.models import create_model
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_synthetic(num_classes=4, shape=(1, 16, 16), n_train=512, n_test=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synthetic) -> Path:
+    """democnn trained for two epochs on the synthetic task, saved as an edgeprune checkpoint."""
+    torch.manual_seed(0)
+    model = create_model("democnn", in_channels=1, num_classes=4)
+    train(model, synthetic, TrainConfig(epochs=2, lr=0.05, batch_size=64))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model.cpu(), ArchRef("democnn", {"in_channels": 1, "num_classes": 4}),
+                    synthetic.spec, {"note": "test fixture"})
+    return path

@@ -1,0 +1,182 @@
+"""The CLI: error cases are one line and exit 2; compress runs end to end on a tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune.cli import main
+from edgeprune.models import create_model, load_model
+
+FAST = ["--epochs", "1", "--bench-runs", "5", "--bench-seconds", "0.1", "--score-samples", "64",
+        "--dataset", "synthetic", "--quiet"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `edgeprune ARGS` in-process; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["edgeprune", *args]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_one_line_error(code: int, err: str, match: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert lines[-1].startswith("error:") and match in " ".join(lines), err
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, tiny_checkpoint):
+    """One real compress run of the tiny checkpoint on the synthetic dataset."""
+    runs = tmp_path_factory.mktemp("runs")
+    before = sha(tiny_checkpoint)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeprune", "compress", "--model", str(tiny_checkpoint),
+         "--target", "rpi4", "--runs-dir", str(runs), "--name", "tiny", "--json", *FAST],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "tiny", json.loads(proc.stdout), before, tiny_checkpoint
+
+
+def test_compress_writes_a_complete_run(compressed):
+    run, summary, _, _ = compressed
+    manifest = json.loads((run / "manifest.json").read_text())
+    kinds = {a["kind"] for a in manifest["artefacts"]}
+    assert {"checkpoint", "onnx", "tflite", "sidecar", "scores", "architecture"} <= kinds
+    for art in manifest["artefacts"]:
+        path = run / art["path"]
+        assert path.stat().st_size == art["size_bytes"] and sha(path) == art["sha256"]
+    assert {"score", "prune", "finetune", "export+bench", "total"} <= set(manifest["stages"])
+    assert json.loads((run / "config.json").read_text())["criterion"] == "lrp"
+    assert not list(run.parent.glob(".tiny.partial"))
+
+
+def test_compress_meets_the_flops_target_and_reports_real_figures(compressed):
+    run, summary, _, _ = compressed
+    dense, pruned = summary["dense"], summary["pruned"]
+    assert pruned["macs"] <= 0.5 * dense["macs"] * 1.001
+    assert pruned["params"] < dense["params"]
+    for fmt in ("onnx", "tflite"):
+        d, p = dense["files"][fmt], pruned["files"][fmt]
+        assert p["size_bytes"] < d["size_bytes"]
+        assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0
+        assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p90"]
+        assert p["latency_label"].startswith("host")
+        assert (run / p["path"]).stat().st_size == p["size_bytes"]
+    assert 0.0 <= pruned["accuracy"] <= 1.0
+
+
+def test_compressed_checkpoint_reloads_with_its_accuracy(compressed, synthetic):
+    from edgeprune.finetune import evaluate
+
+    run, summary, _, _ = compressed
+    loaded = load_model(str(run / "model.pt"))
+    assert loaded.spec == synthetic.spec
+    assert evaluate(loaded.model, synthetic) == pytest.approx(summary["pruned"]["accuracy"])
+
+
+def test_compress_never_touches_the_input_model(compressed):
+    _, _, before, ckpt = compressed
+    assert sha(ckpt) == before
+
+
+def test_existing_run_is_refused_then_overwritten(capsys, compressed):
+    run, _, _, ckpt = compressed
+    args = ["compress", "--model", str(ckpt), "--runs-dir", str(run.parent), "--name", "tiny",
+            *FAST]
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, "already holds a run; pass --overwrite")
+    old_manifest = (run / "manifest.json").read_text()
+    code, out, err = run_cli(capsys, *args, "--overwrite", "--formats", "onnx")
+    assert code == 0, err
+    assert (run / "manifest.json").read_text() != old_manifest
+    assert not (run / "models" / "pruned.tflite").exists()
+
+
+def test_overwrite_refuses_to_delete_the_input_model(capsys, tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    run.mkdir()
+    inside = run / "model.pt"
+    inside.write_bytes(tiny_checkpoint.read_bytes())
+    code, _, err = run_cli(capsys, "compress", "--model", str(inside), "--out", str(run),
+                           "--overwrite", *FAST)
+    assert_one_line_error(code, err, "would delete the input")
+    assert inside.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--target", "rpi9"], "unknown target"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "CIFAR-10 batches missing"),
+    (["--dataset", "imagefolder", "--data-dir", "/nonexistent"], "does not exist"),
+    (["--model", "no_such_pkg.nets:tiny"], "cannot import"),
+    (["--flops-reduction", "1.5"], "between 0 and 0.95"),
+    (["--criterion", "no-such-criterion"], "no-such-criterion"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(capsys, tmp_path, tiny_checkpoint, args, match):
+    base = ["compress", "--model", str(tiny_checkpoint), "--runs-dir", str(tmp_path), *FAST]
+    code, _, err = run_cli(capsys, *base, *args)
+    assert_one_line_error(code, err, match)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_and_mismatched_checkpoints(capsys, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    code, _, err = run_cli(capsys, "compress", "--model", str(tmp_path / "junk.pt"),
+                           "--runs-dir", str(tmp_path / "runs"), *FAST)
+    assert_one_line_error(code, err, "cannot read model file")
+    torch.save(create_model("resnet20", 1, 4).state_dict(), tmp_path / "r20.pt")
+    code, _, err = run_cli(capsys, "compress", "--model", "democnn", "--weights",
+                           str(tmp_path / "r20.pt"), "--runs-dir", str(tmp_path / "runs"), *FAST)
+    assert_one_line_error(code, err, "do not match the model")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_and_dataset_shape_mismatch(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "compress", "--model", "demo", "--runs-dir", str(tmp_path),
+                           *FAST)
+    assert_one_line_error(code, err, "expects 1x28x28 inputs but dataset synthetic gives 1x16x16")
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(["edgeprune", "compress", "--target", "nosuchboard", "--runs-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unknown target" in proc.stderr
+
+
+def test_targets_lists_the_required_profiles(capsys):
+    code, out, _ = run_cli(capsys, "targets", "--json")
+    assert code == 0
+    names = {t["name"] for t in json.loads(out)}
+    assert {"rpi3", "rpi4", "rpi5", "jetson-nano", "x86-64"} <= names
+
+
+def test_train_command_writes_a_checkpoint_and_refuses_to_overwrite(capsys, tmp_path):
+    out = tmp_path / "m.pt"
+    args = ["train", "--model", "democnn", "--dataset", "synthetic", "--epochs", "1",
+            "--out", str(out), "--quiet", "--json"]
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    result = json.loads(stdout)
+    loaded = load_model(str(out))
+    assert loaded.meta["test_acc"] == pytest.approx(result["test_acc"])
+    assert not out.with_name("m.pt.state").exists()
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, "already exists")

@@ -1,0 +1,157 @@
+"""Model zoo, model references and the checkpoint format."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.checkpoint import ArchRef, parameter_shapes, save_checkpoint
+from edgeprune.errors import EdgepruneError
+from edgeprune.models import create_model, demo_checkpoint_path, list_models, load_model
+from edgeprune.spec import InputSpec, parse_input_size
+
+SPEC = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcdefghij"))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32)])
+def test_zoo_models_build_for_any_channels_and_classes(name, in_channels, size):
+    model = create_model(name, in_channels=in_channels, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, in_channels, size, size)).shape == (2, 7)
+
+
+def test_zoo_parameter_counts_match_the_papers():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert abs(count(create_model("resnet20")) - 0.27e6) < 0.01e6  # He et al.: 0.27M
+    assert abs(count(create_model("resnet56")) - 0.85e6) < 0.01e6  # 0.85M
+    assert abs(count(create_model("vgg16_bn")) - 14.7e6) < 0.1e6  # CIFAR VGG-16: ~14.7M
+
+
+def test_unknown_zoo_name_suggests_close_match():
+    with pytest.raises(EdgepruneError, match="did you mean 'resnet20'"):
+        create_model("resnet_20")
+
+
+def test_torchvision_reference_adapts_input_channels():
+    loaded = load_model("torchvision:resnet18", in_channels=1, num_classes=5)
+    with torch.no_grad():
+        assert loaded.model(torch.randn(1, 1, 32, 32)).shape == (1, 5)
+
+
+def test_unknown_torchvision_model_is_one_line_error():
+    with pytest.raises(EdgepruneError, match="torchvision has no model"):
+        load_model("torchvision:resnet1000")
+
+
+def test_import_string_with_weights(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),"
+        " nn.Flatten(), nn.Linear(4, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ref = load_model("mynets:tiny").model
+    torch.save(ref.state_dict(), tmp_path / "w.pt")
+    loaded = load_model("mynets:tiny", weights=tmp_path / "w.pt")
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.model(x), ref(x))
+
+
+@pytest.mark.parametrize("ref,match", [
+    ("no_such_pkg.mod:factory", "cannot import 'no_such_pkg.mod'"),
+    ("json:no_such_factory", "has no callable 'no_such_factory'"),
+])
+def test_bad_import_strings(ref, match):
+    with pytest.raises(EdgepruneError, match=match):
+        load_model(ref)
+
+
+def test_mismatched_weights_name_the_keys(tmp_path):
+    torch.save(create_model("resnet20", 1, 10).state_dict(), tmp_path / "r20.pt")
+    with pytest.raises(EdgepruneError, match="do not match the model.*missing"):
+        load_model("democnn", weights=tmp_path / "r20.pt", in_channels=1)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
+def test_unreadable_model_file(tmp_path, content):
+    (tmp_path / "broken.pt").write_bytes(content)
+    with pytest.raises(EdgepruneError, match="cannot read model file"):
+        load_model(str(tmp_path / "broken.pt"))
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(EdgepruneError, match="does not exist"):
+        load_model(str(tmp_path / "nope.pt"))
+
+
+def test_state_dict_file_without_architecture(tmp_path):
+    torch.save(create_model("democnn", 1).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(EdgepruneError, match="--model ARCH --weights"):
+        load_model(str(tmp_path / "sd.pt"))
+
+
+def test_pickled_module(tmp_path):
+    model = create_model("democnn", 1).eval()
+    torch.save(model, tmp_path / "full.pt")
+    loaded = load_model(str(tmp_path / "full.pt"))
+    x = torch.randn(1, 1, 28, 28)
+    torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def shrink_first_conv(model: nn.Sequential, keep: int) -> nn.Sequential:
+    """Hand-made channel pruning of democnn's first conv/bn pair and the next conv's inputs."""
+    conv, bn, nxt = model[0], model[1], model[3]
+    conv.weight = nn.Parameter(conv.weight[:keep].clone())
+    conv.out_channels = keep
+    for name in ("weight", "bias"):
+        setattr(bn, name, nn.Parameter(getattr(bn, name)[:keep].clone()))
+    bn.running_mean, bn.running_var = bn.running_mean[:keep], bn.running_var[:keep]
+    bn.num_features = keep
+    nxt.weight = nn.Parameter(nxt.weight[:, :keep].clone())
+    nxt.in_channels = keep
+    return model
+
+
+def test_checkpoint_rebuilds_a_pruned_architecture(tmp_path):
+    model = shrink_first_conv(create_model("democnn", 1, 10), keep=8).eval()
+    save_checkpoint(tmp_path / "p.pt", model, ArchRef("democnn", {"in_channels": 1,
+                                                                 "num_classes": 10}), SPEC)
+    loaded = load_model(str(tmp_path / "p.pt"))
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(loaded.model(x), model(x))
+    assert loaded.model[0].out_channels == 8 and loaded.spec == SPEC
+    assert parameter_shapes(loaded.model)["0.weight"] == [8, 1, 3, 3]
+    obj = torch.load(tmp_path / "p.pt", weights_only=True)  # no pickled code inside
+    assert json.dumps(obj["structure"])  # the structure is plain data
+
+
+def test_demo_checkpoint_is_shipped_and_accurate_metadata():
+    assert demo_checkpoint_path().stat().st_size < 5e6
+    loaded = load_model("demo")
+    assert loaded.spec.shape == (1, 28, 28) and loaded.spec.num_classes == 10
+    assert loaded.meta["test_acc"] >= 0.925 and loaded.meta["trained_on"] == "fashion-mnist"
+
+
+def test_load_model_does_not_touch_the_input_file(tmp_path):
+    model = create_model("democnn", 1)
+    save_checkpoint(tmp_path / "m.pt", model, ArchRef("democnn", {"in_channels": 1}), SPEC)
+    before = (tmp_path / "m.pt").read_bytes()
+    loaded = load_model(str(tmp_path / "m.pt"))
+    copy.deepcopy(loaded.model)(torch.randn(1, 1, 28, 28))
+    assert (tmp_path / "m.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("text,expect", [("3x32x32", (3, 32, 32)), ("1X28x28", (1, 28, 28))])
+def test_parse_input_size(text, expect):
+    assert parse_input_size(text) == expect
+
+
+@pytest.mark.parametrize("text", ["32x32", "axbxc", "0x3x3"])
+def test_parse_input_size_errors(text):
+    with pytest.raises(EdgepruneError):
+        parse_input_size(text)
