@@ -82,7 +82,8 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
         for label, items in (("missing", missing), ("unexpected", unexpected),
                              ("shape mismatch", mismatched)):
             if items:
-                parts.append(f"{label}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else ""))
+                more = " ..." if len(items) > 3 else ""
+                parts.append(f"{label}: {', '.join(items[:3])}{more}")
         raise EdgepruneError(f"weights in {source} do not match the model ({'; '.join(parts)}); "
                              "pass the architecture they were trained with")
     model.load_state_dict(state_dict)

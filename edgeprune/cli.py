@@ -104,7 +104,8 @@ def compress(
 ) -> None:
     """Score, prune, fine-tune, export and benchmark a model for a target device."""
     _setup(quiet)
-    from edgeprune.pipeline import CompressConfig, compress as run_compress
+    from edgeprune.pipeline import CompressConfig
+    from edgeprune.pipeline import compress as run_compress
 
     cfg = CompressConfig(
         model=model, weights=str(weights) if weights else None, input_size=input_size,

@@ -270,8 +270,9 @@ def load_imagefolder(root: Path, input_size: tuple[int, int, int] | None = None)
     if not root.is_dir():
         raise EdgepruneError(f"image folder {root} does not exist; pass --data-dir")
     c, h, w = input_size or (3, 224, 224)
-    mean, std = (0.485, 0.456, 0.406)[:c] if c == 3 else (0.5,) * c, \
-        (0.229, 0.224, 0.225)[:c] if c == 3 else (0.5,) * c
+    imagenet = c == 3  # ImageNet statistics for RGB, a neutral 0.5/0.5 otherwise
+    mean = (0.485, 0.456, 0.406) if imagenet else (0.5,) * c
+    std = (0.229, 0.224, 0.225) if imagenet else (0.5,) * c
     tf = transforms.Compose([
         transforms.Grayscale(c) if c == 1 else transforms.Lambda(lambda im: im.convert("RGB")),
         transforms.Resize((h, w)),
@@ -281,7 +282,8 @@ def load_imagefolder(root: Path, input_size: tuple[int, int, int] | None = None)
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     try:
         if (root / "train").is_dir() and test_dir is not None:
-            train, test = datasets.ImageFolder(root / "train", tf), datasets.ImageFolder(test_dir, tf)
+            train = datasets.ImageFolder(root / "train", tf)
+            test = datasets.ImageFolder(test_dir, tf)
             classes = train.classes
         else:
             full = datasets.ImageFolder(root, tf)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from edgeprune.checkpoint import ArchRef, atomic_write_text, parameter_shapes, save_checkpoint
+from edgeprune.checkpoint import atomic_write_text, parameter_shapes, save_checkpoint
 from edgeprune.console import info
 from edgeprune.data import DataBundle, iterate_batches, load_dataset
 from edgeprune.errors import EdgepruneError
@@ -58,7 +58,8 @@ class CompressConfig:
     def run_name(self) -> str:
         model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
         model = model.replace(":", "-").replace("/", "-")
-        return self.name or f"{model}-{self.target}-{self.criterion}-{round(self.flops_reduction * 100)}"
+        percent = round(self.flops_reduction * 100)
+        return self.name or f"{model}-{self.target}-{self.criterion}-{percent}"
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
@@ -203,7 +204,8 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     cfg = _merge(config, options)
     t_start = time.perf_counter()
     target = load_target(cfg.target)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = load_dataset(cfg.dataset, cfg.data_dir,
+                        parse_input_size(cfg.input_size) if cfg.input_size else None)
     loaded, spec = _resolve_model(cfg, data)
     run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Standalone on-device benchmark runner for one .tflite or .onnx model.
+
+Copy this one file to a device and run `python3 runner.py MODEL [--threads N]`. It needs only
+the Python standard library (3.8+), numpy and one runtime: ai-edge-litert (or the older
+tflite-runtime) for .tflite, onnxruntime for .onnx. It never imports torch or edgeprune.
+It prints one JSON object on stdout; errors are one line on stderr with exit code 2.
+Timed runs continue until both --runs runs and --min-seconds have passed, as TFLite's
+benchmark_model does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+try:
+    import numpy as np
+except ImportError:
+    print("error: numpy is not installed: pip install numpy", file=sys.stderr)
+    sys.exit(2)
+
+SCHEMA = "edgeprune.runner/1"
+ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+class RunnerError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+class Loaded(NamedTuple):
+    """A model ready to run: `invoke()` runs one inference on fixed random inputs."""
+
+    runtime: str
+    version: str
+    invoke: Callable[[], Any]
+    inputs: list[dict[str, Any]]
+    load_ms: float
+
+
+def random_input(shape: Any, dtype: Any, rng: np.random.Generator) -> np.ndarray:
+    """Seeded random data of `shape` and `dtype`; dynamic dimensions become 1."""
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    info = np.iinfo(dtype)  # quantized inputs: the 8-bit range
+    return rng.integers(max(info.min, -128), min(info.max, 255) + 1, shape).astype(dtype)
+
+
+def _describe(name: str, array: np.ndarray) -> dict[str, Any]:
+    return {"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _tflite_interpreter() -> tuple[Any, str, str]:
+    """The TFLite Interpreter class, runtime name and version: ai-edge-litert first."""
+    try:
+        import ai_edge_litert as module
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai-edge-litert", getattr(module, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime as module
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime", getattr(module, "__version__", "unknown")
+    except ImportError:
+        raise RunnerError("no TFLite runtime installed: pip install ai-edge-litert") from None
+
+
+def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
+    """Create a TFLite interpreter with `threads` threads and set random inputs once."""
+    interpreter_class, runtime, version = _tflite_interpreter()
+    t0 = time.perf_counter_ns()
+    interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    inputs = []
+    for detail in interpreter.get_input_details():
+        array = random_input(detail["shape"].tolist(), detail["dtype"], rng)
+        interpreter.set_tensor(detail["index"], array)
+        inputs.append(_describe(detail["name"], array))
+    return Loaded(runtime, version, interpreter.invoke, inputs, load_ms)
+
+
+def _ort_dtype(name: str, ort_type: str) -> Any:
+    if ort_type not in ORT_DTYPES:
+        raise RunnerError(f"input {name} has type {ort_type}, which the runner cannot fill")
+    return ORT_DTYPES[ort_type]
+
+
+def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
+    """Create an onnxruntime CPU session (intra-op `threads`, inter-op 1) with random inputs."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RunnerError("no ONNX runtime installed: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    t0 = time.perf_counter_ns()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    feeds = {i.name: random_input(i.shape, _ort_dtype(i.name, i.type), rng)
+             for i in session.get_inputs()}
+    inputs = [_describe(name, array) for name, array in feeds.items()]
+    return Loaded("onnxruntime", ort.__version__, lambda: session.run(None, feeds), inputs,
+                  load_ms)
+
+
+LOADERS = {".tflite": load_tflite, ".onnx": load_onnx}
+
+
+def load_model(path: Path, threads: int, seed: int) -> Loaded:
+    """Pick the runtime from the file suffix and load the model; load failures are one line."""
+    if not path.is_file():
+        raise RunnerError(f"model file not found: {path}")
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise RunnerError(f"unsupported model file {path.name}: expected .tflite or .onnx")
+    try:
+        return loader(path, threads, np.random.default_rng(seed))
+    except RunnerError:
+        raise
+    except Exception as e:  # the runtimes raise many types for a bad model file
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunnerError(f"cannot load {path.name}: {first_line}") from None
+
+
+def time_ms(invoke: Callable[[], Any]) -> float:
+    t0 = time.perf_counter_ns()
+    invoke()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def timed_runs(invoke: Callable[[], Any], runs: int,
+               min_seconds: float) -> tuple[list[float], float]:
+    """Latencies in ms of at least `runs` runs lasting at least `min_seconds`, and the
+    wall time in seconds the runs took."""
+    samples: list[float] = []
+    start = time.perf_counter_ns()
+    deadline = start + int(min_seconds * 1e9)
+    while len(samples) < runs or time.perf_counter_ns() < deadline:
+        samples.append(time_ms(invoke))
+    return samples, (time.perf_counter_ns() - start) / 1e9
+
+
+def latency_stats(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"min": float(a.min()), "mean": float(a.mean()), "p50": float(p50),
+            "p90": float(p90), "p99": float(p99), "max": float(a.max()), "std": float(a.std())}
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (ru_maxrss: KB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str | None:
+    """The 'model name' line of /proc/cpuinfo, else its 'Model' line (Raspberry Pi)."""
+    fields = {}
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name") or fields.get("Model") or platform.processor() or None
+
+
+def host_info() -> dict[str, Any]:
+    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+    return {
+        "machine": platform.machine(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "temperature_c": int(temp) / 1000 if temp and temp.lstrip("-").isdigit() else None,
+    }
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Load, run once, warm up, time; everything the JSON report holds."""
+    path = Path(args.model)
+    model = load_model(path, args.threads, args.seed)
+    first_ms = time_ms(model.invoke)
+    for _ in range(args.warmup):
+        model.invoke()
+    samples, timed_seconds = timed_runs(model.invoke, args.runs, args.min_seconds)
+    return {
+        "schema": SCHEMA, "model": str(path), "file_size_bytes": path.stat().st_size,
+        "format": path.suffix.lower().lstrip("."), "runtime": model.runtime,
+        "runtime_version": model.version, "threads": args.threads, "warmup": args.warmup,
+        "runs": len(samples), "min_seconds": args.min_seconds, "seed": args.seed,
+        "timed_seconds": timed_seconds, "inputs": model.inputs,
+        "load_ms": model.load_ms, "first_inference_ms": first_ms,
+        "latency_ms": latency_stats(samples), "peak_rss_mb": peak_rss_mb(),
+        "host": host_info(), "python": platform.python_version(),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a .tflite or .onnx file")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs after the first")
+    p.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.warmup < 0 or args.runs < 1 or args.min_seconds < 0:
+        p.error("need --threads >= 1, --warmup >= 0, --runs >= 1, --min-seconds >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        report = benchmark(parse_args(argv))
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The criterion interface and its registry: a criterion turns (model, data) into one score per
+output channel of every prunable layer; the pruner decides what to remove."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from edgeprune.errors import EdgepruneError
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+class Criterion(ABC):
+    """Scores output channels: `score(model, batches)` -> {layer name: 1-D tensor}, higher = keep.
+
+    Keys are qualified module names (`model.named_modules()`) of every Conv2d and Linear layer;
+    each tensor has one entry per output channel. A criterion never modifies the model it is
+    given and leaves no hooks or attributes on it.
+    """
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool]
+
+    @abstractmethod
+    def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
+        """One score per output channel of every prunable layer of `model`."""
+
+
+CRITERIA: dict[str, type[Criterion]] = {}
+C = TypeVar("C", bound=type[Criterion])
+
+
+def register_criterion(name: str) -> Callable[[C], C]:
+    """Class decorator adding a criterion to the registry under `name`."""
+
+    def wrap(cls: C) -> C:
+        cls.name = name
+        CRITERIA[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_criteria() -> list[str]:
+    """Names of the registered criteria."""
+    return sorted(CRITERIA)
+
+
+def _hint(name: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(choices)}"
+
+
+def get_criterion(name: str, **options: object) -> Criterion:
+    """Build a registered criterion; unknown names and options raise EdgepruneError."""
+    cls = CRITERIA.get(name)
+    if cls is None:
+        raise EdgepruneError(f"unknown criterion {name!r}; {_hint(name, CRITERIA)}")
+    allowed = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    for key in options:
+        if key not in allowed:
+            extra = _hint(key, allowed) if allowed else "it takes no options"
+            raise EdgepruneError(f"criterion {name!r} has no option {key!r}; {extra}")
+    return cls(**options)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers criteria score, by qualified name: every Conv2d and Linear."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def normalize_per_layer(values: Tensor) -> Tensor:
+    """v / sum|v| (the LRP paper's per-layer v / sum v, sign-safe); all-zero stays zero."""
+    values = values.detach().double()
+    total = values.abs().sum()
+    out = values / total if total > 0 else torch.zeros_like(values)
+    return out.float()
+
+
+def require_batches(criterion: Criterion, batches: Batches | None) -> list[tuple[Tensor, Tensor]]:
+    """The reference batches as a list; EdgepruneError when a data criterion got none."""
+    data = list(batches) if batches is not None else []
+    if not data:
+        raise EdgepruneError(f"criterion {criterion.name!r} needs reference data; pass batches "
+                             "of (images, labels)")
+    return data
