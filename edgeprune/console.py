@@ -31,7 +31,7 @@ def is_quiet() -> bool:
 def info(message: str) -> None:
     """A one-line stage message (what was made, how big, how long)."""
     if not _state["quiet"]:
-        stderr.print(message, highlight=False)
+        stderr.print(message, highlight=False, soft_wrap=True)
 
 
 @contextmanager

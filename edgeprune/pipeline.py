@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgeprune.checkpoint import atomic_write_text, parameter_shapes, save_checkpoint
-from edgeprune.console import info
+from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.finetune import TrainConfig, evaluate, train
@@ -165,31 +165,39 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
     return scores, result, score_s, prune_s
 
 
-def _export_and_bench(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
-                      spec: InputSpec, samples: torch.Tensor, threads: int) -> dict[str, dict]:
-    from edgeprune.devices.bench import bench_local
+def _export(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
+            spec: InputSpec, samples: torch.Tensor) -> dict[str, dict]:
+    """Export one model to every requested format, verified, and record the files."""
     from edgeprune.export import export_model
 
     files: dict[str, dict] = {}
-    results = export_model(model, spec, run.path("models"), samples, formats=cfg.formats,
-                           stem=tag, verify=cfg.verify)
-    for r in results:
+    for r in export_model(model, spec, run.path("models"), samples, formats=cfg.formats,
+                          stem=tag, verify=cfg.verify):
         run.record(r.path, r.format, "export", model=tag, precision=r.precision)
         run.record(r.sidecar, "sidecar", "export", model=tag)
-        bench = bench_local(r.path, threads=threads, runs=cfg.bench_runs,
-                            min_seconds=cfg.bench_seconds)
         files[r.format] = {
             "path": r.path.relative_to(run.work).as_posix(), "precision": r.precision,
             "size_bytes": r.size_bytes, "max_abs_diff": r.max_abs_diff,
-            "top1_agreement": r.top1_agreement, "export_s": r.wall_s,
-            "latency_ms": {"p50": bench.p50_ms, "p90": bench.p90_ms,
-                           "mean": bench.latency_ms["mean"]},
-            "latency_label": f"host, {threads} thread{'s' if threads > 1 else ''}",
-            "runtime": f"{bench.runtime} {bench.runtime_version}",
-        }
-        info(f"bench: {tag}.{r.format} p50 {bench.p50_ms:.3f} ms, p90 {bench.p90_ms:.3f} ms "
-             f"(host, {threads} threads, {bench.runs} runs)")
+            "top1_agreement": r.top1_agreement, "export_s": r.wall_s}
     return files
+
+
+def _bench(cfg: CompressConfig, run: RunFolder, models: dict[str, dict[str, dict]],
+           threads: int) -> None:
+    """Measure every exported file on this machine (labelled host) and add the figures."""
+    from edgeprune.devices.bench import bench_local
+
+    jobs = [(tag, fmt, f) for tag, files in models.items() for fmt, f in files.items()]
+    with progress_bar(len(jobs), "benchmarking") as advance:
+        for tag, fmt, f in jobs:
+            b = bench_local(run.work / f["path"], threads=threads, runs=cfg.bench_runs,
+                            min_seconds=cfg.bench_seconds)
+            f["latency_ms"] = {"p50": b.p50_ms, "p90": b.p90_ms, "mean": b.latency_ms["mean"]}
+            f["latency_label"] = f"host, {threads} thread{'s' if threads > 1 else ''}"
+            f["runtime"] = f"{b.runtime} {b.runtime_version}"
+            advance()
+            info(f"bench: {tag}.{fmt} p50 {b.p50_ms:.3f} ms, p90 {b.p90_ms:.3f} ms "
+                 f"(host, {threads} threads, {b.runs} runs)")
 
 
 def compress(config: CompressConfig | None = None, overwrite: bool = False,
@@ -284,8 +292,9 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     t0 = time.perf_counter()
     samples, _ = _samples(data, 32, "test", cfg.seed)
     threads = max(1, min(target.threads, os.cpu_count() or 1))
-    dense_files = _export_and_bench(cfg, run, "dense", dense, spec, samples, threads)
-    pruned_files = _export_and_bench(cfg, run, "pruned", model, spec, samples, threads)
+    dense_files = _export(cfg, run, "dense", dense, spec, samples)
+    pruned_files = _export(cfg, run, "pruned", model, spec, samples)
+    _bench(cfg, run, {"dense": dense_files, "pruned": pruned_files}, threads)
     run.stage_done("export+bench", wall_s=time.perf_counter() - t0, threads=threads)
     return CompressResult(
         run_dir=run.final, target=target.name,

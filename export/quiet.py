@@ -40,7 +40,7 @@ def quiet_loggers(level: int = logging.ERROR) -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, old in zip(loggers, saved):
+        for lg, old in zip(loggers, saved, strict=True):
             lg.setLevel(old)
 
 

@@ -36,12 +36,9 @@ def run_each(runner: Callable[[np.ndarray], np.ndarray], samples: np.ndarray) ->
 
 def compare(reference: np.ndarray, outputs: np.ndarray, atol: float, rtol: float) -> Metrics:
     """Compare outputs with reference elementwise: |out - ref| <= atol + rtol * |ref| (numpy's
-    allclose), all outputs finite, shapes equal. The relative difference is |out - ref| / |ref|
-    over nonzero references, as torch.testing reports it."""
+    allclose) and all outputs finite; shapes must be equal. The relative difference is
+    |out - ref| / |ref| over nonzero references, as torch.testing reports it."""
     n = len(reference)
-    if outputs.shape != reference.shape:
-        failure = f"output shape {tuple(outputs.shape)} != PyTorch's {tuple(reference.shape)}"
-        return Metrics(float("inf"), float("inf"), 0.0, n, (failure,))
     ref = reference.astype(np.float64)
     diff = np.abs(outputs.astype(np.float64) - ref)
     nonzero = ref != 0
@@ -64,7 +61,11 @@ def validate_outputs(reference: np.ndarray, runner: Callable[[np.ndarray], np.nd
     """Run `runner` on every sample and compare with `reference` (PyTorch's logits for the same
     samples). With `strict`, a failed check raises ExportError carrying the numbers; otherwise
     the failures are only recorded in the returned Metrics."""
-    metrics = compare(reference, run_each(runner, samples), atol, rtol)
+    outputs = run_each(runner, samples)
+    if outputs.shape != reference.shape:  # nothing to compare: always an error
+        raise ExportError(f"{label} output shape {tuple(outputs.shape)} != PyTorch's "
+                          f"{tuple(reference.shape)}")
+    metrics = compare(reference, outputs, atol, rtol)
     if strict and not metrics.passed:
         raise ExportError(
             f"{label} does not match PyTorch on {metrics.num_samples} samples: "
