@@ -36,8 +36,9 @@ def info(message: str) -> None:
 
 @contextmanager
 def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields `advance(n=1, **fields)`; silent when quiet."""
-    if _state["quiet"]:
+    """A rich progress bar; yields `advance(n=1, **fields)`; silent when quiet or when
+    stderr is not a terminal (logs get the one-line stage messages instead)."""
+    if _state["quiet"] or not stderr.is_terminal:
         yield lambda n=1, **_: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

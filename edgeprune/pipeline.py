@@ -211,7 +211,10 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
 
     cfg = _merge(config, options)
     t_start = time.perf_counter()
+    from edgeprune.criteria import get_criterion
+
     target = load_target(cfg.target)
+    get_criterion(cfg.criterion)  # an unknown name fails before any data is read
     data = load_dataset(cfg.dataset, cfg.data_dir,
                         parse_input_size(cfg.input_size) if cfg.input_size else None)
     loaded, spec = _resolve_model(cfg, data)

@@ -20,10 +20,10 @@ def synthetic():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, synthetic) -> Path:
-    """democnn trained for two epochs on the synthetic task, saved as an edgeprune checkpoint."""
+    """democnn trained for four epochs on the synthetic task, saved as an edgeprune checkpoint."""
     torch.manual_seed(0)
     model = create_model("democnn", in_channels=1, num_classes=4)
-    train(model, synthetic, TrainConfig(epochs=2, lr=0.05, batch_size=64))
+    train(model, synthetic, TrainConfig(epochs=4, lr=0.05, batch_size=64))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, model.cpu(), ArchRef("democnn", {"in_channels": 1, "num_classes": 4}),
                     synthetic.spec, {"note": "test fixture"})

@@ -97,6 +97,7 @@ def _sums_as_layers(gm: fx.GraphModule) -> int:
         with gm.graph.inserting_before(node):
             stacked = gm.graph.call_function(torch.stack, (tuple(node.args),), {"dim": -1})
             summed = gm.graph.call_module(target, (stacked,))
+        summed.meta = dict(node.meta)  # keeps the shape for adds that consume this one
         node.replace_all_uses_with(summed)
         gm.graph.erase_node(node)
         count += 1
@@ -193,7 +194,8 @@ def relevance_attributor(model: nn.Module, example: Tensor, bounds: tuple, epsil
     layers `names`; everything is undone on exit and `model` itself is never touched."""
     work, canonizers = canonical_model(model, example)
     composite = lrp_composite(*bounds, epsilon=epsilon, canonizers=canonizers)
-    layers = {n: work.get_submodule(n) for n in names}
+    present = dict(work.named_modules())  # a traced copy lacks layers forward never calls
+    layers = {n: present[n] for n in names if n in present}
     with Gradient(model=work, composite=composite) as attributor, \
             RelevanceRecorder(layers) as recorder:
         yield attributor, recorder
@@ -218,17 +220,18 @@ class LRP(Criterion):
         data = require_batches(self, batches)
         device = next(model.parameters()).device
         bounds = self.input_bounds or input_box(data)
-        names = list(prunable_layers(model))
+        layers = prunable_layers(model)
         example = data[0][0][:1].to(device)
-        with relevance_attributor(model, example, bounds, self.epsilon, names) as (attr, rec), \
-                progress_bar(len(data), "scoring (lrp)") as advance:
+        with relevance_attributor(model, example, bounds, self.epsilon, list(layers)) as \
+                (attr, rec), progress_bar(len(data), "scoring (lrp)") as advance:
             for x, y in data:
                 x, y = x.to(device), y.to(device)
-                attr(x, partial(_true_class_logit, y))
+                attr(x, partial(true_class_logit, y))
                 advance()
-        return {n: normalize_per_layer(v) for n, v in rec.totals.items()}
+        return {n: normalize_per_layer(rec.totals.get(n, torch.zeros(m.weight.shape[0])))
+                for n, m in layers.items()}
 
 
-def _true_class_logit(labels: Tensor, output: Tensor) -> Tensor:
+def true_class_logit(labels: Tensor, output: Tensor) -> Tensor:
     """Initial relevance: the output times the one-hot true label."""
     return output * nn.functional.one_hot(labels.long(), output.shape[-1]).to(output)
