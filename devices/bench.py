@@ -1,10 +1,9 @@
 """Benchmark backends: run `runner.py` on a model file somewhere and return a `BenchResult`.
 
-A backend is anything with a `label` and `bench(model_path, options)`. Only `local` exists
-now: it runs the runner with this interpreter in a child process, so the numbers are the
-host's and nothing of the host process (torch threads, memory) leaks into them. An SSH backend
-fits beside it: copy the runner and the model, run the same `runner_args()`, parse the same
-JSON with `parse_runner_output(..., label="device")`.
+A backend is anything with a `label` and `bench(model_path, options)`. `local` runs the runner
+with this interpreter in a child process, so the numbers are the host's and nothing of the
+host process (torch threads, memory) leaks into them; `ssh` (devices/ssh.py) copies the runner
+and the model to a device and runs the same `runner_args()` there. Both parse the same JSON.
 """
 
 from __future__ import annotations
@@ -12,13 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edgeprune.devices.runner import SCHEMA
+from edgeprune.devices.runner import SCHEMA, default_samples_path
 from edgeprune.devices.targets import unknown_name_error
-
 from edgeprune.errors import EdgepruneError
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -37,11 +36,30 @@ class BenchOptions:
     min_seconds: float = 1.0
     seed: int = 0
     timeout_s: float = 600
+    eval: bool = False
+    samples: Path | None = None
+    """The --eval batch; None: `<stem>.samples.npz` beside each model."""
 
-    def runner_args(self) -> list[str]:
-        return ["--threads", str(self.threads), "--warmup", str(self.warmup),
+    def runner_args(self, samples: str | None = None) -> list[str]:
+        """The runner's flags; `samples` is the eval batch's path as the runner sees it."""
+        args = ["--threads", str(self.threads), "--warmup", str(self.warmup),
                 "--runs", str(self.runs), "--min-seconds", str(self.min_seconds),
                 "--seed", str(self.seed)]
+        if self.eval:
+            args.append("--eval")
+            if samples:
+                args += ["--samples", samples]
+        return args
+
+    def samples_for(self, model_path: Path) -> Path:
+        """The local eval batch for `model_path`."""
+        return Path(self.samples) if self.samples else default_samples_path(Path(model_path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What makes two runs comparable, recorded with every result."""
+        d = asdict(self)
+        d["samples"] = str(self.samples) if self.samples else None
+        return d
 
 
 @dataclass
@@ -66,7 +84,10 @@ class BenchResult:
     peak_rss_mb: float | None
     host: dict[str, Any]
     python: str
+    precision: str | None = None
+    eval: dict[str, Any] | None = None
     label: Label = "host"
+    device: str = "local"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -77,17 +98,29 @@ class BenchResult:
     def p90_ms(self) -> float:
         return self.latency_ms["p90"]
 
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms["p99"]
+
+    @property
+    def top1(self) -> float | None:
+        return self.eval["top1"] if self.eval else None
+
     @classmethod
-    def from_runner_json(cls, raw: dict[str, Any], label: Label) -> BenchResult:
+    def from_runner_json(cls, raw: dict[str, Any], label: Label,
+                         device: str = "local") -> BenchResult:
         """Type the runner's report; a report of another schema version is an error."""
         if raw.get("schema") != SCHEMA:
             raise EdgepruneError(f"runner report has schema {raw.get('schema')!r}, expected "
                                  f"{SCHEMA!r}: copy the runner.py of this edgeprune version")
-        names = [f.name for f in fields(cls) if f.name not in ("label", "raw")]
-        missing = [n for n in names if n not in raw]
+        ours = ("label", "device", "raw")
+        required = [f.name for f in fields(cls) if f.name not in ours and f.default is MISSING]
+        optional = [f.name for f in fields(cls) if f.name not in ours and f.name not in required]
+        missing = [n for n in required if n not in raw]
         if missing:
             raise EdgepruneError(f"runner report lacks {', '.join(missing)}")
-        return cls(**{n: raw[n] for n in names}, label=label, raw=raw)
+        values = {n: raw[n] for n in required + [n for n in optional if n in raw]}
+        return cls(**values, label=label, device=device, raw=raw)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict without the duplicate `raw` copy."""
@@ -96,7 +129,7 @@ class BenchResult:
         return d
 
 
-def parse_runner_output(stdout: str, label: Label) -> BenchResult:
+def parse_runner_output(stdout: str, label: Label, device: str = "local") -> BenchResult:
     """The BenchResult in the runner's stdout: its last line that is a JSON object."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -105,20 +138,30 @@ def parse_runner_output(stdout: str, label: Label) -> BenchResult:
         raw = json.loads(lines[-1])
     except json.JSONDecodeError as e:
         raise EdgepruneError(f"the runner's report is not valid JSON ({e})") from None
-    return BenchResult.from_runner_json(raw, label)
+    return BenchResult.from_runner_json(raw, label, device)
 
 
-def runner_failure(model_path: Path, stderr: str) -> EdgepruneError:
-    """A one-line error from the runner's stderr (its last line, without 'error: ')."""
+def runner_failure(model_path: Path, stderr: str, returncode: int | None = None,
+                   where: str = "") -> EdgepruneError:
+    """A one-line error from the runner's stderr (its last line, without 'error: '); a
+    crash without a message names the exit status instead."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    last = lines[-1].removeprefix("error: ") if lines else "no message"
-    return EdgepruneError(f"benchmark of {model_path.name} failed: {last}")
+    if lines:
+        reason = lines[-1].removeprefix("error: ")
+    elif returncode is not None and (returncode < 0 or returncode > 128):
+        signal = -returncode if returncode < 0 else returncode - 128  # local or via a shell
+        reason = f"the runner was killed by signal {signal}"
+    else:
+        reason = f"the runner exited with status {returncode} and no message"
+    on = f" on {where}" if where else ""
+    return EdgepruneError(f"benchmark of {model_path.name}{on} failed: {reason}")
 
 
 class Backend(Protocol):
     """Where a model is benchmarked; every backend returns the runner's report, labelled."""
 
     label: Label
+    device: str
 
     def bench(self, model_path: Path, options: BenchOptions) -> BenchResult: ...
 
@@ -128,8 +171,15 @@ class LocalBackend:
 
     label: Label = "host"
 
+    device: str = "local"
+
+    @classmethod
+    def from_device(cls, device: str, ssh: Any = None) -> LocalBackend:
+        return cls()
+
     def command(self, model_path: Path, options: BenchOptions) -> list[str]:
-        return [sys.executable, str(RUNNER), str(model_path), *options.runner_args()]
+        samples = str(options.samples) if options.samples else None
+        return [sys.executable, str(RUNNER), str(model_path), *options.runner_args(samples)]
 
     def bench(self, model_path: Path, options: BenchOptions) -> BenchResult:
         try:
@@ -140,23 +190,34 @@ class LocalBackend:
                                  f"{options.timeout_s:g} s; lower --runs or --min-seconds"
                                  ) from None
         if proc.returncode != 0:
-            raise runner_failure(model_path, proc.stderr)
+            raise runner_failure(model_path, proc.stderr, proc.returncode)
         return parse_runner_output(proc.stdout, self.label)
 
 
-BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend}
+def _ssh_backend(device: str, ssh: Any = None) -> Backend:
+    from edgeprune.devices.ssh import SshBackend
+
+    return SshBackend.from_device(device, ssh)
 
 
-def get_backend(name: str) -> Backend:
-    """A backend instance by registry name; unknown names get a close-match suggestion."""
-    if name not in BACKENDS:
-        raise unknown_name_error("backend", name, BACKENDS)
-    return BACKENDS[name]()
+BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend.from_device,
+                                                "ssh": _ssh_backend}
+"""Device kinds: `local`, or a URL scheme (`ssh://user@host:port`) -> factory(device, ssh)."""
+
+
+def get_backend(device: str = "local", ssh: Any = None) -> Backend:
+    """The backend for a --device value: `local` or `ssh://[user@]host[:port]`. `ssh` is an
+    `SshOptions` for the ssh backend. Unknown kinds get a close-match suggestion."""
+    kind = device.split("://", 1)[0] if "://" in device else device
+    if kind not in BACKENDS:
+        raise unknown_name_error("device kind", kind, BACKENDS)
+    return BACKENDS[kind](device, ssh)
 
 
 def bench_local(model_path: Path, threads: int = 1, warmup: int = 10, runs: int = 50,
-                min_seconds: float = 1.0, timeout_s: float = 600) -> BenchResult:
+                min_seconds: float = 1.0, timeout_s: float = 600, eval: bool = False,
+                samples: Path | None = None) -> BenchResult:
     """Benchmark a .tflite/.onnx file on this machine in a child process (label 'host')."""
     options = BenchOptions(threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, eval=eval, samples=samples)
     return LocalBackend().bench(Path(model_path), options)

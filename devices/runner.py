@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Standalone on-device benchmark runner for one .tflite or .onnx model.
 
-Copy this one file to a device and run `python3 runner.py MODEL [--threads N]`. It needs only
-the Python standard library (3.8+), numpy and one runtime: ai-edge-litert (or the older
-tflite-runtime) for .tflite, onnxruntime for .onnx. It never imports torch or edgeprune.
+Copy this one file to a device and run `python3 runner.py MODEL [--threads N] [--eval]`. It
+needs only the Python standard library (3.8+), numpy and one runtime: ai-edge-litert (or the
+older tflite-runtime) for .tflite, onnxruntime for .onnx. It never imports torch or edgeprune.
 It prints one JSON object on stdout; errors are one line on stderr with exit code 2.
 Timed runs continue until both --runs runs and --min-seconds have passed, as TFLite's
-benchmark_model does.
+benchmark_model does. With --eval it also measures top-1 accuracy (batch 1) on the sample
+batch shipped beside the model as `<stem>.samples.npz` (arrays `x`: float32 NCHW, already
+normalized; `y`: int64 labels), transposed to NHWC when the model's input is NHWC.
 """
 
 from __future__ import annotations
@@ -40,13 +42,27 @@ class RunnerError(Exception):
 
 
 class Loaded(NamedTuple):
-    """A model ready to run: `invoke()` runs one inference on fixed random inputs."""
+    """A model ready to run: `invoke()` runs one inference on fixed random inputs;
+    `predict(x)` runs one batch of real inputs through the first input and returns the first
+    output as float (quantized tensors are converted with their scale and zero point)."""
 
     runtime: str
     version: str
     invoke: Callable[[], Any]
     inputs: list[dict[str, Any]]
     load_ms: float
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+def sidecar_path(model: Path) -> Path:
+    """The exporter's JSON sidecar of a model file: `<file name>.json` beside it (e.g.
+    `model.tflite.json`), so the ONNX and TFLite files of one model each have their own."""
+    return model.with_name(model.name + ".json")
+
+
+def default_samples_path(model: Path) -> Path:
+    """Where --eval looks for the sample batch by default: `<stem>.samples.npz` beside it."""
+    return model.with_name(model.stem + ".samples.npz")
 
 
 def random_input(shape: Any, dtype: Any, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +97,26 @@ def _tflite_interpreter() -> tuple[Any, str, str]:
         raise RunnerError("no TFLite runtime installed: pip install ai-edge-litert") from None
 
 
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float input to the tensor's dtype: scale/zero-point for quantized integer tensors."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    if not scale:
+        raise RunnerError(f"input {detail['name']} is {dtype} without quantization parameters; "
+                          "the runner cannot feed it normalized floats")
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if np.dtype(detail["dtype"]).kind != "f" and scale:
+        return (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)
+
+
 def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
     """Create a TFLite interpreter with `threads` threads and set random inputs once."""
     interpreter_class, runtime, version = _tflite_interpreter()
@@ -93,7 +129,15 @@ def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
         array = random_input(detail["shape"].tolist(), detail["dtype"], rng)
         interpreter.set_tensor(detail["index"], array)
         inputs.append(_describe(detail["name"], array))
-    return Loaded(runtime, version, interpreter.invoke, inputs, load_ms)
+    first_in = interpreter.get_input_details()[0]
+    first_out = interpreter.get_output_details()[0]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(first_in["index"], _quantize(x, first_in))
+        interpreter.invoke()
+        return _dequantize(interpreter.get_tensor(first_out["index"]), first_out)
+
+    return Loaded(runtime, version, interpreter.invoke, inputs, load_ms, predict)
 
 
 def _ort_dtype(name: str, ort_type: str) -> Any:
@@ -117,11 +161,23 @@ def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
     feeds = {i.name: random_input(i.shape, _ort_dtype(i.name, i.type), rng)
              for i in session.get_inputs()}
     inputs = [_describe(name, array) for name, array in feeds.items()]
+    first_in, first_out = session.get_inputs()[0], session.get_outputs()[0].name
+    in_detail = {"name": first_in.name, "dtype": _ort_dtype(first_in.name, first_in.type)}
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = session.run([first_out], {first_in.name: _quantize(x, in_detail)})[0]
+        return np.asarray(out, dtype=np.float32)
+
     return Loaded("onnxruntime", ort.__version__, lambda: session.run(None, feeds), inputs,
-                  load_ms)
+                  load_ms, predict)
 
 
 LOADERS = {".tflite": load_tflite, ".onnx": load_onnx}
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_model(path: Path, threads: int, seed: int) -> Loaded:
@@ -136,8 +192,7 @@ def load_model(path: Path, threads: int, seed: int) -> Loaded:
     except RunnerError:
         raise
     except Exception as e:  # the runtimes raise many types for a bad model file
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RunnerError(f"cannot load {path.name}: {first_line}") from None
+        raise RunnerError(f"cannot load {path.name}: {first_line(e)}") from None
 
 
 def time_ms(invoke: Callable[[], Any]) -> float:
@@ -200,23 +255,96 @@ def host_info() -> dict[str, Any]:
     }
 
 
+def read_sidecar(model: Path) -> dict[str, Any]:
+    """The exporter's sidecar as a dict; {} when there is none or it is not a JSON object."""
+    try:
+        data = json.loads(sidecar_path(model).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The eval batch: `x` float32 (N, C, H, W) and `y` int64 (N,), checked."""
+    if not path.is_file():
+        raise RunnerError(f"eval samples not found: {path} (write them with "
+                          "edgeprune.devices.write_eval_samples, or pass --samples)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x, y = data["x"], data["y"]
+    except Exception as e:  # not a zip, no x/y, pickled objects, ...
+        raise RunnerError(f"cannot read eval samples {path.name}: {first_line(e)}") from None
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise RunnerError(f"eval samples {path.name} need x (N, C, H, W) and y (N,), got "
+                          f"x {x.shape} and y {y.shape}")
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def to_model_layout(x: np.ndarray, input_shape: list[Any], hint: str = "NCHW") -> tuple[
+        np.ndarray, str]:
+    """`x` (N, C, H, W) as the model wants it: unchanged for an NCHW input, transposed for an
+    NHWC one; `hint` (the sidecar's layout) decides when the shape fits both."""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in input_shape]
+    _, c, h, w = x.shape
+
+    def fits(chw: tuple[int, int, int]) -> bool:
+        return len(dims) == 4 and all(dims[i + 1] in (None, v) for i, v in enumerate(chw))
+
+    layouts = [name for name, chw in (("NCHW", (c, h, w)), ("NHWC", (h, w, c))) if fits(chw)]
+    if not layouts:
+        raise RunnerError(f"eval samples of shape {list(x.shape[1:])} (C, H, W) do not fit the "
+                          f"model input {list(input_shape)}")
+    layout = hint if hint in layouts else layouts[0]
+    return (x.transpose(0, 2, 3, 1) if layout == "NHWC" else x), layout
+
+
+def evaluate(model: Loaded, samples: Path, hint: str) -> dict[str, Any]:
+    """Top-1 accuracy over the sample batch, one image per inference (batch 1)."""
+    if len(model.inputs) != 1:
+        raise RunnerError(f"--eval needs a model with one input, this one has "
+                          f"{len(model.inputs)}")
+    x, y = load_samples(samples)
+    x, layout = to_model_layout(x, model.inputs[0]["shape"], hint)
+    t0 = time.perf_counter_ns()
+    correct = 0
+    try:
+        for i in range(len(x)):
+            logits = model.predict(np.ascontiguousarray(x[i : i + 1]))
+            correct += int(np.argmax(logits.reshape(-1)) == y[i])
+    except RunnerError:
+        raise
+    except Exception as e:  # the runtimes raise many types for a mismatched input
+        raise RunnerError(f"inference on the eval samples failed: {first_line(e)}") from None
+    return {"samples": len(x), "correct": correct, "top1": correct / len(x), "layout": layout,
+            "samples_file": str(samples), "wall_ms": (time.perf_counter_ns() - t0) / 1e6}
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Load, run once, warm up, time; everything the JSON report holds."""
+    """Load, run once, warm up, time, then evaluate if asked; everything the JSON report
+    holds. Peak RSS is read before the evaluation so the sample batch does not count."""
     path = Path(args.model)
     model = load_model(path, args.threads, args.seed)
+    sidecar = read_sidecar(path)
     first_ms = time_ms(model.invoke)
     for _ in range(args.warmup):
         model.invoke()
     samples, timed_seconds = timed_runs(model.invoke, args.runs, args.min_seconds)
+    rss = peak_rss_mb()
+    accuracy = None
+    if args.eval:
+        samples_file = Path(args.samples) if args.samples else default_samples_path(path)
+        layout = (sidecar.get("input_spec") or {}).get("layout", "NCHW")
+        accuracy = evaluate(model, samples_file, layout)
     return {
         "schema": SCHEMA, "model": str(path), "file_size_bytes": path.stat().st_size,
-        "format": path.suffix.lower().lstrip("."), "runtime": model.runtime,
+        "format": path.suffix.lower().lstrip("."), "precision": sidecar.get("precision"),
+        "runtime": model.runtime,
         "runtime_version": model.version, "threads": args.threads, "warmup": args.warmup,
         "runs": len(samples), "min_seconds": args.min_seconds, "seed": args.seed,
         "timed_seconds": timed_seconds, "inputs": model.inputs,
         "load_ms": model.load_ms, "first_inference_ms": first_ms,
-        "latency_ms": latency_stats(samples), "peak_rss_mb": peak_rss_mb(),
-        "host": host_info(), "python": platform.python_version(),
+        "latency_ms": latency_stats(samples), "peak_rss_mb": rss,
+        "host": host_info(), "python": platform.python_version(), "eval": accuracy,
     }
 
 
@@ -228,6 +356,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--eval", action="store_true", help="also measure top-1 accuracy on the "
+                   "sample batch (default file: <stem>.samples.npz beside the model)")
+    p.add_argument("--samples", help="the .npz sample batch for --eval (arrays x and y)")
     args = p.parse_args(argv)
     if args.threads < 1 or args.warmup < 0 or args.runs < 1 or args.min_seconds < 0:
         p.error("need --threads >= 1, --warmup >= 0, --runs >= 1, --min-seconds >= 0")

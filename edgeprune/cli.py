@@ -83,7 +83,7 @@ def compress(
         help="share of FLOPs to remove (0.5 = half)")] = 0.5,
     score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
     epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs [default: 1 on large data, up to 10 on small]")] = None,
+        help="fine-tuning epochs (default: 1 on large data, up to 10 on small)")] = None,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
@@ -94,9 +94,9 @@ def compress(
     eval_limit: Annotated[int | None, typer.Option(help="evaluate on this many test "
                                                     "images only")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    name: Annotated[str | None, typer.Option(help="run name [default: MODEL-TARGET-"
-                                              "CRITERION-PERCENT]")] = None,
-    out: Annotated[Path | None, typer.Option(help="run folder [default: RUNS_DIR/NAME]")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"
+                                              "CRITERION-PERCENT)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     quiet: QuietOpt = False,
@@ -143,6 +143,11 @@ def targets(json_out: JsonOpt = False) -> None:
         table.add_row(p.name, p.cpu, str(p.cores), str(p.simd_width), f"{p.ram_mb} MB",
                       p.runtime, str(p.threads), ",".join(p.formats), f"{p.peak_gflops:g}")
     console.stdout.print(table)
+
+
+from edgeprune.cli_bench import bench  # noqa: E402 - commands live in their own modules
+
+app.command()(bench)
 
 
 def main() -> None:

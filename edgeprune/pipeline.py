@@ -27,6 +27,7 @@ from edgeprune.runs import RunFolder
 from edgeprune.spec import InputSpec, parse_input_size
 
 FINETUNE_SAMPLES = 20_000
+EVAL_SAMPLES = 100  # shipped beside each export for the on-device runner's --eval
 
 
 @dataclass
@@ -166,15 +167,22 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
 
 
 def _export(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
-            spec: InputSpec, samples: torch.Tensor) -> dict[str, dict]:
-    """Export one model to every requested format, verified, and record the files."""
+            spec: InputSpec, samples: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict]:
+    """Export one model to every requested format, verified on the first 32 samples, and
+    record the files; all samples are saved for the on-device runner's --eval."""
+    from edgeprune.devices.samples import default_samples_path, write_eval_samples
     from edgeprune.export import export_model
 
     files: dict[str, dict] = {}
-    for r in export_model(model, spec, run.path("models"), samples, formats=cfg.formats,
+    x, y = samples
+    for r in export_model(model, spec, run.path("models"), x[:32], formats=cfg.formats,
                           stem=tag, verify=cfg.verify):
         run.record(r.path, r.format, "export", model=tag, precision=r.precision)
         run.record(r.sidecar, "sidecar", "export", model=tag)
+        eval_path = default_samples_path(r.path)
+        if not eval_path.exists():  # the runner's --eval batch, shared by a model's formats
+            write_eval_samples(eval_path, x.numpy(), y.numpy())
+            run.record(eval_path, "eval-samples", "export", model=tag, count=len(y))
         files[r.format] = {
             "path": r.path.relative_to(run.work).as_posix(), "precision": r.precision,
             "size_bytes": r.size_bytes, "max_abs_diff": r.max_abs_diff,
@@ -293,7 +301,7 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     run.record(run.work / "architecture.json", "architecture", "finetune")
 
     t0 = time.perf_counter()
-    samples, _ = _samples(data, 32, "test", cfg.seed)
+    samples = _samples(data, EVAL_SAMPLES, "test", cfg.seed)
     threads = max(1, min(target.threads, os.cpu_count() or 1))
     dense_files = _export(cfg, run, "dense", dense, spec, samples)
     pruned_files = _export(cfg, run, "pruned", model, spec, samples)

@@ -83,6 +83,29 @@ def test_compress_meets_the_flops_target_and_reports_real_figures(compressed):
     assert 0.0 <= pruned["accuracy"] <= 1.0
 
 
+def test_exported_files_run_on_the_device_runner_with_eval(capsys, compressed, tmp_path):
+    import numpy as np
+
+    from edgeprune.finetune import default_device
+
+    run, _, _, _ = compressed
+    models = run / "models"
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_cli(capsys, "bench", str(models / "pruned.onnx"),
+                                str(models / "pruned.tflite"), "--eval", "--runs", "3",
+                                "--min-seconds", "0", "--json", str(out), "--quiet")
+    assert code == 0, err
+    with np.load(models / "pruned.samples.npz") as z:
+        x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    model = load_model(str(run / "model.pt")).model.to(default_device())
+    with torch.no_grad():
+        torch_acc = float((model(x).argmax(1).cpu() == y).float().mean())
+    rows = json.loads(out.read_text())["rows"]
+    top1 = [r["measurement"]["eval"]["top1"] for r in rows]
+    assert top1 == pytest.approx([torch_acc] * 2, abs=0.011)
+    assert all(r["precision"] == "fp32" for r in rows)  # read from the exporter's sidecar
+
+
 def test_compressed_checkpoint_reloads_with_its_accuracy(compressed, synthetic):
     from edgeprune.finetune import evaluate
 

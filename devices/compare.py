@@ -1,0 +1,151 @@
+"""`edgeprune bench` as a library: benchmark several model files the same way and compare.
+
+Every file is measured with the same warm-up, run count, minimum duration and threads, on this
+machine (label `host`) or on a device (label `device`). Without a device each row also gets
+a roofline estimate for the target (label `estimate`), kept in its own field, never mixed
+into the measurement. Ratios are relative to the first file (e.g. dense vs pruned).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from edgeprune.console import info, progress_bar
+from edgeprune.devices.bench import BenchOptions, BenchResult, get_backend
+from edgeprune.devices.estimate import Estimate, ModelCost, estimate_model
+from edgeprune.devices.ssh import SshOptions
+from edgeprune.devices.targets import TargetProfile, load_target
+from edgeprune.errors import EdgepruneError
+
+SCHEMA = "edgeprune.bench/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class BenchRow:
+    """One model file: its measurement, the target estimate (host runs only) and its ratios
+    to the first file (ratio < 1: smaller / faster than the first)."""
+
+    path: Path
+    result: BenchResult
+    estimate: Estimate | None = None
+    cost: ModelCost | None = None
+    p50_ratio: float = 1.0
+    size_ratio: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.result.label
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        path = self.path
+        if relative_to is not None and path.resolve().is_relative_to(relative_to.resolve()):
+            path = path.resolve().relative_to(relative_to.resolve())
+        return {
+            "model": path.as_posix(), "format": self.result.format,
+            "precision": self.result.precision, "size_bytes": self.result.file_size_bytes,
+            "label": self.label, "device": self.result.device,
+            "measurement": self.result.to_dict(),
+            "estimate": self.estimate.to_dict() if self.estimate else None,
+            "cost": self.cost.to_dict() if self.cost else None,
+            "ratios": {"p50": self.p50_ratio, "size": self.size_ratio},
+        }
+
+
+def default_threads(target: TargetProfile, device: str | None) -> int:
+    """The target's thread count; on the host no more than its cores."""
+    if device and device != "local":
+        return target.threads
+    return max(1, min(target.threads, os.cpu_count() or 1))
+
+
+def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi4",
+                 device: str | None = None, options: BenchOptions | None = None,
+                 ssh: SshOptions | None = None) -> list[BenchRow]:
+    """Benchmark every file in `paths` with the same options; one row per file, in order.
+
+    `device` None or 'local' measures here and adds target estimates; 'ssh://user@host[:port]'
+    measures on the device. The first failure raises (one line) and nothing is returned.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise EdgepruneError("give at least one .onnx or .tflite model file")
+    profile = target if isinstance(target, TargetProfile) else load_target(target)
+    options = options or BenchOptions(threads=default_threads(profile, device))
+    backend = get_backend(device or "local", ssh)
+    for p in paths:  # fail before connecting or measuring anything
+        if not p.is_file():
+            raise EdgepruneError(f"model file not found: {p}")
+    rows = []
+    with progress_bar(len(paths), f"bench on {escape(backend.device)}") as advance:
+        for p in paths:
+            advance(0, status=escape(p.name))
+            result = backend.bench(p, options)
+            cost, estimate = (estimate_model(p, profile) if backend.label == "host"
+                              else (None, None))
+            rows.append(BenchRow(p, result, estimate, cost))
+            advance(1, status=escape(p.name))
+    _set_ratios(rows)
+    info(f"bench: {len(rows)} model file{'s' if len(rows) > 1 else ''} on {escape(backend.device)} "
+         f"({backend.label}), {options.threads} thread{'s' if options.threads > 1 else ''}, "
+         f"warm-up {options.warmup}, >= {options.runs} runs and >= {options.min_seconds:g} s")
+    return rows
+
+
+def _set_ratios(rows: list[BenchRow]) -> None:
+    first = rows[0].result
+    for row in rows:
+        row.p50_ratio = row.result.p50_ms / first.p50_ms if first.p50_ms > 0 else float("nan")
+        row.size_ratio = row.result.file_size_bytes / first.file_size_bytes
+
+
+def bench_record(rows: Sequence[BenchRow], target: str, device: str | None,
+                 options: BenchOptions, relative_to: Path | None = None) -> dict[str, Any]:
+    """The JSON-ready record of one `bench` call (what --json writes and --run appends)."""
+    return {
+        "schema": SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": target, "device": device or "local", "options": options.to_dict(),
+        "rows": [row.to_dict(relative_to) for row in rows],
+    }
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write the raw results atomically."""
+    from edgeprune.checkpoint import atomic_write_text  # imports torch: only when writing
+
+    atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    """The run's manifest.json; an error if the folder holds no run."""
+    manifest = Path(run_dir) / MANIFEST
+    if not manifest.is_file():
+        raise EdgepruneError(f"{run_dir} holds no {MANIFEST}; pass the folder of a finished "
+                             "`edgeprune compress` run")
+    return manifest
+
+
+def append_to_run(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Append `record` to the run manifest's "bench" list (read, extend, atomic replace)."""
+    manifest = check_run_dir(run_dir)
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError as e:
+        raise EdgepruneError(f"{manifest} is not valid JSON ({e})") from None
+    if not isinstance(data.get("bench", []), list):
+        raise EdgepruneError(f"{manifest}: 'bench' is not a list; not an edgeprune manifest?")
+    data["bench"] = [*data.get("bench", []), record]
+    from edgeprune.checkpoint import atomic_write_text  # imports torch: only when writing
+
+    atomic_write_text(manifest, json.dumps(data, indent=2))
+    return manifest
+

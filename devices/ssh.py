@@ -1,0 +1,315 @@
+"""The `ssh` backend: benchmark on a real device through the system OpenSSH client.
+
+`ssh://[user@]host[:port]` -> check the remote Python and runtime (one connection), copy the
+runner, the model and its sidecar/eval samples into a fresh `mktemp -d` folder with `scp`,
+run the runner there and remove the folder (one connection; a best-effort extra one removes
+the folder when anything failed before). `ssh`/`scp` are the user's own, so keys, agents and
+~/.ssh/config apply; `BatchMode=yes` turns a password prompt into an error instead of a hang.
+Every failure becomes one EdgepruneError line naming the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgeprune.devices.bench import RUNNER, BenchOptions, BenchResult, Label, parse_runner_output
+from edgeprune.devices.bench import runner_failure as _runner_failure
+from edgeprune.devices.runner import sidecar_path
+from edgeprune.errors import EdgepruneError
+
+ENV_OPTIONS = "EDGEPRUNE_SSH_OPTIONS"
+"""Extra `-o` options from the environment, e.g. 'IdentityFile=~/.ssh/pi Compression=yes'."""
+MIN_PYTHON = (3, 8)
+RUNTIMES = {".tflite": (("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
+                        "pip install ai-edge-litert"),
+            ".onnx": (("onnxruntime",), "pip install onnxruntime")}
+CHECK_TAG = "EDGEPRUNE_CHECK "
+DIR_TAG = "EDGEPRUNE_DIR "
+# Runs under any python (2.7 and 3.x syntax): reports versions, exits 3 if something is missing.
+CHECK_SNIPPET = r"""
+import json, sys
+def version(name):
+    try:
+        module = __import__(name)
+        return str(getattr(module, "__version__", "unknown"))
+    except Exception:
+        return None
+found = dict((m, version(m)) for m in ["numpy"] + sys.argv[1:])
+py = "%d.%d.%d" % tuple(sys.version_info[:3])
+print("EDGEPRUNE_CHECK " + json.dumps({"python": py, "modules": found}))
+ok = sys.version_info[:2] >= (3, 8) and found["numpy"] and any(found[m] for m in sys.argv[1:])
+sys.exit(0 if ok else 3)
+"""
+REACH_ERRORS = ("Connection refused", "No route to host", "Connection timed out",
+                "Could not resolve hostname", "Network is unreachable", "Operation timed out",
+                "Connection reset", "Connection closed")
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the device: extra `-o KEY=VALUE` options, the remote interpreter and the
+    connect timeout."""
+
+    options: tuple[str, ...] = ()
+    remote_python: str = "python3"
+    connect_timeout_s: int = 10
+
+    def with_environment(self) -> SshOptions:
+        """These options, then those in $EDGEPRUNE_SSH_OPTIONS: ssh keeps the first value of
+        each key, so the command line wins over the environment, and both over our defaults."""
+        env = tuple(shlex.split(os.environ.get(ENV_OPTIONS, "")))
+        return SshOptions(self.options + env, self.remote_python, self.connect_timeout_s)
+
+
+@dataclass(frozen=True)
+class SshDevice:
+    """A parsed `ssh://[user@]host[:port]`."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.user}@" if self.user else ""
+        return f"ssh://{user}{host}" + (f":{self.port}" if self.port else "")
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def scp_target(self, folder: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{folder}/" if self.user else f"{host}:{folder}/"
+
+
+def parse_ssh_url(url: str) -> SshDevice:
+    """`ssh://[user@]host[:port]` as an SshDevice; anything else is a one-line error."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise EdgepruneError(f"bad device {url!r}: {e}; write ssh://user@host:port") from None
+    bad = (parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/")
+           or parts.query or parts.fragment or parts.password is not None
+           or parts.hostname.startswith("-") or (parts.username or "").startswith("-"))
+    if bad:
+        raise EdgepruneError(f"bad device {url!r}: write ssh://user@host or ssh://user@host:port")
+    return SshDevice(host=parts.hostname, user=parts.username or None, port=port)
+
+
+def check_options(options: tuple[str, ...]) -> None:
+    """Each extra option must be KEY=VALUE, as `ssh -o` takes it."""
+    for option in options:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*=.+", option):
+            raise EdgepruneError(f"ssh option {option!r} is not KEY=VALUE (e.g. "
+                                 "IdentityFile=~/.ssh/pi_key)")
+
+
+def _tagged_lines(stdout: str) -> dict[str, str]:
+    """{'EDGEPRUNE_CHECK ': rest of line, ...} from the remote output; login scripts may
+    print other lines, which are ignored."""
+    out = {}
+    for line in stdout.splitlines():
+        for tag in (CHECK_TAG, DIR_TAG):
+            if line.startswith(tag):
+                out[tag] = line[len(tag):].strip()
+    return out
+
+
+def _remote_path(text: str) -> str:
+    """Quote a remote path for sh, keeping a leading ~/ expandable."""
+    if text.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(text[2:])
+    return shlex.quote(text)
+
+
+class SshBackend:
+    """A device reached with the system `ssh` and `scp`; results are labelled 'device'."""
+
+    label: Label = "device"
+
+    def __init__(self, device: SshDevice, options: SshOptions | None = None) -> None:
+        self.remote = device
+        self.options = (options or SshOptions()).with_environment()
+        check_options(self.options.options)
+        self.device = device.url
+
+    @classmethod
+    def from_device(cls, device: str, ssh: SshOptions | None = None) -> SshBackend:
+        return cls(parse_ssh_url(device), ssh)
+
+    # ---------------------------------------------------------------- commands
+
+    def _common(self) -> list[str]:
+        """Options for ssh and scp: ours that must hold, the user's, then our defaults (ssh
+        keeps the first value it sees for each key)."""
+        args = ["-o", "BatchMode=yes"]
+        for option in self.options.options:
+            args += ["-o", option]
+        args += ["-o", f"ConnectTimeout={self.options.connect_timeout_s}",
+                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.remote.port:
+            args += ["-o", f"Port={self.remote.port}"]
+        return args
+
+    def ssh_command(self, script: str) -> list[str]:
+        """`ssh ... host "sh -c '<script>'"`: sh whatever the login shell is."""
+        return ["ssh", *self._common(), "-T", "--", self.remote.destination,
+                "sh -c " + shlex.quote(script)]
+
+    def scp_command(self, files: list[Path], folder: str) -> list[str]:
+        return ["scp", "-q", *self._common(), "--", *map(str, files),
+                self.remote.scp_target(folder)]
+
+    def _run(self, command: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise EdgepruneError(f"'{command[0]}' is not installed: install the OpenSSH client "
+                                 "(apt install openssh-client)") from None
+        except subprocess.TimeoutExpired:
+            raise EdgepruneError(f"{what} on {self.device} did not finish in {timeout_s:g} s"
+                                 ) from None
+
+    def ssh_error(self, stderr: str, what: str) -> EdgepruneError:
+        """One line for a failed ssh/scp connection, from OpenSSH's own message."""
+        lines = [ln.strip() for ln in stderr.splitlines()
+                 if ln.strip() and not ln.startswith("Warning: Permanently added")]
+        line = next((ln for ln in lines if any(k in ln for k in (
+            *REACH_ERRORS, "Permission denied", "Host key verification failed"))),
+            lines[-1] if lines else "no message")
+        line = line.removeprefix("ssh: ").removeprefix("scp: ")
+        if "Permission denied" in line:
+            return EdgepruneError(f"{self.device} refused the login ({line}): install your key "
+                                  "with ssh-copy-id, or pass --ssh-option IdentityFile=PATH")
+        if "Host key verification failed" in line:
+            return EdgepruneError(f"{self.device}: host key verification failed; connect once "
+                                  "with plain ssh to accept the key, or fix ~/.ssh/known_hosts")
+        if any(k in line for k in REACH_ERRORS):
+            return EdgepruneError(f"cannot reach {self.device}: {line}")
+        return EdgepruneError(f"{what} on {self.device} failed: {line}")
+
+    # ---------------------------------------------------------------- steps
+
+    def prepare(self, suffix: str, timeout_s: float) -> str:
+        """Check Python, numpy and the runtime for `suffix`, then make the temporary folder."""
+        modules, pip_line = RUNTIMES[suffix]
+        python = _remote_path(self.options.remote_python)
+        script = (f"{python} -c {shlex.quote(CHECK_SNIPPET)} {' '.join(modules)} || exit $?\n"
+                  'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
+                  f'echo "{DIR_TAG}$d"\n')
+        proc = self._run(self.ssh_command(script), timeout_s, "checking Python")
+        if proc.returncode == 255:
+            raise self.ssh_error(proc.stderr, "checking Python")
+        tagged = _tagged_lines(proc.stdout)
+        if CHECK_TAG not in tagged:
+            raise self._no_python(proc)
+        self._check_report(json.loads(tagged[CHECK_TAG]), modules, pip_line)
+        if proc.returncode != 0 or DIR_TAG not in tagged:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise EdgepruneError(f"cannot make a temporary folder on {self.device}: {last}")
+        return tagged[DIR_TAG].strip()
+
+    def _no_python(self, proc: subprocess.CompletedProcess) -> EdgepruneError:
+        name = self.options.remote_python
+        if proc.returncode in (126, 127):
+            return EdgepruneError(f"{name} not found on {self.device}: install Python "
+                                  f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ there, or pass "
+                                  "--remote-python PATH")
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return EdgepruneError(f"{name} on {self.device} did not run the check: {last}")
+
+    def _check_report(self, report: dict, modules: tuple[str, ...], pip_line: str) -> None:
+        python, found = report["python"], report["modules"]
+        where = f"{self.device} ({self.options.remote_python} {python})"
+        if tuple(int(p) for p in python.split(".")[:2]) < MIN_PYTHON:
+            raise EdgepruneError(f"{where}: the runner needs Python {MIN_PYTHON[0]}."
+                                 f"{MIN_PYTHON[1]}+; install it or pass --remote-python PATH")
+        if not found.get("numpy"):
+            raise EdgepruneError(f"numpy is missing on {where}: pip install numpy")
+        if not any(found.get(m) for m in modules):
+            runtime = modules[0].split(".")[0].replace("_", "-")
+            raise EdgepruneError(f"no {runtime} runtime on {where}: {pip_line}")
+
+    def bench(self, model_path: Path, options: BenchOptions) -> BenchResult:
+        """Copy, run and clean up; the result is the device's report, labelled 'device'."""
+        model_path = Path(model_path)
+        suffix = model_path.suffix.lower()
+        if suffix not in RUNTIMES:
+            raise EdgepruneError(f"unsupported model file {model_path.name}: expected .tflite "
+                                 "or .onnx")
+        files = self._files(model_path, options)
+        step_timeout = options.timeout_s + self.options.connect_timeout_s
+        folder = self.prepare(suffix, step_timeout)
+        cleaned = False
+        try:
+            proc = self._run(self.scp_command(files, folder), step_timeout, "copying the model")
+            if proc.returncode != 0:
+                raise self.ssh_error(proc.stderr, "copying the model")
+            proc = self._run(self.ssh_command(self._run_script(folder, model_path, options)),
+                             step_timeout + 15, f"benchmark of {model_path.name}")
+            if proc.returncode == 255:
+                raise self.ssh_error(proc.stderr, f"benchmark of {model_path.name}")
+            cleaned = True  # the run script removed the folder itself
+            if proc.returncode == 124:  # timeout(1) stopped the runner
+                raise EdgepruneError(f"benchmark of {model_path.name} on {self.device} did not "
+                                     f"finish in {options.timeout_s:g} s; lower --runs or "
+                                     "--min-seconds")
+            if proc.returncode != 0:
+                raise _runner_failure(model_path, proc.stderr, proc.returncode, self.device)
+            result = parse_runner_output(proc.stdout, self.label, self.device)
+        finally:
+            if not cleaned:
+                self.remove(folder)
+        result.model = str(model_path)
+        return result
+
+    def _files(self, model_path: Path, options: BenchOptions) -> list[Path]:
+        """Runner, model, its sidecar if any and, with --eval, the sample batch."""
+        if not model_path.is_file():
+            raise EdgepruneError(f"model file not found: {model_path}")
+        files = [RUNNER, model_path]
+        if sidecar_path(model_path).is_file():
+            files.append(sidecar_path(model_path))
+        if options.eval:
+            samples = options.samples_for(model_path)
+            if not samples.is_file():
+                raise EdgepruneError(f"eval samples not found: {samples} (write them with "
+                                     "edgeprune.devices.write_eval_samples, or pass --samples)")
+            files.append(samples)
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise EdgepruneError(f"cannot copy files with the same name to one folder: {names}")
+        return files
+
+    def _run_script(self, folder: str, model_path: Path, options: BenchOptions) -> str:
+        """cd into the folder, run the runner under `timeout` when the device has it, remove
+        the folder, exit with the runner's status."""
+        samples = options.samples_for(model_path).name if options.eval else None
+        args = " ".join(shlex.quote(a) for a in [model_path.name,
+                                                  *options.runner_args(samples)])
+        limit = f"timeout -k 5 {max(1, round(options.timeout_s))}"
+        return (f"cd {shlex.quote(folder)} || exit 96\n"
+                f"if command -v timeout >/dev/null 2>&1; then t='{limit}'; else t=''; fi\n"
+                f"$t {_remote_path(self.options.remote_python)} runner.py {args}\n"
+                "rc=$?\ncd / && rm -rf " + shlex.quote(folder) + "\nexit $rc\n")
+
+    def remove(self, folder: str) -> None:
+        """Best-effort removal of the temporary folder (errors are ignored)."""
+        if not re.fullmatch(r"[\w./-]*edgeprune-bench\.\w+", folder):
+            return  # never rm anything but a folder we made
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(self.ssh_command(f"rm -rf {shlex.quote(folder)}"),
+                           capture_output=True, timeout=self.options.connect_timeout_s + 20,
+                           stdin=subprocess.DEVNULL)

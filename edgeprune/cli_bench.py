@@ -1,0 +1,132 @@
+"""`edgeprune bench`: a thin Typer shell over `edgeprune.devices.compare.bench_models`.
+
+Registered in cli.py with `app.command()(bench)`. Results go to stdout as one rich table (one
+row per model file), progress and stage lines to stderr; --json and --run write the raw
+results only after every file was measured, so a failing device leaves them untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from edgeprune import console
+
+if TYPE_CHECKING:
+    from edgeprune.devices.bench import BenchOptions
+    from edgeprune.devices.compare import BenchRow
+
+ModelsArg = Annotated[list[Path], typer.Argument(
+    help=".onnx / .tflite files, e.g. dense.tflite pruned.tflite; ratios are relative to the "
+    "first", show_default=False)]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (see "
+                                          "'edgeprune targets')")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="ssh://user@host:port to measure on the device (default: this machine, plus an "
+    "estimate for --target)")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
+SshOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", help="extra ssh -o KEY=VALUE, repeatable (e.g. IdentityFile=~/.ssh/pi); "
+    "also read from $EDGEPRUNE_SSH_OPTIONS")]
+
+
+def bench(
+    models: ModelsArg,
+    target: TargetOpt = "rpi4",
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    runs: Annotated[int, typer.Option(min=1, help="timed runs per file (at least)")] = 50,
+    min_seconds: Annotated[float, typer.Option(
+        min=0, help="timed seconds per file (at least)")] = 1.0,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed runs before timing")] = 10,
+    eval_: Annotated[bool, typer.Option("--eval", help="also top-1 accuracy on the sample "
+                                        "batch shipped with each model")] = False,
+    samples: Annotated[Path | None, typer.Option(
+        help="the --eval batch (default: <stem>.samples.npz beside each model)")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="write the raw results to this JSON file")] = None,
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="append the results to this run folder's manifest.json")] = None,
+    ssh_option: SshOpt = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the device")] = "python3",
+    timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage "
+                                        "messages")] = False,
+) -> None:
+    """Benchmark model files on this machine (plus a target estimate) or on a device."""
+    console.set_quiet(quiet)
+    from edgeprune.devices.bench import BenchOptions
+    from edgeprune.devices.compare import (
+        append_to_run,
+        bench_models,
+        bench_record,
+        check_run_dir,
+        default_threads,
+        write_json,
+    )
+    from edgeprune.devices.ssh import SshOptions
+    from edgeprune.devices.targets import load_target
+
+    profile = load_target(target)
+    if run is not None:
+        check_run_dir(run)
+    options = BenchOptions(threads=threads or default_threads(profile, device), warmup=warmup,
+                           runs=runs, min_seconds=min_seconds, timeout_s=timeout, eval=eval_,
+                           samples=samples)
+    ssh = SshOptions(options=tuple(ssh_option or ()), remote_python=remote_python)
+    rows = bench_models(models, profile, device, options, ssh)
+    console.stdout.print(bench_table(rows, profile.name, options))
+    if json_out is not None:
+        write_json(json_out, bench_record(rows, profile.name, device, options))
+        console.info(f"wrote {json_out}")
+    if run is not None:
+        manifest = append_to_run(run, bench_record(rows, profile.name, device, options, run))
+        console.info(f"appended {len(rows)} result{'s' if len(rows) > 1 else ''} to {manifest}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Table:
+    """One row per model file: size, latency percentiles (ms) and ratios to the first file;
+    the estimate column only for host runs, headed and captioned as an estimate."""
+    first = rows[0].result
+    estimates = [r.estimate for r in rows if r.estimate]
+    with_eval = any(r.result.eval for r in rows)
+    caption = (f"est.: roofline estimate for {target} ({estimates[0].threads} threads) from its "
+               "profile, not a measurement" if estimates else None)
+    table = Table(title=f"latency in ms, measured on {escape(first.device)} ({first.label}), "
+                  f"{options.threads} threads, warm-up {options.warmup}, >= {options.runs} "
+                  f"runs and >= {options.min_seconds:g} s per file; x: ratio to the first file",
+                  caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True, show_edge=False)
+    table.add_column("model", overflow="fold")
+    table.add_column("format")
+    for name in ("size", "x size", "p50", "p90", "p99", "x p50"):
+        table.add_column(name, justify="right")
+    table.add_column("where")
+    if with_eval:
+        table.add_column("top-1", justify="right")
+    if estimates:
+        table.add_column(f"{target} est.", justify="right")
+    for r in rows:
+        res = r.result
+        cells = [escape(r.path.name), res.format + (f" {res.precision}" if res.precision else ""),
+                 _size(res.file_size_bytes), f"{r.size_ratio:.2f}", f"{res.p50_ms:.3f}",
+                 f"{res.p90_ms:.3f}", f"{res.p99_ms:.3f}", f"{r.p50_ratio:.2f}", res.label]
+        if with_eval:
+            cells.append(f"{res.top1 * 100:.1f}%" if res.eval else "-")
+        if estimates:
+            cells.append(f"~{r.estimate.latency_ms:.3f}" if r.estimate else "-")
+        table.add_row(*cells)
+    return table

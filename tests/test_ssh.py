@@ -1,0 +1,342 @@
+"""The ssh backend against a real OpenSSH server started here on 127.0.0.1.
+
+The module fixture runs Debian's /usr/sbin/sshd in the foreground with a throwaway host key,
+a throwaway user key in a temporary authorized_keys file and TMPDIR pointing at a folder the
+tests watch, and logs in as the current user. The "device" is this machine, so the remote
+Python is this interpreter; other remote interpreters are shell wrappers around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from edgeprune.cli_bench import bench
+from edgeprune.devices import BenchOptions, default_samples_path, write_eval_samples
+from edgeprune.devices.compare import bench_models
+from edgeprune.devices.runner import sidecar_path
+from edgeprune.devices.ssh import SshBackend, SshOptions, parse_ssh_url
+from edgeprune.errors import EdgepruneError
+
+SSHD = Path("/usr/sbin/sshd")
+PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start as root without it
+FAST = BenchOptions(threads=1, warmup=0, runs=3, min_seconds=0, timeout_s=60)
+
+needs_sshd = pytest.mark.skipif(
+    not SSHD.is_file() or not shutil.which("ssh") or not shutil.which("ssh-keygen"),
+    reason="needs Debian's OpenSSH server and client: apt-get install openssh-server "
+           "openssh-client")
+
+
+@dataclass
+class Sshd:
+    """A running test server and what a client needs to reach it."""
+
+    port: int
+    user: str
+    key: Path
+    other_key: Path
+    known_hosts: Path
+    remote_tmp: Path
+    folder: Path
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}"
+
+    def options(self, key: Path | None = None, python: str = sys.executable) -> SshOptions:
+        return SshOptions(options=(f"UserKnownHostsFile={self.known_hosts}",
+                                   "StrictHostKeyChecking=accept-new",
+                                   f"IdentityFile={key or self.key}", "IdentitiesOnly=yes",
+                                   "LogLevel=ERROR"), remote_python=python)
+
+    def backend(self, **kwargs) -> SshBackend:
+        return SshBackend(parse_ssh_url(self.url), self.options(**kwargs))
+
+    def leftovers(self) -> list[str]:
+        """Our temporary folders still on the "device" (login scripts may add other files)."""
+        return sorted(p.name for p in self.remote_tmp.glob("edgeprune-bench.*"))
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"sshd did not listen on port {port}: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    folder = tmp_path_factory.mktemp("sshd")
+    key, other = _keygen(folder / "user_key"), _keygen(folder / "other_key")
+    (folder / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
+    remote_tmp = folder / "remote-tmp"
+    remote_tmp.mkdir()
+    port = _free_port()
+    config = folder / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {_keygen(folder / 'host_key')}",
+        f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+        "StrictModes no", "PubkeyAuthentication yes", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
+        "Subsystem sftp internal-sftp", f"SetEnv TMPDIR={remote_tmp}", "LogLevel VERBOSE", ""]))
+    made_privsep = os.geteuid() == 0 and not PRIVSEP_DIR.exists()
+    if made_privsep:
+        PRIVSEP_DIR.mkdir(mode=0o755)
+    log = folder / "sshd.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_listening(proc, port, log)
+        yield Sshd(port=port, user=pwd.getpwuid(os.geteuid()).pw_name, key=key,
+                   other_key=other, known_hosts=folder / "known_hosts", remote_tmp=remote_tmp,
+                   folder=folder)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if made_privsep:
+            shutil.rmtree(PRIVSEP_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEPRUNE_SSH_OPTIONS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny classifier as .onnx and .tflite, a sidecar and eval samples labelled by it."""
+    import litert_torch
+
+    folder = tmp_path_factory.mktemp("ssh-models")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    paths = {"onnx": folder / "m.onnx", "tflite": folder / "m.tflite"}
+    torch.onnx.export(model, (x,), str(paths["onnx"]), dynamo=True, external_data=False)
+    litert_torch.convert(model, (x,)).export(str(paths["tflite"]))
+    for path in paths.values():
+        sidecar_path(path).write_text(json.dumps({"precision": "fp32", "input_spec": {
+            "channels": 3, "height": 8, "width": 8, "layout": "NCHW"}}))
+    samples = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        write_eval_samples(default_samples_path(paths["onnx"]), samples, model(samples).argmax(1))
+    return paths
+
+
+def _python_wrapper(folder: Path, name: str, body: str) -> str:
+    """A shell script standing in for the device's python3."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- without sshd
+
+def test_parse_ssh_url() -> None:
+    d = parse_ssh_url("ssh://pi@raspberrypi.local:2222")
+    assert (d.user, d.host, d.port, d.destination) == ("pi", "raspberrypi.local", 2222,
+                                                       "pi@raspberrypi.local")
+    assert parse_ssh_url("ssh://gateway").url == "ssh://gateway"
+    assert parse_ssh_url("ssh://root@[::1]:22").scp_target("/tmp/x") == "root@[::1]:/tmp/x/"
+    for bad in ("pi@host", "ssh://", "ssh://pi@host/path", "ssh://pi:pw@host",
+                "ssh://-oProxyCommand=x", "ssh://host:notaport"):
+        with pytest.raises(EdgepruneError, match="bad device"):
+            parse_ssh_url(bad)
+
+
+def test_ssh_command_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPRUNE_SSH_OPTIONS", "IdentityFile=/env/key ConnectTimeout=3")
+    backend = SshBackend(parse_ssh_url("ssh://pi@host:2222"),
+                         SshOptions(options=("IdentityFile=/cli/key",)))
+    cmd = backend.ssh_command("true")
+    opts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-o"]
+    # ssh keeps the first value per key: BatchMode is fixed, the CLI beats the environment,
+    # both beat our defaults
+    assert opts[:4] == ["BatchMode=yes", "IdentityFile=/cli/key", "IdentityFile=/env/key",
+                        "ConnectTimeout=3"]
+    assert "ConnectTimeout=10" in opts and "Port=2222" in opts
+    assert cmd[-3:] == ["--", "pi@host", "sh -c true"]
+    with pytest.raises(EdgepruneError, match="is not KEY=VALUE"):
+        SshBackend(parse_ssh_url("ssh://h"), SshOptions(options=("-i key",)))
+
+
+def test_old_remote_python_is_refused() -> None:
+    backend = SshBackend(parse_ssh_url("ssh://pi@host"))
+    report = {"python": "3.6.9", "modules": {"numpy": "1.19", "onnxruntime": "1.10"}}
+    with pytest.raises(EdgepruneError, match=r"python3 3\.6\.9\): the runner needs Python 3\.8"):
+        backend._check_report(report, ("onnxruntime",), "pip install onnxruntime")
+    report = {"python": "3.11.2", "modules": {"numpy": None, "onnxruntime": "1.20"}}
+    with pytest.raises(EdgepruneError, match="numpy is missing .*: pip install numpy"):
+        backend._check_report(report, ("onnxruntime",), "pip install onnxruntime")
+
+
+# ------------------------------------------------------------------------------ with sshd
+
+@needs_sshd
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_ssh_bench_runs_on_the_device_and_cleans_up(sshd: Sshd, models: dict[str, Path],
+                                                    fmt: str) -> None:
+    options = BenchOptions(threads=1, warmup=0, runs=3, min_seconds=0, eval=True,
+                           samples=default_samples_path(models["onnx"]))
+    result = sshd.backend().bench(models[fmt], options)
+    assert result.label == "device" and result.device == sshd.url
+    assert result.model == str(models[fmt]) and result.raw["model"] == models[fmt].name
+    assert result.runtime == {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}[fmt]
+    assert result.runs >= 3 and result.p50_ms > 0 and result.precision == "fp32"  # sidecar read
+    assert result.eval["samples"] == 5 and result.top1 == 1.0
+    assert sshd.leftovers() == []
+
+
+@needs_sshd
+def test_bench_models_over_ssh_has_no_estimate(sshd: Sshd, models: dict[str, Path]) -> None:
+    rows = bench_models([models["onnx"], models["tflite"]], "rpi4", sshd.url, FAST,
+                        sshd.options())
+    assert [r.label for r in rows] == ["device", "device"]
+    assert all(r.estimate is None and r.result.threads == 1 for r in rows)
+    assert sshd.leftovers() == []
+
+
+@needs_sshd
+def test_cli_bench_over_ssh_with_env_options(sshd: Sshd, models: dict[str, Path],
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPRUNE_SSH_OPTIONS", " ".join(sshd.options().options))
+    app = typer.Typer()
+    app.command()(bench)
+    app.callback()(lambda: None)
+    out = tmp_path / "device.json"
+    result = CliRunner().invoke(app, [
+        "bench", str(models["tflite"]), "--device", sshd.url, "--remote-python", sys.executable,
+        "--runs", "2", "--min-seconds", "0", "--warmup", "0", "--json", str(out), "-q"],
+        env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert f"measured on {sshd.url} (device)" in result.output and "est." not in result.output
+    record = json.loads(out.read_text())
+    assert record["device"] == sshd.url and record["rows"][0]["label"] == "device"
+    assert record["rows"][0]["estimate"] is None and record["options"]["threads"] == 4  # rpi4
+
+
+@needs_sshd
+def test_host_down(sshd: Sshd, models: dict[str, Path]) -> None:
+    backend = SshBackend(parse_ssh_url(f"ssh://{sshd.user}@127.0.0.1:{_free_port()}"),
+                         sshd.options())
+    with pytest.raises(EdgepruneError, match=r"cannot reach ssh://.*Connection refused"):
+        backend.bench(models["onnx"], FAST)
+
+
+@needs_sshd
+def test_auth_refused(sshd: Sshd, models: dict[str, Path]) -> None:
+    with pytest.raises(EdgepruneError, match=r"refused the login \(.*Permission denied.*\): "
+                                             "install your key with ssh-copy-id"):
+        sshd.backend(key=sshd.other_key).bench(models["onnx"], FAST)
+
+
+@needs_sshd
+@pytest.mark.parametrize(("fmt", "pip_line", "runtime"), [
+    ("tflite", "pip install ai-edge-litert", "ai-edge-litert"),
+    ("onnx", "pip install onnxruntime", "onnxruntime")])
+def test_runtime_missing_names_the_pip_line(sshd: Sshd, models: dict[str, Path],
+                                            tmp_path: Path, fmt: str, pip_line: str,
+                                            runtime: str) -> None:
+    fake = tmp_path / "fake-packages"
+    for package in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):
+        (fake / package).mkdir(parents=True)
+        (fake / package / "__init__.py").write_text("raise ImportError('not installed')\n")
+    python = _python_wrapper(tmp_path, "python3", f'PYTHONPATH={fake} exec {sys.executable} "$@"')
+    with pytest.raises(EdgepruneError) as err:
+        sshd.backend(python=python).bench(models[fmt], FAST)
+    message = str(err.value)
+    assert message == (f"no {runtime} runtime on {sshd.url} ({python} "
+                       f"{'.'.join(map(str, sys.version_info[:3]))}): {pip_line}")
+    assert sshd.leftovers() == []
+
+
+@needs_sshd
+def test_python_missing(sshd: Sshd, models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EdgepruneError, match=r"nope/python3 not found on ssh://.*: install "
+                                             r"Python 3\.8\+ there, or pass --remote-python"):
+        sshd.backend(python=str(tmp_path / "nope" / "python3")).bench(models["onnx"], FAST)
+
+
+@needs_sshd
+def test_runner_failure_and_crash(sshd: Sshd, models: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EdgepruneError, match=rf"benchmark of bad.onnx on {sshd.url} failed: "
+                                             "cannot load bad.onnx"):
+        sshd.backend().bench(bad, FAST)
+    crash = _python_wrapper(tmp_path, "crashing-python",
+                            f'[ "$1" = runner.py ] && kill -SEGV $$\nexec {sys.executable} "$@"')
+    with pytest.raises(EdgepruneError, match=r"benchmark of m.onnx on .* failed: .*"
+                                             r"(Segmentation fault|signal 11)"):
+        sshd.backend(python=crash).bench(models["onnx"], FAST)
+    assert sshd.leftovers() == []
+
+
+@needs_sshd
+def test_timeout_stops_the_remote_runner(sshd: Sshd, models: dict[str, Path]) -> None:
+    slow = BenchOptions(threads=1, warmup=0, runs=1, min_seconds=60, timeout_s=1)
+    t0 = time.monotonic()
+    with pytest.raises(EdgepruneError, match=rf"m.onnx on {sshd.url} did not finish in 1 s"):
+        sshd.backend().bench(models["onnx"], slow)
+    assert time.monotonic() - t0 < 20
+    assert sshd.leftovers() == []
+
+
+@needs_sshd
+def test_failing_device_leaves_earlier_results_untouched(sshd: Sshd, models: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    out, run_dir = tmp_path / "bench.json", tmp_path / "run"
+    run_dir.mkdir()
+    out.write_text("earlier")
+    (run_dir / "manifest.json").write_text('{"bench": ["earlier"]}')
+    app = typer.Typer()
+    app.command()(bench)
+    app.callback()(lambda: None)
+    result = CliRunner().invoke(app, [
+        "bench", str(models["onnx"]), "--device", f"ssh://{sshd.user}@127.0.0.1:{_free_port()}",
+        "--json", str(out), "--run", str(run_dir), "-q"])
+    assert isinstance(result.exception, EdgepruneError)
+    assert "cannot reach" in str(result.exception)
+    assert out.read_text() == "earlier"
+    assert (run_dir / "manifest.json").read_text() == '{"bench": ["earlier"]}'
