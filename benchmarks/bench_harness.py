@@ -30,6 +30,9 @@ REPEATS = 5
 BENCH = {"warmup": 10, "runs": 50, "min_seconds": 1.0}  # the CLI's defaults
 
 
+os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # stdout is the markdown
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -41,7 +44,8 @@ def export_both(model: torch.nn.Module, shape: tuple[int, ...], folder: Path,
 
     x = torch.randn(1, *shape)
     paths = {"onnx": folder / f"{stem}.onnx", "tflite": folder / f"{stem}.tflite"}
-    torch.onnx.export(model, (x,), str(paths["onnx"]), dynamo=True, external_data=False)
+    torch.onnx.export(model, (x,), str(paths["onnx"]), dynamo=True, external_data=False,
+                      verbose=False)
     litert_torch.convert(model, (x,)).export(str(paths["tflite"]))
     return paths
 
