@@ -146,7 +146,9 @@ def targets(json_out: JsonOpt = False) -> None:
 
 
 from edgeprune.cli_bench import bench  # noqa: E402 - commands live in their own modules
+from edgeprune.cli_export import export  # noqa: E402
 
+app.command()(export)
 app.command()(bench)
 
 

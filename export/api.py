@@ -1,35 +1,45 @@
-"""`export_model`: write a model in each requested format, verify every file against PyTorch
-on real samples, and publish it with a JSON sidecar only once it passed."""
+"""`export_model`: write a model in each requested format and precision, verify every file
+against PyTorch on real samples, and publish the files with their JSON sidecars only once all
+of them passed (nothing of a failed call is left in the output folder)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeprune import __version__
 from edgeprune.checkpoint import sha256_file
 from edgeprune.console import info
 from edgeprune.errors import EdgepruneError
-from edgeprune.export.base import Exporter, export_step
+from edgeprune.export.base import Converted, Exporter, ExportError, ExportOptions, export_step
+from edgeprune.export.metadata import as_strings, file_metadata
+from edgeprune.export.precision import (
+    CALIBRATED,
+    MIN_CALIBRATION_SAMPLES,
+    file_tag,
+    parse_precisions,
+)
 from edgeprune.export.registry import select_exporters
-from edgeprune.export.staging import staged
-from edgeprune.export.validate import Metrics, validate_outputs
+from edgeprune.export.staging import Staging, staged
+from edgeprune.export.trace import locate_op, trace
+from edgeprune.export.validate import EvalSet, Metrics, compare, validate_outputs
 from edgeprune.spec import InputSpec
-
-LAYOUT = "NCHW"  # both exporters keep PyTorch's input layout
 
 
 @dataclass
 class ExportResult:
-    """One published model file, its sidecar and how closely it reproduces PyTorch."""
+    """One published model file, its sidecar and how closely it reproduces PyTorch.
+
+    `accuracy`/`reference_accuracy` are the file's and PyTorch's top-1 on `eval_samples`
+    labelled samples (None without labels); `wall_s` includes the shared conversion."""
 
     format: str
     precision: str
@@ -41,40 +51,138 @@ class ExportResult:
     top1_agreement: float
     wall_s: float
     details: dict[str, Any]
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    eval_samples: int = 0
+    verified: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"], d["sidecar"] = str(self.path), str(self.sidecar)
+        return d
+
+
+@dataclass
+class Job:
+    """Everything one `export_model` call shares between its files."""
+
+    net: torch.nn.Module
+    spec: InputSpec
+    out_dir: Path
+    stem: str
+    precisions: list[str]
+    inputs: torch.Tensor
+    reference: np.ndarray
+    calibration: np.ndarray | None
+    eval_set: EvalSet | None
+    summary: dict[str, Any] | None
+    options: ExportOptions
+    verify: bool
+    program: torch.export.ExportedProgram | None = None
+    results: list[ExportResult] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
 
 
 def export_model(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: torch.Tensor,
                  formats: Sequence[str] = ("onnx", "tflite"), stem: str = "model",
-                 verify: bool = True) -> list[ExportResult]:
-    """Export `model` to `out_dir/<stem><suffix>` for each format, with a `.json` sidecar.
+                 verify: bool = True, precisions: Sequence[str] = ("fp32",),
+                 calibration: torch.Tensor | None = None,
+                 eval_samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 summary: dict[str, Any] | None = None,
+                 options: ExportOptions | None = None) -> list[ExportResult]:
+    """Export `model` to `out_dir/<stem>[.<precision>]<suffix>` for each format and precision,
+    each with a `<file>.json` sidecar.
 
     `samples` are preprocessed inputs (N, C, H, W) matching `spec`; every file runs on all of
-    them and is compared with PyTorch. A file that fails a check raises ExportError and is not
-    written (with `verify=False` the numbers are still measured and logged, but do not fail).
-    `model` itself is left untouched: a CPU copy in eval mode is exported.
+    them and is compared with PyTorch. `calibration` (default: `samples`) are the real images
+    int8 activation ranges come from, at least MIN_CALIBRATION_SAMPLES. `eval_samples` =
+    (images, labels) gives every file a top-1 accuracy next to PyTorch's, which is what fp16
+    and int8 files are judged by. `summary` (the compression summary) goes into each file's
+    metadata. A file that fails a check raises ExportError with the numbers and nothing of the
+    call is published (with `verify=False` the numbers are still measured and logged, but do
+    not fail). `model` itself is left untouched: a CPU copy in eval mode is exported.
     """
     exporters = select_exporters(formats)
+    job = prepare(model, spec, Path(out_dir), samples, stem, verify, precisions, calibration,
+                  eval_samples, summary, options or ExportOptions(), exporters)
+    with staged(job.out_dir) as stage:
+        for exporter in exporters:
+            export_format(exporter, job, stage)
+    for line in job.lines:
+        info(line)
+    return job.results
+
+
+def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: torch.Tensor,
+            stem: str, verify: bool, precisions: Sequence[str],
+            calibration: torch.Tensor | None,
+            eval_samples: tuple[torch.Tensor, torch.Tensor] | None,
+            summary: dict[str, Any] | None, options: ExportOptions,
+            exporters: list[Exporter]) -> Job:
+    """Check every input before any work, compute PyTorch's reference outputs, trace."""
+    precs = parse_precisions(precisions)
+    for e in exporters:
+        missing = [p for p in precs if p not in e.precisions]
+        if missing:
+            raise EdgepruneError(f"{e.name} cannot be exported at {', '.join(missing)}; it "
+                                 f"supports {', '.join(e.precisions)}")
     if not stem or Path(stem).name != stem:
         raise EdgepruneError(f"export stem {stem!r} must be a plain file name, e.g. 'model'")
     inputs = check_samples(samples, spec)
+    calib = None
+    if CALIBRATED.intersection(precs):
+        calib = check_calibration(inputs if calibration is None else calibration, spec)
     net = copy.deepcopy(model).cpu().eval().requires_grad_(False)
     reference = reference_logits(net, inputs, spec)
-    return [export_one(e, net, spec, Path(out_dir), stem, inputs, reference, verify)
-            for e in exporters]
+    eval_set = None if eval_samples is None else make_eval_set(net, eval_samples, spec)
+    job = Job(net, spec, out_dir, stem, precs, inputs, reference, calib, eval_set, summary,
+              options, verify)
+    job.program = trace(net, inputs[:1])
+    return job
 
 
-def check_samples(samples: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+def check_samples(samples: torch.Tensor, spec: InputSpec, what: str = "export samples",
+                  minimum: int = 1) -> torch.Tensor:
     """The samples as a contiguous float32 CPU tensor, or EdgepruneError naming both shapes."""
-    expected = f"(N, {', '.join(map(str, spec.shape))}) with N >= 1"
+    expected = f"(N, {', '.join(map(str, spec.shape))}) with N >= {minimum}"
     if not isinstance(samples, torch.Tensor):
-        raise EdgepruneError(f"export samples must be a tensor {expected}, not "
+        raise EdgepruneError(f"{what} must be a tensor {expected}, not "
                              f"{type(samples).__name__}")
     if samples.ndim != 4 or tuple(samples.shape[1:]) != spec.shape or len(samples) == 0:
-        raise EdgepruneError(f"export samples have shape {tuple(samples.shape)} but the input "
+        raise EdgepruneError(f"{what} have shape {tuple(samples.shape)} but the model's input "
                              f"spec expects {expected}; pass preprocessed images of that size")
     if not samples.is_floating_point():
-        raise EdgepruneError(f"export samples are {samples.dtype}; pass normalized float images")
+        raise EdgepruneError(f"{what} are {samples.dtype}; pass normalized float images")
     return samples.detach().to("cpu", torch.float32).contiguous()
+
+
+def check_calibration(calibration: torch.Tensor, spec: InputSpec) -> np.ndarray:
+    """Calibration images as float32 NCHW numpy; too few or the wrong shape is refused."""
+    x = check_samples(calibration, spec, "calibration samples", MIN_CALIBRATION_SAMPLES)
+    if len(x) < MIN_CALIBRATION_SAMPLES:
+        raise EdgepruneError(f"int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} real "
+                             f"samples, got {len(x)}; pass more (--calibration-samples)")
+    return x.numpy()
+
+
+def make_eval_set(net: torch.nn.Module, eval_samples: tuple[torch.Tensor, torch.Tensor],
+                  spec: InputSpec) -> EvalSet:
+    """Labelled evaluation samples and PyTorch's top-1 accuracy on them."""
+    try:
+        images, labels = eval_samples
+    except (TypeError, ValueError):
+        raise EdgepruneError("eval_samples must be a pair (images, labels)") from None
+    x = check_samples(images, spec, "evaluation samples")
+    y = torch.as_tensor(labels).detach().cpu().reshape(-1).long()
+    if len(y) != len(x):
+        raise EdgepruneError(f"evaluation samples: {len(x)} images but {len(y)} labels")
+    logits = np.concatenate([reference_logits(net, x[i : i + 256], spec)
+                             for i in range(0, len(x), 256)])
+    if y.min() < 0 or y.max() >= logits.shape[1]:
+        raise EdgepruneError(f"evaluation labels span {int(y.min())}..{int(y.max())} but the "
+                             f"model has {logits.shape[1]} classes")
+    reference = float(np.mean(logits.argmax(1) == y.numpy()))
+    return EvalSet(x.numpy(), y.numpy(), reference)
 
 
 def reference_logits(net: torch.nn.Module, inputs: torch.Tensor, spec: InputSpec) -> np.ndarray:
@@ -91,26 +199,59 @@ def reference_logits(net: torch.nn.Module, inputs: torch.Tensor, spec: InputSpec
     return out.numpy()
 
 
-def export_one(exporter: Exporter, net: torch.nn.Module, spec: InputSpec, out_dir: Path,
-               stem: str, inputs: torch.Tensor, reference: np.ndarray,
-               verify: bool) -> ExportResult:
-    """Export, verify and publish one format; nothing reaches `out_dir` unless all passed."""
+@contextmanager
+def naming_layer(program: torch.export.ExportedProgram | None) -> Iterator[None]:
+    """Add the layer of the op a converter rejected to its ExportError."""
+    try:
+        yield
+    except ExportError as exc:
+        text, cause = str(exc), exc.__cause__
+        while cause is not None:
+            text, cause = text + "\n" + str(cause), cause.__cause__
+        where = locate_op(program, text) if program is not None else None
+        if where is None or where in str(exc):
+            raise
+        raise ExportError(f"{exc} ({where})") from exc
+
+
+def export_format(exporter: Exporter, job: Job, stage: Staging) -> None:
+    """Convert once to fp32, derive each other precision from it, verify and stage each."""
     start = time.perf_counter()
-    path = out_dir / f"{stem}{exporter.suffix}"
+    with naming_layer(job.program):
+        fp32 = exporter.convert(job.net, job.inputs[:1], job.options)
+    convert_s = time.perf_counter() - start
+    for precision in job.precisions:
+        t0 = time.perf_counter()
+        converted = fp32
+        if precision != "fp32":
+            with naming_layer(job.program):
+                converted = exporter.derive(fp32, precision, job.calibration, job.options)
+        result, metrics = stage_file(exporter, precision, converted, job, stage)
+        result.wall_s = convert_s + time.perf_counter() - t0
+        job.results.append(result)
+        job.lines.append(summary_line(result, exporter.describe(result.details), metrics))
+
+
+def stage_file(exporter: Exporter, precision: str, converted: Converted, job: Job,
+               stage: Staging) -> tuple[ExportResult, Metrics]:
+    """Write one file with its metadata under a temporary name, verify it, stage its
+    sidecar; the caller's staging publishes both once every file passed."""
+    path = job.out_dir / f"{job.stem}{file_tag(precision)}{exporter.suffix}"
+    layout = exporter.layout(job.options)
+    meta = file_metadata(job.spec, precision, layout,
+                         bool(converted.details.get("dynamic_batch")), job.summary)
+    temp = stage.temp_for(path)
+    temp.write_bytes(exporter.finish(converted.data, as_strings(meta)))
+    metrics, io_names = verify_file(exporter, precision, temp, layout, converted.details, job)
     sidecar = sidecar_path(path)
-    with staged(out_dir) as stage:
-        temp = stage.temp_for(path)
-        with export_step(exporter.label, "export"):
-            details = exporter.export(net, inputs[:1], temp)
-        metrics, io_names = verify_file(exporter, temp, inputs, reference, verify)
-        size = temp.stat().st_size
-        stage.write_text(sidecar, sidecar_json(exporter, spec, temp, path.name, io_names,
-                                               reference.shape[1], metrics, details))
-    result = ExportResult(exporter.name, exporter.precision, path, sidecar, size,
+    stage.write_text(sidecar, sidecar_json(exporter, precision, temp, path.name, io_names,
+                                           job.reference.shape[1], meta, metrics,
+                                           converted.details))
+    result = ExportResult(exporter.name, precision, path, sidecar, temp.stat().st_size,
                           metrics.max_abs_diff, metrics.max_rel_diff, metrics.top1_agreement,
-                          time.perf_counter() - start, details)
-    info(summary_line(result, exporter, metrics))
-    return result
+                          0.0, converted.details, metrics.accuracy,
+                          metrics.reference_accuracy, metrics.eval_samples, metrics.passed)
+    return result, metrics
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -119,46 +260,65 @@ def sidecar_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 
 
-def verify_file(exporter: Exporter, path: Path, inputs: torch.Tensor, reference: np.ndarray,
-                strict: bool) -> tuple[Metrics, tuple[str, str]]:
-    """Load `path` in its runtime and compare it with PyTorch on every sample; return the
-    metrics and the file's (input, output) tensor names. The runtime is released on return,
-    before the file is renamed."""
-    with export_step(exporter.label, "load"):
-        runner = exporter.runner(path)
-    with export_step(exporter.label, "run"):
-        metrics = validate_outputs(reference, runner, inputs.numpy(), exporter.atol,
-                                   exporter.rtol, label=exporter.label, strict=strict)
+def verify_file(exporter: Exporter, precision: str, path: Path, layout: str,
+                details: dict[str, Any], job: Job) -> tuple[Metrics, tuple[str, str]]:
+    """Load `path` in its runtime and compare it with PyTorch on every sample (and on the
+    labelled samples); a file with a dynamic batch also runs all samples as one batch.
+    Returns the metrics and the file's (input, output) tensor names; the runtime is released
+    on return, before the file is renamed."""
+    label = exporter.label(precision)
+    check = exporter.checks[precision]
+    with export_step(label, "load"):
+        runner = exporter.runner(path, layout)
+    x = job.inputs.numpy()
+    with export_step(label, "run"):
+        metrics = validate_outputs(job.reference, runner, x, check, label=label,
+                                   strict=job.verify, eval_set=job.eval_set)
+        if details.get("dynamic_batch") and len(x) > 1:
+            batched = compare(job.reference, np.asarray(runner(x)), check)
+            if batched.failures:
+                failures = tuple(f"as one batch of {len(x)}: {f}" for f in batched.failures)
+                metrics = Metrics(**{**asdict(metrics),
+                                     "failures": metrics.failures + failures})
+                if job.verify:
+                    raise ExportError(f"{label} failed verification: {'; '.join(failures)}")
     return metrics, (runner.input_name, runner.output_name)
 
 
-def sidecar_json(exporter: Exporter, spec: InputSpec, file: Path, name: str,
-                 io_names: tuple[str, str], num_outputs: int, metrics: Metrics,
-                 details: dict[str, Any]) -> str:
-    """The sidecar: what the file expects and returns (read by the device runner) and how it
-    was made and verified."""
+def sidecar_json(exporter: Exporter, precision: str, file: Path, name: str,
+                 io_names: tuple[str, str], num_outputs: int, meta: dict[str, Any],
+                 metrics: Metrics, details: dict[str, Any]) -> str:
+    """The sidecar: what the file expects and returns (read by the device runner), its
+    metadata, and how it was made and verified."""
+    check = exporter.checks[precision]
     payload = {
-        "format": exporter.name, "precision": exporter.precision, "file": name,
-        "sha256": sha256_file(file), "input_spec": spec.to_dict(),
-        "input_name": io_names[0], "output_name": io_names[1], "layout": LAYOUT,
-        "input_shape": [1, *spec.shape], "output_shape": [1, num_outputs],
+        "format": exporter.name, "file": name, "sha256": sha256_file(file),
+        "size_bytes": file.stat().st_size, **meta,
+        "input_name": io_names[0], "output_name": io_names[1],
+        "output_shape": [meta["input_shape"][0], num_outputs],
         "verification": {
-            "samples": metrics.num_samples, "atol": exporter.atol, "rtol": exporter.rtol,
+            "samples": metrics.num_samples, "atol": check.atol, "rtol": check.rtol,
+            "min_agreement": check.min_agreement,
+            "max_accuracy_drop": check.max_accuracy_drop,
             "max_abs_diff": metrics.max_abs_diff, "max_rel_diff": metrics.max_rel_diff,
-            "top1_agreement": metrics.top1_agreement, "passed": metrics.passed,
-            "failures": list(metrics.failures)},
-        "details": details, "edgeprune": __version__, "torch": torch.__version__,
+            "top1_agreement": metrics.top1_agreement, "eval_samples": metrics.eval_samples,
+            "accuracy": metrics.accuracy, "reference_accuracy": metrics.reference_accuracy,
+            "passed": metrics.passed, "failures": list(metrics.failures)},
+        "details": details, "torch": torch.__version__,
     }
-    return json.dumps(payload, indent=2) + "\n"
+    return json.dumps(payload, indent=2, default=str) + "\n"
 
 
-def summary_line(result: ExportResult, exporter: Exporter, metrics: Metrics) -> str:
-    """One line per export: file, size, format facts, max difference, agreement, time."""
-    facts = exporter.describe(result.details)
+def summary_line(result: ExportResult, facts: str, metrics: Metrics) -> str:
+    """One line per export: file, size, format facts, max difference, agreement, accuracy,
+    time, and the failed checks when it was not verified."""
+    accuracy = ("" if result.accuracy is None else
+                f", top-1 {result.accuracy:.2%} (PyTorch {result.reference_accuracy:.2%})")
     warning = "" if metrics.passed else f", NOT VERIFIED: {'; '.join(metrics.failures)}"
-    return (f"{exporter.label}: {shown(result.path)} {result.size_bytes / 1e6:.2f} MB"
-            f"{', ' + facts if facts else ''}, max|diff| {result.max_abs_diff:.1e}, "
-            f"top-1 agree {result.top1_agreement:.0%}, {result.wall_s:.1f} s{warning}")
+    return (f"{result.format} {result.precision}: {shown(result.path)} "
+            f"{result.size_bytes / 1e6:.2f} MB{', ' + facts if facts else ''}, "
+            f"max|diff| {result.max_abs_diff:.1e}, top-1 agree {result.top1_agreement:.0%}"
+            f"{accuracy}, {result.wall_s:.1f} s{warning}")
 
 
 def shown(path: Path) -> Path:

@@ -1,5 +1,5 @@
-"""What every exporter shares: the error type, the exporter interface and the runner it hands
-to the one validator."""
+"""What every exporter shares: the error type, the options, the exporter interface and the
+runner it hands to the one validator."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.export.precision import DEFAULT_CHECKS, Check
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_REASON = 300
@@ -27,7 +28,8 @@ class ExportError(EdgepruneError):
 @dataclass(frozen=True)
 class Runner:
     """One exported model file loaded in its runtime: call it with a float32 (1, C, H, W) array
-    to get its (1, K) logits. The names are the file's own input/output tensor names."""
+    to get its (1, K) float logits, whatever the file's own input layout and types. The names
+    are the file's own input/output tensor names."""
 
     run: Callable[[np.ndarray], np.ndarray]
     input_name: str
@@ -37,32 +39,78 @@ class Runner:
         return self.run(x)
 
 
-class Exporter(ABC):
-    """One output format at one precision.
+@dataclass(frozen=True)
+class ExportOptions:
+    """Format options beyond format and precision, each used by the exporter it concerns.
 
-    `export` writes the file and returns facts about it for the sidecar; `runner` loads a file
-    for verification. Default tolerances live here so each format/precision states its own;
-    tests and callers may override them on the instance.
+    `opset`: ONNX operator set (None: the exporter's default, which suits onnxruntime >= 1.14;
+    see `edgeprune.export.onnx.opset_for_onnxruntime`). `dynamic_batch`: ONNX files accept
+    any batch size (the batch dimension is named 'batch'); TFLite files keep a batch of 1.
+    `nhwc`: TFLite input in channels-last layout (N, H, W, C), as LiteRT kernels compute, so a
+    device feeds camera frames without a transpose. `int8_io`: fully int8 TFLite files take
+    and return int8 tensors (scale and zero point in the file and sidecar) instead of float.
+    """
+
+    opset: int | None = None
+    dynamic_batch: bool = False
+    nhwc: bool = False
+    int8_io: bool = False
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A model file in memory and the facts about it that go into the sidecar."""
+
+    data: bytes
+    details: dict[str, Any]
+
+
+class Exporter(ABC):
+    """One output format, at each precision it supports.
+
+    `convert` turns the PyTorch model into an fp32 file once; `derive` makes each reduced
+    precision from that fp32 file (quantizers work on the format's own graph, so every
+    precision shares one conversion); `runner` loads a file for verification. `checks` holds
+    the thresholds per precision (a copy of DEFAULT_CHECKS; callers and tests may adjust one
+    exporter's copy).
     """
 
     name: ClassVar[str]
     suffix: ClassVar[str]
-    precision: str = "fp32"
-    atol: float = 1e-4
-    rtol: float = 1e-4
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
-    @property
-    def label(self) -> str:
-        """How messages name this exporter, e.g. 'onnx fp32'."""
-        return f"{self.name} {self.precision}"
+    def __init__(self) -> None:
+        self.checks: dict[str, Check] = dict(DEFAULT_CHECKS)
 
-    @abstractmethod
-    def export(self, model: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
-        """Write `model` traced at `example` (batch 1) to `path`; return details for the sidecar."""
+    def label(self, precision: str = "fp32") -> str:
+        """How messages name this exporter at `precision`, e.g. 'onnx int8'."""
+        return f"{self.name} {precision}"
 
     @abstractmethod
-    def runner(self, path: Path) -> Runner:
-        """Load the file at `path` in this format's runtime (CPU)."""
+    def convert(self, model: torch.nn.Module, example: torch.Tensor,
+                options: ExportOptions) -> Converted:
+        """`model` traced at `example` (batch 1, NCHW) as an fp32 file with its details."""
+
+    def derive(self, fp32: Converted, precision: str, calibration: np.ndarray | None,
+               options: ExportOptions) -> Converted:
+        """The file at `precision`, made from the fp32 one; `calibration` holds real NCHW
+        samples for precisions that need them (see precision.CALIBRATED)."""
+        raise NotImplementedError(f"{self.name} has no {precision} export")
+
+    def finish(self, data: bytes, metadata: dict[str, str]) -> bytes:
+        """Embed `metadata` (string keys and values) in the file when the format has a place
+        for it; by default the file is unchanged and the sidecar alone carries it."""
+        return data
+
+    @abstractmethod
+    def runner(self, path: Path, layout: str = "NCHW") -> Runner:
+        """Load the file at `path`, whose input has `layout`, in this format's runtime (CPU);
+        the runner takes float32 NCHW arrays and returns float32 logits whatever the file's
+        own input layout and types."""
+
+    def layout(self, options: ExportOptions) -> str:
+        """The input layout of this format's files under `options`."""
+        return "NCHW"
 
     def describe(self, details: dict[str, Any]) -> str:
         """A short human summary of `details` for the one-line log (empty by default)."""

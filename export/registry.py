@@ -15,9 +15,10 @@ EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OnnxExporter(), TFLiteExpo
 
 
 def select_exporters(formats: Sequence[str]) -> list[Exporter]:
-    """The exporters for `formats`, in order and without repeats; an unknown name raises
-    EdgepruneError with the closest known name."""
-    names = [formats] if isinstance(formats, str) else list(formats)
+    """The exporters for `formats` (names, or one 'onnx,tflite' string), in order and without
+    repeats; an unknown name raises EdgepruneError with the closest known name."""
+    names = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
     known = ", ".join(EXPORTERS)
     if not names:
         raise EdgepruneError(f"no export format given; choose from {known}")

@@ -11,6 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class Staging:
     """Temporary paths in `folder`, each paired with the final path it will be renamed to."""
 
@@ -30,10 +37,13 @@ class Staging:
         self.temp_for(final).write_text(text, encoding="utf-8")
 
     def commit(self) -> None:
-        """Flush every staged file to disk and rename it to its final path."""
+        """Flush every staged file to disk, give it the permissions a plainly created file
+        would have (mkstemp makes them private), and rename it to its final path."""
+        mode = 0o666 & ~current_umask()
         for temp, final in self._pairs:
             with open(temp, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(temp, mode)
             os.replace(temp, final)
         self._pairs.clear()
 

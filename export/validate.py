@@ -1,5 +1,7 @@
-"""The one validator for every exporter: run the exported file on real samples and compare its
-logits with PyTorch's (optimum-style), reporting max abs/rel difference and top-1 agreement."""
+"""The one validator for every exporter: run the exported file on real samples and compare it
+with PyTorch (optimum-style). Parity: max abs/rel logit difference and top-1 agreement on the
+verification samples; accuracy: top-1 on labelled samples next to PyTorch's. What must pass is
+the precision's `Check`; the numbers are always measured and reported."""
 
 from __future__ import annotations
 
@@ -9,12 +11,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeprune.export.base import ExportError
+from edgeprune.export.precision import Check
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled samples (float32 inputs, int labels) and PyTorch's top-1 accuracy on them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    reference_accuracy: float
+
+    def __len__(self) -> int:
+        return len(self.y)
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """How closely an exported model reproduces PyTorch on `num_samples` inputs.
+    """How closely an exported model reproduces PyTorch.
 
+    Parity figures are over `num_samples` verification samples; `accuracy` and
+    `reference_accuracy` (PyTorch's) over `eval_samples` labelled ones, None without labels.
     `failures` lists the checks that did not pass (empty when all did)."""
 
     max_abs_diff: float
@@ -22,6 +39,9 @@ class Metrics:
     top1_agreement: float
     num_samples: int
     failures: tuple[str, ...] = field(default_factory=tuple)
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    eval_samples: int = 0
 
     @property
     def passed(self) -> bool:
@@ -34,42 +54,107 @@ def run_each(runner: Callable[[np.ndarray], np.ndarray], samples: np.ndarray) ->
     return np.concatenate([np.asarray(runner(samples[i : i + 1])) for i in range(len(samples))])
 
 
-def compare(reference: np.ndarray, outputs: np.ndarray, atol: float, rtol: float) -> Metrics:
-    """Compare outputs with reference elementwise: |out - ref| <= atol + rtol * |ref| (numpy's
-    allclose) and all outputs finite; shapes must be equal. The relative difference is
-    |out - ref| / |ref| over nonzero references, as torch.testing reports it."""
+def top1(logits: np.ndarray) -> np.ndarray:
+    return logits.reshape(len(logits), -1).argmax(1)
+
+
+def decisive(reference: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """Samples whose top-1 logit leads the runner-up by more than twice the tolerance, so
+    that outputs within tolerance cannot change the predicted class."""
+    ref = reference.reshape(len(reference), -1)
+    if ref.shape[1] < 2:
+        return np.ones(len(ref), dtype=bool)
+    best_two = np.sort(ref, axis=1)[:, -2:]
+    slack = 2 * (atol + rtol * np.abs(best_two[:, 1]))
+    return best_two[:, 1] - best_two[:, 0] > slack
+
+
+def parity_failures(reference: np.ndarray, outputs: np.ndarray, check: Check) -> list[str]:
+    """The parity checks `outputs` fails: non-finite values, logits outside tolerance and
+    top-1 disagreement (on decisive samples when a tolerance is set)."""
+    failures = []
+    if not np.isfinite(outputs).all():
+        failures.append("outputs contain NaN or inf")
+    ref = reference.astype(np.float64)
+    if check.atol is not None:
+        diff = np.abs(outputs.astype(np.float64) - ref)
+        outside = int(np.count_nonzero(~(diff <= check.atol + check.rtol * np.abs(ref))))
+        if outside:
+            failures.append(f"{outside} of {diff.size} logits outside atol={check.atol:g} "
+                            f"rtol={check.rtol:g}")
+    mask = (decisive(ref, check.atol, check.rtol) if check.atol is not None
+            else np.ones(len(ref), dtype=bool))
+    if mask.any():
+        agree = float(np.mean(top1(outputs)[mask] == top1(ref)[mask]))
+        if agree < check.min_agreement:
+            failures.append(f"top-1 agrees with PyTorch on {agree:.1%} of {int(mask.sum())} "
+                            f"samples, below {check.min_agreement:.0%}")
+    return failures
+
+
+def accuracy_failures(accuracy: float, reference: float, samples: int,
+                      check: Check) -> list[str]:
+    """The accuracy check: at most `max_accuracy_drop` points below PyTorch's top-1."""
+    if check.max_accuracy_drop is None:
+        return []
+    drop = (reference - accuracy) * 100
+    if drop <= check.max_accuracy_drop:
+        return []
+    return [f"top-1 {accuracy:.2%} vs PyTorch's {reference:.2%} on {samples} labelled samples: "
+            f"{drop:.2f} points lost, more than {check.max_accuracy_drop:g} allowed"]
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, check: Check) -> Metrics:
+    """Parity figures of `outputs` against PyTorch's `reference` and the checks it fails.
+    The relative difference is |out - ref| / |ref| over nonzero references, as
+    torch.testing reports it."""
     n = len(reference)
     ref = reference.astype(np.float64)
     diff = np.abs(outputs.astype(np.float64) - ref)
     nonzero = ref != 0
     rel = diff[nonzero] / np.abs(ref[nonzero])
-    max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float(rel.max()) if rel.size else 0.0
-    top1 = float(np.mean(outputs.reshape(n, -1).argmax(1) == ref.reshape(n, -1).argmax(1)))
-    failures = []
-    if not np.isfinite(outputs).all():
-        failures.append("outputs contain NaN or inf")
-    outside = int(np.count_nonzero(~(diff <= atol + rtol * np.abs(ref))))
-    if outside:
-        failures.append(f"{outside} of {diff.size} logits outside atol={atol:g} rtol={rtol:g}")
-    return Metrics(max_abs, max_rel, top1, n, tuple(failures))
+    return Metrics(
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        max_rel_diff=float(rel.max()) if rel.size else 0.0,
+        top1_agreement=float(np.mean(top1(outputs) == top1(ref))), num_samples=n,
+        failures=tuple(parity_failures(reference, outputs, check)))
 
 
 def validate_outputs(reference: np.ndarray, runner: Callable[[np.ndarray], np.ndarray],
-                     samples: np.ndarray, atol: float, rtol: float, *, label: str = "export",
-                     strict: bool = True) -> Metrics:
+                     samples: np.ndarray, check: Check, *, label: str = "export",
+                     strict: bool = True, eval_set: EvalSet | None = None) -> Metrics:
     """Run `runner` on every sample and compare with `reference` (PyTorch's logits for the same
-    samples). With `strict`, a failed check raises ExportError carrying the numbers; otherwise
-    the failures are only recorded in the returned Metrics."""
+    samples); with `eval_set`, also measure top-1 accuracy on its labelled samples. With
+    labels, reduced precisions are judged by accuracy instead of the agreement floor. With
+    `strict`, a failed check raises ExportError carrying the numbers; otherwise the failures
+    are only recorded in the returned Metrics."""
     outputs = run_each(runner, samples)
     if outputs.shape != reference.shape:  # nothing to compare: always an error
         raise ExportError(f"{label} output shape {tuple(outputs.shape)} != PyTorch's "
                           f"{tuple(reference.shape)}")
-    metrics = compare(reference, outputs, atol, rtol)
+    labelled = eval_set is not None and len(eval_set) > 0
+    parity_check = check
+    if labelled and check.atol is None:
+        parity_check = Check(None, check.rtol, 0.0, check.max_accuracy_drop)
+    metrics = compare(reference, outputs, parity_check)
+    if labelled:
+        accuracy = float(np.mean(top1(run_each(runner, eval_set.x)) == eval_set.y))
+        failures = metrics.failures + tuple(accuracy_failures(
+            accuracy, eval_set.reference_accuracy, len(eval_set), check))
+        metrics = Metrics(metrics.max_abs_diff, metrics.max_rel_diff, metrics.top1_agreement,
+                          metrics.num_samples, failures, accuracy,
+                          eval_set.reference_accuracy, len(eval_set))
     if strict and not metrics.passed:
-        raise ExportError(
-            f"{label} does not match PyTorch on {metrics.num_samples} samples: "
-            f"{'; '.join(metrics.failures)} (max|diff| {metrics.max_abs_diff:.2e}, "
-            f"max rel {metrics.max_rel_diff:.2e}, top-1 agree {metrics.top1_agreement:.0%})"
-        )
+        raise ExportError(f"{label} failed verification: {'; '.join(metrics.failures)} "
+                          f"({figures(metrics)})")
     return metrics
+
+
+def figures(metrics: Metrics) -> str:
+    """The parity and accuracy numbers in one short phrase, for messages."""
+    text = (f"max|diff| {metrics.max_abs_diff:.2e}, max rel {metrics.max_rel_diff:.2e}, "
+            f"top-1 agree {metrics.top1_agreement:.1%} on {metrics.num_samples}")
+    if metrics.accuracy is not None:
+        text += (f", top-1 {metrics.accuracy:.2%} vs PyTorch {metrics.reference_accuracy:.2%} "
+                 f"on {metrics.eval_samples}")
+    return text

@@ -1,0 +1,94 @@
+"""`edgeprune export`: a thin Typer shell over `edgeprune.export.export_files` (same argument
+names). Registered in cli.py with `app.command()(export)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeprune import console
+from edgeprune.cli import (
+    DataDirOpt,
+    DatasetOpt,
+    InputSizeOpt,
+    JsonOpt,
+    QuietOpt,
+    WeightsOpt,
+)
+
+ModelArg = Annotated[str, typer.Argument(
+    help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
+    show_default=False)]
+
+
+def export(
+    model: ModelArg = "demo",
+    weights: WeightsOpt = None,
+    formats: Annotated[str, typer.Option(
+        "--format", "-f", help="formats, comma-separated: onnx, tflite")] = "onnx,tflite",
+    precisions: Annotated[str, typer.Option(
+        "--precision", "-p", help="precisions, comma-separated: fp32, fp16, int8 (static, "
+        "calibrated), int8-dynamic")] = "fp32",
+    out: Annotated[Path, typer.Option(help="folder for the files and sidecars")] = Path(
+        "exported"),
+    stem: Annotated[str | None, typer.Option(
+        help="file name stem (default: the model's name)")] = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    input_size: InputSizeOpt = None,
+    calibration_samples: Annotated[int, typer.Option(
+        help="training images int8 activation ranges are calibrated on (at least 64)")] = 512,
+    eval_samples: Annotated[int, typer.Option(
+        help="test images each file's top-1 accuracy is measured on (0: none)")] = 2000,
+    verify: Annotated[bool, typer.Option(
+        help="fail when a file misses its thresholds (numbers are measured either way)")] = True,
+    nhwc: Annotated[bool, typer.Option(
+        help="TFLite input in NHWC (channels-last) layout: no input transpose on devices")] = False,
+    int8_io: Annotated[bool, typer.Option(
+        help="int8 TFLite files take and return int8 tensors instead of float")] = False,
+    opset: Annotated[int | None, typer.Option(
+        help="ONNX opset (default 18, for onnxruntime >= 1.14; 17 for 1.13, 15 for "
+        "1.10-1.12)")] = None,
+    dynamic_batch: Annotated[bool, typer.Option(
+        help="ONNX files accept any batch size")] = False,
+    seed: Annotated[int, typer.Option(help="seed for the sampled images")] = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX and/or TFLite in fp32, fp16 and int8, each file verified."""
+    console.set_quiet(quiet)
+    from edgeprune.export import export_files
+
+    results = export_files(
+        model=model, weights=weights, formats=formats, precisions=precisions, out=out,
+        stem=stem, dataset=dataset, data_dir=data_dir, input_size=input_size,
+        calibration_samples=calibration_samples, eval_samples=eval_samples, verify=verify,
+        nhwc=nhwc, int8_io=int8_io, opset=opset, dynamic_batch=dynamic_batch, seed=seed)
+    if json_out:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        return
+    console.stdout.print(results_table(results))
+
+
+def results_table(results):
+    """One row per file: size, parity, accuracy and time; PyTorch's accuracy in the title."""
+    from rich.table import Table
+
+    folder = results[0].path.parent if results else ""
+    reference = next((r for r in results if r.reference_accuracy is not None), None)
+    title = f"exported to {folder}"
+    if reference is not None:
+        title += (f" (PyTorch top-1 {reference.reference_accuracy:.2%} on "
+                  f"{reference.eval_samples} test images)")
+    table = Table(title=title)
+    table.add_column("file", no_wrap=True)
+    for name in ("size", "max |diff|", "agree", "top-1", "time"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for r in results:
+        acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
+        table.add_row(r.path.name, f"{r.size_bytes / 1e6:.2f} MB", f"{r.max_abs_diff:.1e}",
+                      f"{r.top1_agreement:.0%}", acc, f"{r.wall_s:.1f} s")
+    return table

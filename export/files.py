@@ -1,0 +1,97 @@
+"""`export_files`: the `edgeprune export` command as a function. Loads any model the loader
+accepts and real data for it, then calls `export_model` with verification samples, labelled
+evaluation samples and calibration images drawn from that data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeprune.data import DataBundle, iterate_batches, load_dataset
+from edgeprune.errors import EdgepruneError
+from edgeprune.export.api import ExportResult, export_model
+from edgeprune.export.base import ExportOptions
+from edgeprune.export.precision import CALIBRATED, parse_precisions
+from edgeprune.export.registry import select_exporters
+from edgeprune.models import LoadedModel, load_model
+from edgeprune.spec import InputSpec, parse_input_size
+
+VERIFY_SAMPLES = 32
+"""Test images every file's logits are compared with PyTorch's on."""
+SUMMARY_KEYS = ("pruned_from", "criterion", "flops_reduction", "params", "macs", "test_acc")
+"""Checkpoint metadata that describes how a model was compressed (edgeprune compress)."""
+
+
+def export_files(model: str = "demo", weights: Path | None = None,
+                 formats: str = "onnx,tflite", precisions: str = "fp32",
+                 out: Path = Path("exported"), stem: str | None = None,
+                 dataset: str = "auto", data_dir: Path | None = None,
+                 input_size: str | None = None, calibration_samples: int = 512,
+                 eval_samples: int = 2000, verify: bool = True, nhwc: bool = False,
+                 int8_io: bool = False, opset: int | None = None, dynamic_batch: bool = False,
+                 seed: int = 0) -> list[ExportResult]:
+    """Export `model` (a --model reference) in each format and precision into `out`.
+
+    Files are named `<stem>[.<precision>].<format>` (stem: the model's name). Verification uses
+    the first VERIFY_SAMPLES of `eval_samples` test images, accuracy all of them (0: no
+    accuracy check), int8 calibration `calibration_samples` training images; all seeded.
+    """
+    select_exporters(formats)
+    precs = parse_precisions(precisions)
+    size = parse_input_size(input_size) if input_size else None
+    data = load_dataset(dataset, data_dir, size)
+    loaded = load_model(model, weights, in_channels=data.spec.channels,
+                        num_classes=data.spec.num_classes)
+    spec = model_spec(loaded, data, size)
+    x, y = take(data, "test", max(eval_samples, VERIFY_SAMPLES), seed)
+    calibration = None
+    if CALIBRATED.intersection(precs):
+        calibration = take(data, "train", calibration_samples, seed)[0]
+    options = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, nhwc=nhwc,
+                            int8_io=int8_io)
+    return export_model(
+        loaded.model, spec, Path(out), x[:VERIFY_SAMPLES], formats=formats,
+        stem=stem or default_stem(model), verify=verify, precisions=precs,
+        calibration=calibration, eval_samples=(x, y) if eval_samples > 0 else None,
+        summary=compression_summary(loaded), options=options)
+
+
+def model_spec(loaded: LoadedModel, data: DataBundle,
+               size: tuple[int, int, int] | None) -> InputSpec:
+    """The model's input spec (its checkpoint's, else the dataset's), checked against the
+    images the dataset gives."""
+    spec = loaded.spec or data.spec
+    if size is not None and size != spec.shape:
+        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if spec.shape != data.spec.shape:
+        raise EdgepruneError(
+            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
+            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
+            "--dataset/--data-dir or --input-size")
+    return spec
+
+
+def take(data: DataBundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded class-balanced sample of `n` images (fewer if the split is smaller)."""
+    xs, ys = [], []
+    for x, y in iterate_batches(data.loader(split, batch_size=256, limit=n, seed=seed)):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def default_stem(model: str | None) -> str:
+    """A file stem from a --model reference: 'demo', 'resnet20', 'resnet18' for
+    'torchvision:resnet18', 'factory' for 'pkg.mod:factory', the file stem for a path."""
+    ref = model or "demo"
+    if ref.endswith((".pt", ".pth")) or Path(ref).is_file():
+        return Path(ref).stem
+    return ref.rsplit(":", 1)[-1] or "model"
+
+
+def compression_summary(loaded: LoadedModel) -> dict[str, Any] | None:
+    """How the model was compressed, from its checkpoint metadata; None for a plain model."""
+    summary = {k: loaded.meta[k] for k in SUMMARY_KEYS if k in loaded.meta}
+    return summary if "pruned_from" in summary else None

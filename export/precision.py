@@ -1,0 +1,70 @@
+"""Precisions and what each must pass: the numeric checks applied to every exported file.
+
+fp32 must reproduce PyTorch's logits; reduced precisions are judged by what users see, top-1
+accuracy on labelled samples next to PyTorch's, with an agreement floor as the fallback when no
+labels were given. Each exporter holds its own copy of these checks (`Exporter.checks`), so a
+format can tighten them and tests can adjust one instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeprune.errors import EdgepruneError
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+"""fp32: as trained. fp16: weights stored in half precision. int8: weights and activations
+int8, activation ranges calibrated on real samples (static). int8-dynamic: int8 weights,
+activations quantized at run time from their observed range (no calibration)."""
+
+CALIBRATED = frozenset({"int8"})
+"""Precisions whose export needs calibration samples."""
+
+MIN_CALIBRATION_SAMPLES = 64
+"""Fewer samples than this give activation ranges too noisy to trust; refused."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """Thresholds for one precision.
+
+    `atol`/`rtol`: every logit within atol + rtol * |PyTorch's| (None: not checked);
+    `min_agreement`: share of samples whose top-1 class equals PyTorch's (for fp32 only
+    samples whose top-2 margin exceeds the tolerance count); `max_accuracy_drop`: top-1
+    accuracy on labelled samples may be at most this many percentage points below PyTorch's
+    (None: not checked). With labels, the accuracy check replaces the agreement floor for
+    reduced precisions, because a few flipped predictions on a small batch say little.
+    """
+
+    atol: float | None
+    rtol: float
+    min_agreement: float
+    max_accuracy_drop: float | None
+
+
+DEFAULT_CHECKS: dict[str, Check] = {
+    "fp32": Check(atol=1e-4, rtol=1e-4, min_agreement=1.0, max_accuracy_drop=None),
+    "fp16": Check(atol=None, rtol=0.0, min_agreement=0.97, max_accuracy_drop=0.5),
+    "int8": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
+    "int8-dynamic": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
+}
+
+
+def parse_precisions(precisions: str | Sequence[str]) -> list[str]:
+    """Known precision names in order, without repeats; 'a,b' strings are split."""
+    names = precisions.split(",") if isinstance(precisions, str) else list(precisions)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    if not names:
+        raise EdgepruneError(f"no precision given; choose from {', '.join(PRECISIONS)}")
+    for name in names:
+        if name not in PRECISIONS:
+            raise EdgepruneError(f"unknown precision {name!r}; choose from "
+                                 f"{', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(names))
+
+
+def file_tag(precision: str) -> str:
+    """What a file name carries for `precision`: nothing for fp32 (`model.onnx`), else
+    `.int8` etc. (`model.int8.onnx`)."""
+    return "" if precision == "fp32" else f".{precision}"
