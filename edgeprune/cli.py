@@ -81,6 +81,9 @@ def compress(
     criterion: Annotated[str, typer.Option(help="channel criterion: lrp, l1, l2, random")] = "lrp",
     flops_reduction: Annotated[float, typer.Option(
         help="share of FLOPs to remove (0.5 = half)")] = 0.5,
+    global_ranking: Annotated[bool, typer.Option(
+        "--global-ranking/--uniform",
+        help="rank channels across layers, or cut every layer by the same ratio")] = False,
     score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
     epochs: Annotated[float | None, typer.Option(
         help="fine-tuning epochs (default: 1 on large data, up to 10 on small)")] = None,
@@ -110,7 +113,8 @@ def compress(
     cfg = CompressConfig(
         model=model, weights=str(weights) if weights else None, input_size=input_size,
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, target=target,
-        criterion=criterion, flops_reduction=flops_reduction, score_samples=score_samples,
+        criterion=criterion, flops_reduction=flops_reduction, global_ranking=global_ranking,
+        score_samples=score_samples,
         epochs=epochs, lr=lr, batch_size=batch_size, formats=tuple(formats.split(",")),
         verify=verify, bench_runs=bench_runs, bench_seconds=bench_seconds,
         eval_limit=eval_limit, seed=seed, name=name, out=str(out) if out else None,

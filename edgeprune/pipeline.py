@@ -42,6 +42,7 @@ class CompressConfig:
     target: str = "rpi4"
     criterion: str = "lrp"
     flops_reduction: float = 0.5
+    global_ranking: bool = False
     score_samples: int = 500
     epochs: float | None = None
     lr: float = 0.01
@@ -158,7 +159,8 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
     info(f"score: {cfg.criterion} on {len(x)} samples, {len(scores)} layers, {score_s:.1f} s")
     t0 = time.perf_counter()
     result = prune(model, torch.zeros(1, *spec.shape), scores=scores,
-                   flops_reduction=cfg.flops_reduction, round_to=round_to)
+                   flops_reduction=cfg.flops_reduction, round_to=round_to,
+                   global_ranking=cfg.global_ranking)
     prune_s = time.perf_counter() - t0
     info(f"prune: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
          f"(-{result.flops_reduction * 100:.1f}%), params {result.params_before / 1e3:.0f}k -> "
