@@ -25,6 +25,9 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="folder holding the datase
 InputSizeOpt = Annotated[str | None, typer.Option(help="CxHxW, e.g. 3x32x32")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file of compress options (keys = option names); flags given on the "
+    "command line override it")]
 
 
 @app.callback()
@@ -72,6 +75,7 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (
 
 @app.command()
 def compress(
+    ctx: typer.Context,
     target: TargetOpt = "rpi4",
     model: ModelOpt = "demo",
     weights: WeightsOpt = None,
@@ -101,24 +105,17 @@ def compress(
                                               "CRITERION-PERCENT)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+    config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Score, prune, fine-tune, export and benchmark a model for a target device."""
     _setup(quiet)
-    from edgeprune.pipeline import CompressConfig
+    from edgeprune.config import config_from_cli
     from edgeprune.pipeline import compress as run_compress
 
-    cfg = CompressConfig(
-        model=model, weights=str(weights) if weights else None, input_size=input_size,
-        dataset=dataset, data_dir=str(data_dir) if data_dir else None, target=target,
-        criterion=criterion, flops_reduction=flops_reduction, global_ranking=global_ranking,
-        score_samples=score_samples,
-        epochs=epochs, lr=lr, batch_size=batch_size, formats=tuple(formats.split(",")),
-        verify=verify, bench_runs=bench_runs, bench_seconds=bench_seconds,
-        eval_limit=eval_limit, seed=seed, name=name, out=str(out) if out else None,
-        runs_dir=str(runs_dir))
+    cfg = config_from_cli(ctx, config)  # the file's options, then the flags given explicitly
     result = run_compress(cfg, overwrite=overwrite)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
@@ -154,6 +151,11 @@ from edgeprune.cli_export import export  # noqa: E402
 
 app.command()(export)
 app.command()(bench)
+
+from edgeprune.cli_report import report, sweep  # noqa: E402
+
+app.command()(report)
+app.command()(sweep)
 
 
 def main() -> None:

@@ -146,17 +146,22 @@ def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
 
 
 def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpec,
-                     data: DataBundle, round_to: int):
+                     data: DataBundle, round_to: int,
+                     scores: dict[str, torch.Tensor] | None = None):
     from edgeprune.criteria import get_criterion
     from edgeprune.pruning import prune
 
-    criterion = get_criterion(cfg.criterion)
     t0 = time.perf_counter()
-    x, y = _samples(data, cfg.score_samples, "train", cfg.seed)
-    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
-    scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
+    if scores is None:
+        criterion = get_criterion(cfg.criterion)
+        x, y = _samples(data, cfg.score_samples, "train", cfg.seed)
+        batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
+        info(f"score: {cfg.criterion} on {len(x)} samples, {len(scores)} layers, "
+             f"{time.perf_counter() - t0:.1f} s")
+    else:
+        info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
     score_s = time.perf_counter() - t0
-    info(f"score: {cfg.criterion} on {len(x)} samples, {len(scores)} layers, {score_s:.1f} s")
     t0 = time.perf_counter()
     result = prune(model, torch.zeros(1, *spec.shape), scores=scores,
                    flops_reduction=cfg.flops_reduction, round_to=round_to,
@@ -211,12 +216,15 @@ def _bench(cfg: CompressConfig, run: RunFolder, models: dict[str, dict[str, dict
 
 
 def compress(config: CompressConfig | None = None, overwrite: bool = False,
-             **options: Any) -> CompressResult:
+             scores: dict[str, torch.Tensor] | None = None, **options: Any) -> CompressResult:
     """Run the whole pipeline and publish a complete run folder.
 
     `options` override fields of `config` (same names as the CLI flags). The input model
     file is only read. An interrupted run resumes fine-tuning when the same command is run
-    again; a finished run is replaced only with `overwrite`."""
+    again; a finished run is replaced only with `overwrite`. `scores` ({layer: per-channel
+    tensor} of `config.criterion`, as in scores.pt) skips scoring, e.g. when a sweep prunes one
+    model to several FLOPs levels."""
+    from edgeprune.config import dump_config  # config.py builds on CompressConfig
     from edgeprune.devices.targets import load_target
 
     cfg = _merge(config, options)
@@ -232,8 +240,10 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
     info(f"run folder {run.final} (target {target.name}: {target.cpu}); data {data.name} "
          f"({len(data.train)} train / {len(data.test)} test)")
+    atomic_write_text(run.path("config.toml"), dump_config(cfg))
+    run.record(run.work / "config.toml", "config", "compress")
     try:
-        result = _run_stages(cfg, run, loaded, spec, data, target)
+        result = _run_stages(cfg, run, loaded, spec, data, target, scores)
     except EdgepruneError:
         run.discard()
         raise
@@ -241,8 +251,21 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     run.stage_done("total", wall_s=result.wall_s)
     atomic_write_text(run.path("summary.json"), json.dumps(result.to_dict(), indent=2,
                                                            default=str))
+    _report(run)
     result.run_dir = run.publish()
     return result
+
+
+def _report(run: RunFolder) -> None:
+    """report.html and report.json from the finished run folder, recorded like every file."""
+    from edgeprune.report import build_report
+
+    t0 = time.perf_counter()
+    html, data = build_report(run.work)
+    run.record(html, "report", "report")
+    run.record(data, "report-data", "report")
+    info(f"report: {html.name} ({html.stat().st_size / 1e3:.0f} kB) and {data.name}, "
+         f"{time.perf_counter() - t0:.1f} s")
 
 
 def _merge(config: CompressConfig | None, options: dict[str, Any]) -> CompressConfig:
@@ -266,7 +289,8 @@ def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
 
 
 def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: InputSpec,
-                data: DataBundle, target) -> CompressResult:
+                data: DataBundle, target,
+                scores: dict[str, torch.Tensor] | None = None) -> CompressResult:
     dense = loaded.model.eval()
     t0 = time.perf_counter()
     dense_acc = evaluate(dense, data, limit=cfg.eval_limit, description="evaluating dense")
@@ -275,9 +299,10 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
          f"{dense_macs / 1e6:.1f}M MACs, {dense_params / 1e3:.0f}k params")
     run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
 
+    reused = scores is not None
     scores, pruned, score_s, prune_s = _score_and_prune(cfg, dense, spec, data,
-                                                        target.simd_width)
-    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion)
+                                                        target.simd_width, scores)
+    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion, reused=reused)
     run.stage_done("prune", wall_s=prune_s, flops_reduction=pruned.flops_reduction,
                    channels={k: list(v) for k, v in pruned.channels.items()},
                    protected=pruned.protected)

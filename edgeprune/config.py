@@ -1,0 +1,185 @@
+"""Compress configs as TOML files: keys are `CompressConfig` field names (dashes or underscores),
+command-line flags override the file, and every run folder keeps its resolved `config.toml`.
+
+Unknown keys and wrong types raise EdgepruneError naming the key (with a close-match
+suggestion). Values are data only; nothing in a file is evaluated. Paths are taken as they
+are written, like the same flags: relative to the directory edgeprune runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline import CompressConfig
+
+if TYPE_CHECKING:
+    import typer
+
+FIELDS = {f.name: f for f in dataclasses.fields(CompressConfig)}
+HINTS = typing.get_type_hints(CompressConfig)
+HEADER = ("# edgeprune compress config: keys are the option names of `edgeprune compress`.\n"
+          "# Use with `edgeprune compress --config FILE`; flags given on the command line\n"
+          "# override these values. Unset options are commented out.\n")
+
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise EdgepruneError("reading TOML needs Python 3.11+ or the tomli package "
+                                 "(pip install tomli)") from None
+    return tomllib
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _wrong(source: str, key: str, expected: str, value: Any) -> EdgepruneError:
+    return EdgepruneError(f"{source}: {key!r} must be {expected}, not {value!r} "
+                          f"({_type_name(value)})")
+
+
+def _check(source: str, key: str, value: Any, shown: str) -> Any:
+    """`value` converted to the type of field `key`, or an error naming the key as the user
+    wrote it (`shown`)."""
+    hint = HINTS[key]
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _wrong(source, shown, "set (it has no 'unset' value)", value)
+    base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise _wrong(source, shown, "true or false", value)
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(source, shown, "an integer", value)
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _wrong(source, shown, "a number", value)
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str):
+            raise _wrong(source, shown, "a string", value)
+    elif typing.get_origin(base) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _wrong(source, shown, 'a list of strings (e.g. ["onnx", "tflite"])', value)
+        value = tuple(value)
+    return value
+
+
+def validate(options: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Options with keys normalised to field names (dashes -> underscores) and values
+    checked against CompressConfig's types."""
+    out: dict[str, Any] = {}
+    for raw_key, value in options.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"known keys: {', '.join(FIELDS)}"
+            raise EdgepruneError(f"{source}: unknown key {raw_key!r}; {hint}")
+        out[key] = _check(source, key, value, str(raw_key))
+    return out
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    """The options in TOML file `path`, validated; keys are CompressConfig field names."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EdgepruneError(f"cannot read config {path}: {e.strerror or e}") from None
+    toml = _toml()
+    try:
+        data = toml.loads(text)
+    except toml.TOMLDecodeError as e:
+        raise EdgepruneError(f"{path} is not valid TOML: {e}") from None
+    return validate(data, str(path))
+
+
+def merge(config_dict: Mapping[str, Any], cli_overrides: Mapping[str, Any]) -> CompressConfig:
+    """CompressConfig defaults, then `config_dict` (a loaded file), then `cli_overrides`."""
+    cfg = CompressConfig()
+    for source, options in (("config", config_dict), ("command line", cli_overrides)):
+        for key, value in validate(options, source).items():
+            setattr(cfg, key, value)
+    return cfg
+
+
+def config_from_dict(options: Mapping[str, Any]) -> CompressConfig:
+    """A CompressConfig from a plain dict such as a run's config.json."""
+    return merge(options, {})
+
+
+def _toml_str(s: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+               "\r": "\\r"}
+    return '"' + "".join(escapes.get(c, f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f"
+                                     else c) for c in s) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_config(cfg: CompressConfig) -> str:
+    """`cfg` as a TOML file that `load_config` reads back to the same CompressConfig: one
+    `key = value` line per option, in field order; unset (None) options commented out."""
+    lines = [HEADER]
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        if value is None:
+            lines.append(f"# {name} =  (not set)")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> CompressConfig:
+    """The CompressConfig of a CLI command whose parameters are named like its fields: the
+    --config file (if given) with only the flags given explicitly on top; without a file,
+    every flag's value (defaults included)."""
+    values = {k: v for k, v in ctx.params.items() if k in FIELDS}
+    if config_path is None:
+        return merge({}, values)
+    return merge(load_config(config_path), {k: v for k, v in values.items()
+                                            if _explicit(ctx, k)})
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    """Whether a flag's value came from the user rather than its default. Compared by name:
+    Typer >= 0.22 carries its own copy of click, whose ParameterSource is another enum."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
