@@ -90,7 +90,7 @@ def compress(
         help="rank channels across layers, or cut every layer by the same ratio")] = False,
     score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
     epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: 1 on large data, up to 10 on small)")] = None,
+        help="fine-tuning epochs (default: enough to see 120k images, at most 10)")] = None,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",

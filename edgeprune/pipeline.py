@@ -26,7 +26,7 @@ from edgeprune.models import LoadedModel, load_model
 from edgeprune.runs import RunFolder
 from edgeprune.spec import InputSpec, parse_input_size
 
-FINETUNE_SAMPLES = 20_000
+FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIST epochs
 EVAL_SAMPLES = 100  # shipped beside each export for the on-device runner's --eval
 
 
@@ -138,8 +138,9 @@ def _samples(data: DataBundle, n: int, split: str, seed: int) -> tuple[torch.Ten
 
 
 def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
-    """1 epoch on large training sets; more on small ones, so fine-tuning sees about
-    FINETUNE_SAMPLES images (at most 10 epochs)."""
+    """Enough epochs for fine-tuning to see about FINETUNE_SAMPLES images, at most 10.
+
+    On the demo model at -50% FLOPs, 1 epoch of Fashion-MNIST left a 1.28-point drop."""
     if cfg.epochs is not None:
         return cfg.epochs
     return float(min(10, max(1, math.ceil(FINETUNE_SAMPLES / len(data.train)))))
