@@ -152,7 +152,10 @@ from edgeprune.cli_export import export  # noqa: E402
 app.command()(export)
 app.command()(bench)
 
+from edgeprune.cli_prune import prune  # noqa: E402
 from edgeprune.cli_report import report, sweep  # noqa: E402
+
+app.command()(prune)
 
 app.command()(report)
 app.command()(sweep)

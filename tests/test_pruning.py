@@ -1,6 +1,9 @@
-"""One-shot pruning to a FLOPs target through Torch-Pruning's dependency graph."""
+"""Pruning through Torch-Pruning's dependency graph: goals (FLOPs, parameters, latency,
+per-layer ratios), schedules, protection and kernel re-estimation."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -13,7 +16,20 @@ from edgeprune.console import is_quiet, set_quiet
 from edgeprune.criteria import get_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model, load_model
-from edgeprune.pruning import PrecomputedImportance, PruneResult, prune
+from edgeprune.pruning import (
+    Iterative,
+    LatencyBudget,
+    LatencyModel,
+    LayerByLayer,
+    LayerRatios,
+    ParamsReduction,
+    PrecomputedImportance,
+    PruneResult,
+    Reestimate,
+    model_cost,
+    parse_layer_ratios,
+    prune,
+)
 from edgeprune.spec import InputSpec
 
 NUM_CLASSES = 10
@@ -225,3 +241,275 @@ def test_lrp_scores_drive_pruning_without_a_backward_by_the_caller():
 def test_user_mistakes_raise_one_error_type(kwargs, message):
     with pytest.raises(EdgepruneError, match=message):
         prune(_model("democnn"), torch.zeros(1, *CASES["democnn"]), **kwargs)
+
+
+# ------------------------------------------------------------------------- goals
+
+def test_params_goal_is_met_and_counted_on_the_pruned_model():
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    result = prune(model, x, goal=ParamsReduction(0.4))
+    assert 0.4 <= result.params_reduction < 0.5
+    assert tp.utils.count_ops_and_params(result.model, x)[1] == result.params_after
+    assert result.goal == "-40% parameters"
+
+
+def test_latency_budget_is_met_by_the_targets_prediction():
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    dense_ms = LatencyModel.for_target("rpi4").predict_ms(model, x)
+    result = prune(model, x, goal=LatencyBudget(0.6 * dense_ms, "rpi4"))
+    lat = result.latency
+    assert lat.target == "rpi4" and lat.threads == 4 and lat.scale == 1.0
+    assert lat.predicted_before_ms == pytest.approx(dense_ms)
+    assert 0.5 * dense_ms < lat.predicted_after_ms <= 0.6 * dense_ms
+    assert LatencyModel.for_target("rpi4").predict_ms(result.model, x) == pytest.approx(
+        lat.predicted_after_ms)
+
+
+def test_a_measurement_of_the_dense_model_calibrates_the_prediction():
+    model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
+    raw = LatencyModel.for_target("x86-64", threads=1).predict_ms(model, x)
+    budget = LatencyBudget(3.0, "x86-64", threads=1, measured_dense_ms=5.0)
+    result = prune(model, x, goal=budget)
+    lat = result.latency
+    assert lat.scale == pytest.approx(5.0 / raw) and lat.predicted_before_ms == pytest.approx(5.0)
+    assert lat.measured_before_ms == 5.0 and lat.predicted_after_ms <= 3.0
+
+
+def test_the_roofline_cost_counts_conv_and_linear_macs():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    cost = model_cost(model, torch.zeros(1, 3, 4, 4))
+    assert cost.macs == 8 * 4 * 4 * 3 * 9 + 128 * 10
+    assert cost.weight_bytes == 4 * sum(p.numel() for p in model.parameters())
+    # input + conv + relu + flatten + linear outputs; batch norm is folded away
+    assert cost.activation_bytes == 4 * (48 + 128 + 128 + 128 + 10)
+
+
+def test_layer_ratios_prune_only_the_named_groups():
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    result = prune(model, x, goal=LayerRatios({"layers.3.conv1": 0.5, "layers.0.conv1": 0.5}))
+    changed = {n for n, (before, after) in result.channels.items() if after != before}
+    assert changed == {"layers.3.conv1", "layers.0.conv1"}
+    assert result.channels["layers.3.conv1"] == (32, 16)
+    assert result.schedule == "one-shot" and result.search_steps == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"flops_reduction": 0.5, "goal": ParamsReduction(0.5)}, "not both"),
+    ({"goal": LayerRatios({"nope": 0.5})}, "not a Conv2d"),
+    ({"goal": LayerRatios({"23": 0.5})}, "is protected: classifier"),
+    ({"goal": LayerRatios({"0": 0.5}), "schedule": Iterative()}, "one shot"),
+])
+def test_goal_mistakes_raise_one_error_type(kwargs, message):
+    with pytest.raises(EdgepruneError, match=message):
+        prune(_model("democnn"), torch.zeros(1, *CASES["democnn"]), **kwargs)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LatencyBudget(0), "must be positive"),
+    (lambda: ParamsReduction(1.0), "must be in"),
+    (lambda: LayerRatios({"a": 1.2}), "must be in"),
+    (lambda: Iterative(step=0), "must be in"),
+    (lambda: parse_layer_ratios("conv1:0.5"), "NAME=RATIO"),
+])
+def test_bad_goal_values_are_rejected(make, message):
+    with pytest.raises(EdgepruneError, match=message):
+        make()
+
+
+def test_layer_ratio_text_is_parsed():
+    assert parse_layer_ratios("a.b=0.5, c=0.25,") == {"a.b": 0.5, "c": 0.25}
+
+
+# --------------------------------------------------------------------- schedules
+
+class _CountingL1:
+    """The l1 criterion, counting how often (and on how wide a model) it is asked."""
+
+    name, needs_data = "counting-l1", False
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, model, batches=None):
+        self.calls.append(sum(m.out_channels for m in model.modules()
+                              if isinstance(m, nn.Conv2d)))
+        return get_criterion("l1").score(model)
+
+
+def test_iterative_steps_remove_a_share_of_filters_then_stop_at_the_goal():
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    seen: list[tuple[int, int]] = []
+    crit = _CountingL1()
+    result = prune(model, x, criterion=crit, flops_reduction=0.3,
+                   schedule=Iterative(step=0.1, between=lambda m, s: seen.append(
+                       (s.index, s.figures.filters))))
+    filters = [s["filters"] for s in result.steps]
+    prunable = sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert len(result.steps) >= 3 and result.steps[-1]["final"]
+    assert seen == [(s["step"], s["filters"]) for s in result.steps[:-1]]
+    for k, f in enumerate(filters[:-1], 1):  # each step at least 10% more of the filters
+        assert f <= prunable - 0.1 * k * prunable
+    assert filters == sorted(filters, reverse=True)
+    assert crit.calls[0] == prunable and crit.calls[1:] == filters[:-1]  # re-scored per step
+    assert 0.3 <= result.flops_reduction < 0.4
+    assert result.schedule == "iterative"
+
+
+def test_iterative_steps_can_fine_tune_in_between():
+    model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
+
+    def nudge(m: nn.Module, step) -> None:  # stands in for a brief fine-tune
+        with torch.no_grad():
+            m[0].weight.mul_(1.5)
+
+    first = model[0].weight.detach().clone()
+    result = prune(model, x, flops_reduction=0.3, schedule=Iterative(step=0.1, between=nudge))
+    assert len(result.steps) >= 2
+    kept = result.kept["0"]
+    ratio = result.model[0].weight.detach() / first[kept]
+    assert torch.allclose(ratio, torch.full_like(ratio, 1.5 ** (len(result.steps) - 1)))
+
+
+def test_layer_by_layer_goes_in_forward_order_on_the_already_pruned_model():
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    layers: list[str] = []
+    crit = _CountingL1()
+    result = prune(model, x, criterion=crit, flops_reduction=0.4,
+                   schedule=LayerByLayer(between=lambda m, s: layers.append(s.layer)))
+    order = [s["layer"] for s in result.steps if "layer" in s]
+    assert order[:3] == ["conv1", "layers.0.conv1", "layers.1.conv1"]
+    assert layers == order[:-1] and len(crit.calls) >= len(order)
+    assert crit.calls == sorted(crit.calls, reverse=True)
+    assert result.flops_reduction >= 0.4 and result.schedule == "layer-by-layer"
+
+
+def test_given_scores_follow_the_kept_channels_between_steps():
+    model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
+    scores = get_criterion("l1").score(model)
+    result = prune(model, x, scores=scores, criterion=None, flops_reduction=0.4,
+                   schedule=Iterative(step=0.1))
+    kept = result.kept["0"]
+    assert set(kept) == set(scores["0"].argsort(descending=True)[: len(kept)].tolist())
+
+
+# ---------------------------------------------------------- kernel re-estimation
+
+def _layer_error(original: nn.Module, pruned: nn.Module, name: str, kept: list[int] | None,
+                 x: torch.Tensor) -> float:
+    """Relative error of `name`'s outputs in the pruned model vs the original's."""
+    outs = {}
+    hooks = [m.get_submodule(name).register_forward_hook(
+        lambda _m, _i, o, key=key: outs.__setitem__(key, o)) for key, m in
+        (("a", original), ("b", pruned))]
+    with torch.no_grad():
+        original(x), pruned(x)
+    for h in hooks:
+        h.remove()
+    want = outs["a"] if kept is None else outs["a"][:, kept]
+    return float((outs["b"] - want).norm() / want.norm())
+
+
+def test_reestimation_lowers_the_next_layers_reconstruction_error(tiny_checkpoint, synthetic):
+    model = load_model(str(tiny_checkpoint)).model.eval()
+    x = torch.zeros(1, *synthetic.spec.shape)
+    train = [synthetic.train.__getitems__(range(i, i + 64)) for i in range(0, 256, 64)]
+    held_out = synthetic.test.__getitems__(range(128))[0]
+    plain = prune(model, x, batches=train, flops_reduction=0.5)
+    refit = prune(model, x, batches=train, flops_reduction=0.5, reestimate=True)
+    assert plain.channels == refit.channels and not plain.refits
+    names = [f.layer for f in refit.refits]
+    assert names and all(f.error_after < f.error_before for f in refit.refits)
+    first = names[0]  # the first layer after a pruned one sees exactly the same inputs
+    before = _layer_error(model, plain.model, first, refit.kept.get(first), held_out)
+    after = _layer_error(model, refit.model, first, refit.kept.get(first), held_out)
+    assert after < 0.8 * before
+    logits = _layer_error(model, refit.model, names[-1], None, held_out)
+    assert logits < _layer_error(model, plain.model, names[-1], None, held_out)
+
+
+def test_reestimation_needs_data():
+    with pytest.raises(EdgepruneError, match="needs batches"):
+        prune(_model("democnn"), torch.zeros(1, *CASES["democnn"]), reestimate=True)
+
+
+def test_reestimate_options_bound_the_samples_used():
+    model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, *CASES["democnn"], generator=g), torch.zeros(16))] * 3
+    result = prune(model, x, batches=batches, reestimate=Reestimate(samples=20, rows=256))
+    assert result.refits and all(f.error_after <= f.error_before for f in result.refits)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _invoke(*args: str):
+    import typer
+    from typer.testing import CliRunner
+
+    from edgeprune.cli_prune import prune as prune_command
+
+    app = typer.Typer()
+    app.command()(prune_command)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_prune_command_saves_a_checkpoint_that_loads_pruned(tmp_path):
+    out = tmp_path / "pruned.pt"
+    result = _invoke("democnn", "--dataset", "synthetic", "--criterion", "l1",
+                     "--params-reduction", "0.3", "--target", "x86-64", "--out", str(out),
+                     "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["goal"] == "-30% parameters" and summary["params_reduction"] >= 0.3
+    loaded = load_model(str(out))
+    widths = {n: m.out_channels for n, m in loaded.model.named_modules()
+              if isinstance(m, nn.Conv2d)}
+    assert widths == {n: after for n, (_, after) in summary["channels"].items()}
+    assert all(w % 16 == 0 for w in widths.values())  # x86-64's SIMD width
+    assert loaded.model(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
+    assert loaded.meta["pruned"]["params_after"] == summary["params_after"]
+
+
+def test_prune_command_runs_a_latency_goal_iteratively_with_fine_tuning(tmp_path):
+    out = tmp_path / "pruned.pt"
+    result = _invoke("democnn", "--dataset", "synthetic", "--criterion", "l1",
+                     "--latency-ms", "0.06", "--target", "rpi4", "--schedule", "iterative",
+                     "--step", "0.2", "--step-epochs", "0.1", "--reestimate",
+                     "--score-samples", "64", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = torch.load(out, weights_only=True)["meta"]["pruned"]
+    assert summary["schedule"] == "iterative" and len(summary["steps"]) >= 2
+    assert summary["latency"]["predicted_after_ms"] <= 0.06 < summary["latency"][
+        "predicted_before_ms"]
+    assert summary["refits"]
+    assert "pruned for rpi4" in _invoke("democnn", "--dataset", "synthetic", "--criterion",
+                                        "l1", "--out", str(tmp_path / "b.pt")).stdout
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"flops_reduction": 0.3, "latency_ms": 5.0}, "choose one goal"),
+    ({"schedule": "gradual"}, "unknown schedule"),
+])
+def test_command_mistakes_are_one_error(kwargs, message, tmp_path):
+    from edgeprune.pruning.command import prune_file
+
+    with pytest.raises(EdgepruneError, match=message):
+        prune_file("democnn", dataset="synthetic", criterion="l1",
+                   out=tmp_path / "p.pt", **kwargs)
+
+
+def test_prune_command_measures_dense_and_pruned_side_by_side(tmp_path):
+    out = tmp_path / "pruned.pt"
+    result = _invoke("democnn", "--dataset", "synthetic", "--criterion", "l1",
+                     "--target", "x86-64", "--threads", "1", "--latency-ms", "0.08",
+                     "--measure-on", "local", "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    measured, latency = summary["measured"], summary["latency"]
+    assert measured["on"] == "local" and measured["format"] == "onnx"
+    assert measured["pruned_ms"] > 0 and measured["dense_ms"] > 0
+    assert latency["measured_before_ms"] == measured["dense_ms"]  # the calibration
+    assert latency["predicted_before_ms"] == pytest.approx(measured["dense_ms"])
+    assert latency["measured_after_ms"] == measured["pruned_ms"]
+    assert latency["predicted_after_ms"] <= 0.08

@@ -1,5 +1,7 @@
-"""Which layers the pruner must leave alone: the classifier, the caller's choice, layers the
-dependency graph does not see, and layers whose removal the graph cannot carry out."""
+"""Which layers the pruner must leave alone: the classifier (every layer feeding the output
+without another conv/linear in between), the caller's choice, layers the dependency graph does
+not see, and layers whose removal the graph cannot carry out, either because the pruned model
+fails or because it is no longer exact (see `is_exact`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from torch_pruning.pruner import function
 
 from edgeprune.criteria.base import prunable_layers
 from edgeprune.errors import EdgepruneError
+from edgeprune.pruning.compat import torch_pruning_compat
 from edgeprune.pruning.importance import OUT_CHANNEL_FNS
+from edgeprune.pruning.surgery import Cut, kept_from_removed, out_width, record_removed
 
 ROOT_TYPES = [nn.Conv2d, nn.Linear]
 
@@ -47,7 +51,9 @@ def names_within(model: nn.Module, modules: list[nn.Module]) -> list[str]:
     return [n for n, m in prunable_layers(model).items() if id(m) in wanted]
 
 
+@torch_pruning_compat
 def build_graph(model: nn.Module, example_inputs: Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model`, traced on `example_inputs`."""
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     except Exception as e:  # noqa: BLE001 - tracing failures come in every type
@@ -60,6 +66,7 @@ def untraced_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
     return [n for n, m in prunable_layers(model).items() if m not in graph.module2node]
 
 
+@torch_pruning_compat
 def group_roots(model: nn.Module, graph: tp.DependencyGraph, protected: list[str]) -> list[str]:
     """Names of the root layer of every prunable group (`graph` built on `model`)."""
     names = {m: n for n, m in model.named_modules()}
@@ -68,31 +75,147 @@ def group_roots(model: nn.Module, graph: tp.DependencyGraph, protected: list[str
             for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES)]
 
 
+def terminal_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+    """Prunable layers with no conv or linear layer after them in the traced graph: their
+    outputs are the model's outputs (the classifier, or the last conv of an all-conv head like
+    SqueezeNet's), so their output channels must stay."""
+    prunable = set(prunable_layers(model).values())
+    names = {m: n for n, m in model.named_modules()}
+    found = []
+    for module, node in graph.module2node.items():
+        if module not in prunable:
+            continue
+        seen, stack, feeds_layer = set(), list(node.outputs), False
+        while stack and not feeds_layer:
+            nxt = stack.pop()
+            if nxt not in seen:
+                seen.add(nxt)
+                feeds_layer = nxt.module in prunable
+                stack.extend(nxt.outputs)
+        if not feeds_layer:
+            found.append(names[module])
+    return found
+
+
+OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+               nn.modules.instancenorm._InstanceNorm)
+"""Norms that mix channels: a zeroed channel changes the others, so the check replaces them."""
+
+
+@torch.no_grad()
+def _zero_removed(model: nn.Module, kept: dict[str, list[int]]) -> None:
+    """Make every removed channel output zero: its weight row, bias and BN mean set to 0."""
+    for name, keep in kept.items():
+        module = model.get_submodule(name)
+        gone = sorted(set(range(module.weight.shape[0])) - set(keep))
+        for attr in ("weight", "bias", "running_mean"):
+            tensor = getattr(module, attr, None)
+            if isinstance(tensor, Tensor):
+                tensor[gone] = 0
+
+
+def _without_channel_mixing_norms(model: nn.Module) -> nn.Module:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, OTHER_NORMS) and name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    return model
+
+
+def is_exact(base: nn.Module, cut: Cut, example_inputs: Tensor, rtol: float = 1e-3) -> bool:
+    """Whether the pruned model computes exactly what `base` computes with the removed
+    channels zeroed (norms that mix channels replaced by identities on both sides).
+
+    This holds for any correct structural pruning, whatever the weights, and fails when the
+    graph removed mismatched channels on the two sides of a layer (e.g. an index mapping the
+    graph does not understand, such as a channel shuffle): such surgery runs and keeps the
+    output shape but silently scrambles the model."""
+    if not cut.kept:
+        return True
+    reference = copy.deepcopy(base).eval()
+    _zero_removed(reference, cut.kept)
+    reference = _without_channel_mixing_norms(reference)
+    pruned = _without_channel_mixing_norms(copy.deepcopy(cut.model).eval())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *example_inputs.shape[1:], generator=g, dtype=example_inputs.dtype)
+    with torch.no_grad():
+        try:
+            want, got = reference(x), pruned(x)
+        except Exception:  # noqa: BLE001 - a model that no longer runs is not exact
+            return False
+    scale = float(want.abs().max())
+    return want.shape == got.shape and bool(
+        ((want - got).abs() <= rtol * scale + 1e-6).all())
+
+
+def forward_order(model: nn.Module, names: list[str], example_inputs: Tensor) -> list[str]:
+    """`names` in the order the forward pass first calls them (uncalled ones dropped)."""
+    order: list[str] = []
+
+    def note(name: str) -> None:
+        if name not in order:
+            order.append(name)
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, _a, n=n: note(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _probe_indices(width: int) -> list[int]:
+    """A few channels that no channel permutation keeps in place all at once."""
+    return sorted({min(1, width - 1), width // 3, width // 2})
+
+
+FAILS = "the dependency graph cannot prune it (the pruned copy fails)"
+INEXACT = ("the dependency graph prunes it inexactly (a channel mapping it does not follow, "
+           "e.g. a channel shuffle)")
+
+
 def _probe_group(model: nn.Module, root: str, example_inputs: Tensor,
-                 expected: torch.Size) -> list[str] | None:
-    """Remove one channel of `root`'s group on a copy; the group's layers if that breaks."""
+                 expected: torch.Size) -> tuple[list[str], str] | None:
+    """Remove a few channels of `root`'s group on a copy: (the group's layers, why) when the
+    copy fails, changes its output shape or is no longer exact, else None."""
     work = copy.deepcopy(model)
     graph = build_graph(work, example_inputs)
     module = work.get_submodule(root)
     fn = function.prune_linear_out_channels if isinstance(module, nn.Linear) \
         else function.prune_conv_out_channels
-    group = graph.get_pruning_group(module, fn, [0])
+    group = graph.get_pruning_group(module, fn, _probe_indices(module.weight.shape[0]))
     names = {m: n for n, m in work.named_modules()}
     members = [names[d.target.module] for d, _ in group
                if d.handler in OUT_CHANNEL_FNS and d.target.module in names]
+    widths = {n: w for n, m in work.named_modules() if (w := out_width(m)) is not None}
+    removed: dict[str, set[int]] = {}
+    record_removed(group, graph, names, widths, removed)
     try:
         group.prune()
     except Exception:  # noqa: BLE001 - the surgery itself failed
-        return members
-    return None if forward_ok(work, example_inputs, expected) else members
+        return members, FAILS
+    if not forward_ok(work, example_inputs, expected):
+        return members, FAILS
+    if not is_exact(model, Cut(work, kept_from_removed(removed, widths)), example_inputs):
+        return members, INEXACT
+    return None
 
 
+@torch_pruning_compat
 def unprunable_names(model: nn.Module, example_inputs: Tensor, expected: torch.Size,
-                     protected: list[str]) -> list[str]:
-    """Layers whose groups the graph cannot prune (found by pruning each group alone)."""
+                     protected: list[str]) -> dict[str, str]:
+    """Layers whose groups the graph cannot prune (found by pruning each group alone), with
+    the reason for each."""
     graph = build_graph(model, example_inputs)
-    bad: list[str] = []
+    bad: dict[str, str] = {}
     for root in group_roots(model, graph, protected):
-        members = _probe_group(model, root, example_inputs, expected)
-        bad += [n for n in members or [] if n not in bad]
+        if root in bad:
+            continue
+        found = _probe_group(model, root, example_inputs, expected)
+        if found is not None:
+            for name in found[0]:
+                bad.setdefault(name, found[1])
     return bad

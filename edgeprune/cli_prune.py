@@ -1,0 +1,121 @@
+"""`edgeprune prune`: a thin Typer shell over `edgeprune.pruning.command.prune_file` (same
+argument names). Registered in cli.py with `app.command()(prune)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeprune import console
+from edgeprune.cli import (
+    DataDirOpt,
+    DatasetOpt,
+    InputSizeOpt,
+    JsonOpt,
+    QuietOpt,
+    TargetOpt,
+    WeightsOpt,
+)
+
+ModelArg = Annotated[str, typer.Argument(
+    help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
+    show_default=False)]
+
+
+def prune(
+    model: ModelArg = "demo",
+    weights: WeightsOpt = None,
+    target: TargetOpt = "rpi4",
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    input_size: InputSizeOpt = None,
+    criterion: Annotated[str, typer.Option(
+        help="channel criterion (see edgeprune.criteria): lrp, l1, l2, fpgm, taylor, ...")
+    ] = "lrp",
+    score_samples: Annotated[int, typer.Option(
+        help="training images the criterion (and --reestimate) sees")] = 500,
+    flops_reduction: Annotated[float | None, typer.Option(
+        help="goal: share of FLOPs to remove (default 0.5 when no other goal)")] = None,
+    params_reduction: Annotated[float | None, typer.Option(
+        help="goal: share of parameters to remove")] = None,
+    latency_ms: Annotated[float | None, typer.Option(
+        help="goal: latency budget on --target, predicted by its roofline profile")] = None,
+    layer_ratios: Annotated[str | None, typer.Option(
+        help="goal: per-layer ratios, NAME=RATIO,... (e.g. layer1.0.conv1=0.5)")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="threads the latency is predicted and measured at [default: the target's]")
+    ] = None,
+    round_to: Annotated[int | None, typer.Option(
+        help="channel counts rounded to this multiple [default: the target's SIMD width]")
+    ] = None,
+    min_channels: Annotated[int | None, typer.Option(
+        help="no layer keeps fewer channels [default: --round-to]")] = None,
+    uniform: Annotated[bool, typer.Option(
+        "--uniform/--global", help="the same ratio in every layer, or one global ranking")
+    ] = False,
+    schedule: Annotated[str, typer.Option(
+        help="one-shot | iterative | layer-by-layer")] = "one-shot",
+    step: Annotated[float, typer.Option(
+        help="iterative: share of the prunable filters removed per step")] = 0.05,
+    step_epochs: Annotated[float, typer.Option(
+        help="iterative/layer-by-layer: fine-tuning epochs (distillation) between steps")
+    ] = 0.0,
+    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
+    reestimate: Annotated[bool, typer.Option(
+        help="refit the layers that lost inputs by least squares (kernel re-estimation)")
+    ] = False,
+    measure_on: Annotated[str | None, typer.Option(
+        help="local | ssh://user@host[:port]: export and time the dense and the pruned model "
+        "there; with --latency-ms the dense time calibrates the prediction (so measure on "
+        "the --target device, or locally when --target describes this machine)")] = None,
+    out: Annotated[Path, typer.Option(help="pruned checkpoint to write")] = Path("pruned.pt"),
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    seed: Annotated[int, typer.Option(help="seed for the sampled images")] = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune a model for a target: to a FLOPs, parameter or latency goal, or per-layer ratios."""
+    console.set_quiet(quiet)
+    from edgeprune.pruning.command import prune_file
+
+    summary = prune_file(
+        model=model, weights=weights, dataset=dataset, data_dir=data_dir,
+        input_size=input_size, criterion=criterion, score_samples=score_samples,
+        target=target, flops_reduction=flops_reduction, params_reduction=params_reduction,
+        latency_ms=latency_ms, layer_ratios=layer_ratios, threads=threads, round_to=round_to,
+        min_channels=min_channels, uniform=uniform, schedule=schedule, step=step,
+        step_epochs=step_epochs, lr=lr, reestimate=reestimate, measure_on=measure_on, out=out,
+        overwrite=overwrite, seed=seed)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    console.stdout.print(summary_table(summary))
+
+
+def summary_table(summary: dict):
+    """Before/after figures, predicted next to measured latency where both exist."""
+    from rich.table import Table
+
+    table = Table("", "dense", "pruned", title=f"pruned for {summary['target']}: "
+                  f"{summary['goal']}, {summary['schedule']} -> {summary['out']}")
+    table.add_row("MACs", f"{summary['macs_before'] / 1e6:.2f}M",
+                  f"{summary['macs_after'] / 1e6:.2f}M (-{summary['flops_reduction']:.1%})")
+    table.add_row("params", f"{summary['params_before'] / 1e3:.1f}k",
+                  f"{summary['params_after'] / 1e3:.1f}k (-{summary['params_reduction']:.1%})")
+    lat = summary.get("latency")
+    if lat:
+        table.add_row(f"predicted ms ({lat['target']}, {lat['threads']} thr)",
+                      f"{lat['predicted_before_ms']:.3f}", f"{lat['predicted_after_ms']:.3f}")
+    measured = summary.get("measured")
+    if measured:
+        table.add_row(f"measured p50 ms ({measured['on']}, {measured['format']}, "
+                      f"{measured['threads']} thr)", f"{measured['dense_ms']:.3f}",
+                      f"{measured['pruned_ms']:.3f}")
+    others = {k: v for k, v in summary["protected_reasons"].items()
+              if not v.startswith("classifier")}
+    if others:
+        table.add_row("protected", "", "\n".join(f"{k}: {v}" for k, v in others.items()))
+    return table

@@ -1,0 +1,187 @@
+"""`prune_file`: what `edgeprune prune` does, as a library function with the same argument
+names: load a model and data, score, prune to one goal with one schedule, optionally measure
+dense and pruned on this machine, and save the pruned model as an edgeprune checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeprune.checkpoint import save_checkpoint
+from edgeprune.console import info
+from edgeprune.errors import EdgepruneError
+from edgeprune.pruning.api import PruneResult, prune
+from edgeprune.pruning.goals import (
+    FlopsReduction,
+    Goal,
+    LatencyBudget,
+    LayerRatios,
+    ParamsReduction,
+    parse_layer_ratios,
+)
+from edgeprune.pruning.schedule import (
+    Iterative,
+    LayerByLayer,
+    OneShot,
+    Schedule,
+    StepCallback,
+    StepInfo,
+)
+from edgeprune.spec import InputSpec
+
+SCHEDULES = ("one-shot", "iterative", "layer-by-layer")
+
+
+def choose_goal(flops_reduction: float | None = None, params_reduction: float | None = None,
+                latency_ms: float | None = None, layer_ratios: str | None = None,
+                target: str = "rpi4", threads: int | None = None,
+                measured_dense_ms: float | None = None) -> Goal:
+    """The one goal the options name (default: 50% of the FLOPs); naming two is an error."""
+    given = [n for n, v in (("--flops-reduction", flops_reduction),
+                            ("--params-reduction", params_reduction),
+                            ("--latency-ms", latency_ms), ("--layer-ratios", layer_ratios))
+             if v is not None]
+    if len(given) > 1:
+        raise EdgepruneError(f"choose one goal, not {' and '.join(given)}")
+    if params_reduction is not None:
+        return ParamsReduction(params_reduction)
+    if latency_ms is not None:
+        return LatencyBudget(latency_ms, target, threads, measured_dense_ms)
+    if layer_ratios is not None:
+        return LayerRatios(parse_layer_ratios(layer_ratios))
+    return FlopsReduction(0.5 if flops_reduction is None else flops_reduction)
+
+
+def choose_schedule(schedule: str, step: float = 0.05,
+                    between: StepCallback | None = None) -> Schedule:
+    """The schedule named by --schedule (one-shot, iterative, layer-by-layer)."""
+    if schedule == "one-shot":
+        return OneShot()
+    if schedule == "iterative":
+        return Iterative(step=step, between=between)
+    if schedule == "layer-by-layer":
+        return LayerByLayer(between=between)
+    raise EdgepruneError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def fine_tune_between(dense: nn.Module, data: Any, epochs: float, lr: float = 0.01,
+                      seed: int = 0) -> StepCallback | None:
+    """A between-steps callback for the iterative and layer-by-layer schedules: `epochs` of
+    distillation from the dense model on `data` (None when `epochs` is 0)."""
+    if epochs <= 0:
+        return None
+    from edgeprune.finetune import TrainConfig, train
+
+    def between(model: nn.Module, step: StepInfo) -> None:
+        train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed + step.index),
+              teacher=dense, description=f"fine-tuning after step {step.index}")
+        model.cpu()
+
+    return between
+
+
+def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: torch.Tensor,
+            device: str = "local") -> float:
+    """p50 latency (ms) of `model` exported to `fmt` and run on `device` (`local`: this
+    machine; `ssh://user@host`: the device, through the device harness)."""
+    from edgeprune.devices.bench import BenchOptions, get_backend
+    from edgeprune.export import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = export_model(copy.deepcopy(model).eval(), spec, Path(tmp), samples[:8],
+                               formats=(fmt,), stem="model")
+        return get_backend(device).bench(results[0].path, BenchOptions(threads=threads)).p50_ms
+
+
+def _batches(data: Any, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from edgeprune.data import iterate_batches
+
+    return list(iterate_batches(data.loader("train", batch_size=64, limit=n, seed=seed)))
+
+
+def _load(model: str, weights: Path | None, dataset: str, data_dir: Path | None,
+          input_size: str | None) -> tuple[Any, Any, InputSpec]:
+    """(loaded model, data, input spec), the spec checked against the data's."""
+    from edgeprune.data import load_dataset
+    from edgeprune.models import load_model
+    from edgeprune.spec import parse_input_size
+
+    size = parse_input_size(input_size) if input_size else None
+    data = load_dataset(dataset, data_dir, size)
+    loaded = load_model(model, weights, in_channels=data.spec.channels,
+                        num_classes=data.spec.num_classes)
+    spec = loaded.spec or data.spec
+    if size is not None and size != spec.shape:
+        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if spec.shape != data.spec.shape:
+        raise EdgepruneError(f"the model expects {'x'.join(map(str, spec.shape))} inputs but "
+                             f"dataset {data.name} gives "
+                             f"{'x'.join(map(str, data.spec.shape))}; pass a matching --dataset"
+                             "/--data-dir or --input-size")
+    return loaded, data, spec
+
+
+def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = "auto",
+               data_dir: Path | None = None, input_size: str | None = None,
+               criterion: str = "lrp", score_samples: int = 500, target: str = "rpi4",
+               flops_reduction: float | None = None, params_reduction: float | None = None,
+               latency_ms: float | None = None, layer_ratios: str | None = None,
+               threads: int | None = None, round_to: int | None = None,
+               min_channels: int | None = None, uniform: bool = False,
+               schedule: str = "one-shot", step: float = 0.05, step_epochs: float = 0.0,
+               lr: float = 0.01, reestimate: bool = False, measure_on: str | None = None,
+               out: Path = Path("pruned.pt"), overwrite: bool = False,
+               seed: int = 0) -> dict[str, Any]:
+    """Prune a model file for a target and save it; returns the summary the CLI prints."""
+    from edgeprune.criteria import get_criterion
+    from edgeprune.devices.targets import load_target
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EdgepruneError(f"{out} exists; pass --overwrite to replace it")
+    profile = load_target(target)
+    crit = get_criterion(criterion)
+    loaded, data, spec = _load(model, weights, dataset, data_dir, input_size)
+    x = torch.zeros(1, *spec.shape)
+    threads = threads or profile.threads
+    fmt = profile.formats[0]
+    samples = _batches(data, max(score_samples, 64), seed)
+    measured_dense = None
+    if measure_on:
+        measured_dense = measure(loaded.model, spec, fmt, threads, samples[0][0], measure_on)
+        info(f"measure: dense {fmt} p50 {measured_dense:.3f} ms on {measure_on}, "
+             f"{threads} threads")
+    goal = choose_goal(flops_reduction, params_reduction, latency_ms, layer_ratios, target,
+                       threads, measured_dense)
+    between = fine_tune_between(loaded.model, data, step_epochs, lr, seed)
+    plan = choose_schedule(schedule, step, between)
+    t0 = time.perf_counter()
+    result = prune(loaded.model, x, criterion=crit, batches=samples if crit.needs_data or
+                   reestimate else None, round_to=round_to or profile.simd_width,
+                   min_channels=min_channels, global_ranking=not uniform, goal=goal,
+                   schedule=plan, reestimate=reestimate)
+    wall = time.perf_counter() - t0
+    if measure_on:
+        pruned_ms = measure(result.model, spec, fmt, threads, samples[0][0], measure_on)
+        info(f"measure: pruned {fmt} p50 {pruned_ms:.3f} ms on {measure_on}, {threads} threads")
+        if result.latency is not None:
+            result.latency.measured_after_ms = pruned_ms
+    summary = _summary(result, target, criterion)
+    if measure_on:
+        summary["measured"] = {"on": measure_on, "format": fmt, "threads": threads,
+                               "dense_ms": measured_dense, "pruned_ms": pruned_ms}
+    save_checkpoint(out, result.model.cpu(), loaded.arch, spec, {"pruned": summary})
+    info(f"prune: saved {out}: MACs {result.macs_before / 1e6:.1f}M -> "
+         f"{result.macs_after / 1e6:.1f}M (-{result.flops_reduction:.1%}), params "
+         f"{result.params_before / 1e3:.0f}k -> {result.params_after / 1e3:.0f}k, {wall:.1f} s")
+    return summary | {"out": str(out), "wall_s": wall}
+
+
+def _summary(result: PruneResult, target: str, criterion: str) -> dict[str, Any]:
+    return {"target": target, "criterion": criterion} | result.to_dict()

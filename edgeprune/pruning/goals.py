@@ -1,0 +1,133 @@
+"""What the pruner aims at: a share of FLOPs or parameters removed, a latency budget on a target
+device, or an explicit pruning ratio per layer. A searched goal says whether a candidate's
+figures meet it; the search finds the smallest channel ratio that does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeprune.devices.targets import TargetProfile
+from edgeprune.errors import EdgepruneError
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a candidate costs: MACs and parameters counted by Torch-Pruning, the predicted
+    latency on the goal's target when the goal is a latency budget, and its conv filters."""
+
+    macs: int
+    params: int
+    latency_ms: float | None = None
+    filters: int = 0
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise EdgepruneError(f"{name} {value} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FlopsReduction:
+    """Remove at least `fraction` of the MACs (FLOPs = 2 x MACs, so the same share)."""
+
+    fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _fraction("flops_reduction", self.fraction)
+
+    def met(self, before: Figures, after: Figures) -> bool:
+        return 1.0 - after.macs / before.macs >= self.fraction if before.macs else True
+
+    def describe(self) -> str:
+        return f"-{self.fraction:.0%} FLOPs"
+
+    def shortfall(self, before: Figures, best: Figures) -> str:
+        return f"at most {1 - best.macs / before.macs:.1%} of the MACs can be removed"
+
+
+@dataclass(frozen=True)
+class ParamsReduction:
+    """Remove at least `fraction` of the parameters."""
+
+    fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _fraction("params_reduction", self.fraction)
+
+    def met(self, before: Figures, after: Figures) -> bool:
+        return 1.0 - after.params / before.params >= self.fraction if before.params else True
+
+    def describe(self) -> str:
+        return f"-{self.fraction:.0%} parameters"
+
+    def shortfall(self, before: Figures, best: Figures) -> str:
+        return f"at most {1 - best.params / before.params:.1%} of the parameters can be removed"
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """Predicted latency on `target` at most `ms` milliseconds.
+
+    The prediction is the target profile's roofline (devices/estimate.py) applied to the
+    PyTorch model's per-layer cost at `threads` threads (default: the profile's own). With
+    `measured_dense_ms`, a measurement of the unpruned model on the target at those threads,
+    the roofline is scaled so that it predicts exactly that for the dense model."""
+
+    ms: float
+    target: str | TargetProfile = "rpi4"
+    threads: int | None = None
+    measured_dense_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ms <= 0:
+            raise EdgepruneError(f"latency budget {self.ms} ms must be positive")
+        if self.measured_dense_ms is not None and self.measured_dense_ms <= 0:
+            raise EdgepruneError("measured_dense_ms must be positive")
+
+    def met(self, before: Figures, after: Figures) -> bool:
+        return after.latency_ms is not None and after.latency_ms <= self.ms
+
+    def describe(self) -> str:
+        name = self.target if isinstance(self.target, str) else self.target.name
+        return f"<= {self.ms:g} ms on {name}"
+
+    def shortfall(self, before: Figures, best: Figures) -> str:
+        return (f"the smallest model this policy allows is predicted at {best.latency_ms:.2f} "
+                f"ms, above the {self.ms:g} ms budget")
+
+
+@dataclass(frozen=True)
+class LayerRatios:
+    """Prune each named layer's group by its own ratio (share of channels removed); layers
+    not named are left as they are. No search: one pass."""
+
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.ratios:
+            raise EdgepruneError("layer ratios are empty")
+        for name, ratio in self.ratios.items():
+            if not 0.0 <= ratio < 1.0:
+                raise EdgepruneError(f"ratio {ratio} for layer {name!r} must be in [0, 1)")
+
+    def describe(self) -> str:
+        return f"per-layer ratios for {len(self.ratios)} layers"
+
+
+SearchedGoal = FlopsReduction | ParamsReduction | LatencyBudget
+Goal = SearchedGoal | LayerRatios
+
+
+def parse_layer_ratios(text: str) -> dict[str, float]:
+    """'features.0=0.5,features.3=0.25' -> {'features.0': 0.5, 'features.3': 0.25}."""
+    ratios: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            ratios[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise EdgepruneError(f"layer ratio {part!r} is not NAME=RATIO (e.g. layer1.0.conv1"
+                                 "=0.5)")
+    return ratios
