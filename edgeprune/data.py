@@ -111,6 +111,33 @@ class DataBundle:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
                           collate_fn=_identity_collate if batched else None)
 
+    def reference(self, samples: int, per_class: int | None = None, seed: int = 0,
+                  batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The reference images a criterion sees, in batches: `samples` class-balanced
+        training images, or, with `per_class`, at most that many of each class (exactly that
+        many when every class has them)."""
+        if per_class is not None and per_class < 1:
+            raise EdgepruneError(f"--samples-per-class {per_class} must be at least 1")
+        n = per_class * self.spec.num_classes if per_class is not None else samples
+        if n <= 0:
+            return []
+        batches = list(iterate_batches(self.loader("train", batch_size, limit=n, seed=seed)))
+        if per_class is None or not batches:
+            return batches
+        x, y = first_per_class(batches, per_class)[0]
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+def first_per_class(batches: list[tuple[torch.Tensor, ...]], n: int
+                    ) -> list[tuple[torch.Tensor, ...]]:
+    """The first `n` samples of every class found in the batches (labels second in each
+    batch, any further fields kept alongside), as one batch in their original order."""
+    fields = [torch.cat([b[i] for b in batches]) for i in range(len(batches[0]))]
+    labels = fields[1]
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:n] for c in torch.unique(labels)])
+    keep = keep.sort().values
+    return [tuple(f[keep] for f in fields)]
+
 
 def _limited(ds: Dataset, n: int, seed: int) -> Dataset:
     if isinstance(ds, ArrayImageDataset):

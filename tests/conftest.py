@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgeprune.checkpoint import ArchRef, save_checkpoint
+from edgeprune.console import is_quiet, set_quiet
 from edgeprune.data import make_synthetic
 from edgeprune.finetune import TrainConfig, train
 from edgeprune.models import create_model
@@ -28,3 +29,16 @@ def tiny_checkpoint(tmp_path_factory, synthetic) -> Path:
     save_checkpoint(path, model.cpu(), ArchRef("democnn", {"in_channels": 1, "num_classes": 4}),
                     synthetic.spec, {"note": "test fixture"})
     return path
+
+
+@pytest.fixture(scope="module")
+def quiet_single_thread():
+    """Progress bars off; one intra-op thread (tiny tensors on a shared 2-core machine run
+    far faster without OpenMP hand-offs). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("quiet_single_thread")`."""
+    threads, quiet = torch.get_num_threads(), is_quiet()
+    torch.set_num_threads(1)
+    set_quiet(True)
+    yield
+    torch.set_num_threads(threads)
+    set_quiet(quiet)

@@ -1,9 +1,11 @@
-"""Criteria: registry, score shapes, L1 by hand, LRP conservation and hygiene."""
+"""Criteria: registry, score shapes, known answers (duplicates, dead filters, hand-computed
+baselines), LRP conservation, determinism and hygiene."""
 
 from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,8 +13,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 
-from edgeprune.console import is_quiet, set_quiet
 from edgeprune.criteria import get_criterion, list_criteria
+from edgeprune.criteria.activation_max import AMConfig
 from edgeprune.criteria.lrp import (
     canonical_model,
     input_box,
@@ -26,18 +28,12 @@ from edgeprune.models import create_model
 SHAPE = (1, 16, 16)
 NUM_CLASSES = 4
 MODELS = ["democnn", "resnet20", "mobilenetv2"]
+AM_CRITERIA = {"actmax", "function"}
+# Few AM steps keep the suite fast; the known-answer tests below use more where it matters.
+FAST = {name: {"am": AMConfig(steps=2, batch=512)} for name in AM_CRITERIA}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    """Progress bars off; one intra-op thread (tiny tensors on a shared 2-core machine run
-    far faster without OpenMP hand-offs)."""
-    threads, quiet = torch.get_num_threads(), is_quiet()
-    torch.set_num_threads(1)
-    set_quiet(True)
-    yield
-    torch.set_num_threads(threads)
-    set_quiet(quiet)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +53,44 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _score(criterion: str, model: nn.Module, batches) -> dict[str, torch.Tensor]:
-    crit = get_criterion(criterion)
+    crit = get_criterion(criterion, **FAST.get(criterion, {}))
     return crit.score(model, batches if crit.needs_data else None)
 
 
-@pytest.mark.parametrize("model_name", MODELS)
-@pytest.mark.parametrize("criterion", list_criteria())
+class _DepthwiseNet(nn.Module):
+    """Stem, a depthwise-separable block with a residual add, and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                                nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _any_model(name: str) -> nn.Module:
+    if name == "depthwise":
+        torch.manual_seed(0)
+        return _DepthwiseNet().eval()
+    return _model(name)
+
+
+# AM optimizes every filter of every layer: on MobileNetV2 (17k filters) that takes minutes,
+# so the AM criteria meet depthwise convolutions and residual adds in a small net instead.
+SHAPE_CASES = [(c, m) for c in list_criteria() for m in MODELS + ["depthwise"]
+               if not (c in AM_CRITERIA and m == "mobilenetv2")]
+
+
+@pytest.mark.parametrize(("criterion", "model_name"), SHAPE_CASES)
 def test_every_layer_gets_one_finite_score_per_output_channel(criterion, model_name, batches):
-    model = _model(model_name)
+    model = _any_model(model_name)
     scores = _score(criterion, model, batches)
     layers = _layers(model)
     assert set(scores) == set(layers)
@@ -205,7 +231,8 @@ def test_lrp_gives_dead_and_never_active_filters_no_relevance(batches):
     assert scores["3"][9].abs() < 1e-7
     alive = torch.ones(32, dtype=torch.bool)
     alive[[5, 9]] = False
-    assert scores["3"][alive].abs().min() > 1e-7
+    assert scores["3"][alive].min() > 1e-7  # absolute relevance: the dead go first
+    assert set(torch.argsort(scores["3"])[:2].tolist()) == {5, 9}
 
 
 @pytest.mark.parametrize("criterion", list_criteria())
@@ -312,3 +339,277 @@ def test_unknown_option_is_rejected():
 def test_lrp_without_data_is_a_user_error():
     with pytest.raises(EdgepruneError, match="needs reference data"):
         get_criterion("lrp").score(_model("democnn"), None)
+
+
+# ------------------------------------------------------------------ known answers
+
+PAIRS = [(1, 12), (3, 13), (5, 14), (7, 15)]  # (original, exact or scaled copy)
+
+
+def _duplicate_net() -> nn.Sequential:
+    """Layer "3" has 16 filters: 12 distinct ones and, for filters 1, 3, 5, 7 (made the
+    largest, so L1 keeps them), an exact copy (12, 13) or a positively scaled copy (14, 15)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, NUM_CLASSES)).eval()
+    with torch.no_grad():
+        w = net[3].weight
+        w[[1, 3, 5, 7]] *= 3
+        w[12], w[13], w[14], w[15] = w[1], w[3], 2 * w[5], 1.5 * w[7]
+    return net
+
+
+def _lowest(scores: torch.Tensor, n: int) -> set[int]:
+    return set(torch.argsort(scores, stable=True)[:n].tolist())
+
+
+# fmcluster clusters into k = keep count clusters (METHODS.md): asking for the 4 lowest of 16
+# is keeping 12, so k = 12 clusters.
+DUPLICATE_OPTIONS = {"actmax": {"am": AMConfig(steps=16)}, "function": {"am": AMConfig(steps=16)},
+                     "fmcluster": {"cluster_ratio": 12 / 16}}
+
+
+@pytest.mark.parametrize("criterion", sorted(DUPLICATE_OPTIONS))
+def test_redundancy_criteria_drop_one_of_each_duplicate_first_and_l1_does_not(criterion,
+                                                                               batches):
+    net = _duplicate_net()
+    crit = get_criterion(criterion, **DUPLICATE_OPTIONS[criterion])
+    lowest = _lowest(crit.score(net, batches)["3"], len(PAIRS))
+    assert all(len(lowest & set(pair)) == 1 for pair in PAIRS), sorted(lowest)
+    kept_groups = crit.groups("3", keep=16 - len(PAIRS))
+    assert all(any(set(pair) <= set(g) for g in kept_groups) for pair in PAIRS), kept_groups
+    l1_lowest = _lowest(get_criterion("l1").score(net)["3"], len(PAIRS))
+    assert not l1_lowest & {c for pair in PAIRS for c in pair}, sorted(l1_lowest)
+
+
+def _dead_democnn() -> nn.Module:
+    model = _model("democnn")
+    with torch.no_grad():
+        model[3].weight[5].zero_()    # dead filter: zero weights (BatchNorm at its defaults)
+        model[4].bias[9] = -1e4       # never active: its ReLU output is always 0
+    return model
+
+
+DEAD_CRITERIA = {"actmax": {"am": AMConfig(steps=8)}, "function": {"am": AMConfig(steps=8)},
+                 "fmcluster": {}, "concept": {}, "hrank": {}, "lrp": {}}
+
+
+@pytest.mark.parametrize("criterion", sorted(DEAD_CRITERIA))
+def test_dead_filters_score_zero(criterion, batches):
+    """A dead and a never-active filter: AM cannot excite them (invalid), they carry no
+    relevance, no variance, no rank, and no image votes for them."""
+    crit = get_criterion(criterion, **DEAD_CRITERIA[criterion])
+    scores = crit.score(_dead_democnn(), batches)["3"]
+    assert scores[[5, 9]].abs().max() < 1e-7
+    alive = torch.ones(32, dtype=torch.bool)
+    alive[[5, 9]] = False
+    assert scores[alive].abs().min() > 1e-7 or criterion == "concept"
+    if criterion in ("actmax", "function", "fmcluster"):
+        assert crit.redundancy["3"].invalid.nonzero().flatten().tolist() == [5, 9]
+    if criterion == "concept":
+        assert crit.votes["3"][[5, 9]].tolist() == [0.0, 0.0]
+        assert crit.votes["3"].sum() > 0
+
+
+def test_am_is_scale_invariant_and_raises_the_activation():
+    from edgeprune.criteria.activation_max import visualize
+
+    net = _duplicate_net()
+    am = visualize(net, SHAPE, ["3"], AMConfig(steps=12))["3"]
+    torch.testing.assert_close(am.images[12], am.images[1])   # exact copy
+    torch.testing.assert_close(am.images[14], am.images[5], rtol=1e-4, atol=1e-5)  # 2x copy
+    assert (am.gain > 0).all()
+    assert not am.invalid().any()
+    assert am.images.shape == (16, *SHAPE)
+
+
+def test_fpgm_matches_hand_computation():
+    model = _model("democnn")
+    scores = get_criterion("fpgm").score(model)
+    for name, layer in _layers(model).items():
+        w = layer.weight.detach().flatten(1).abs().pow(2)  # Torch-Pruning's |w|^p, p = 2
+        total = torch.cdist(w, w).sum(0)
+        torch.testing.assert_close(scores[name], total / total.sum())
+
+
+def test_taylor_matches_hand_computation(batches):
+    model = _model("democnn")
+    scores = get_criterion("taylor").score(model, batches)
+    work = _model("democnn")
+    for x, y in batches:
+        (nn.functional.cross_entropy(work(x), y, reduction="sum") / len(y)).backward()
+    for name, layer in _layers(work).items():
+        value = (layer.weight * layer.weight.grad).abs().flatten(1).sum(1).detach()
+        torch.testing.assert_close(scores[name], value / value.sum(), rtol=1e-4, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_hrank_matches_hand_computation(batches):
+    model = _model("democnn")
+    scores = get_criterion("hrank").score(model, batches)
+    with torch.no_grad():
+        maps = torch.cat([model[:6](x) for x, _ in batches])  # conv 3 -> BN 4 -> ReLU 5
+    ranks = torch.linalg.matrix_rank(maps.double()).double().mean(0)
+    torch.testing.assert_close(scores["3"], (ranks / ranks.sum()).float())
+
+
+def test_concept_votes_follow_real_masks():
+    """Unit 0 sees +x, unit 1 sees -x; the images are bright on the left half, which is also
+    the given concept mask: every image votes for unit 0 alone."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 8, 8, generator=g) * 0.1
+    x[..., :4] += 1.0
+    x[..., 4:] -= 1.0
+    masks = torch.zeros(6, 8, 8, dtype=torch.bool)
+    masks[..., :4] = True
+    crit = get_criterion("concept", top_fraction=0.5, unit_quantile=0.25)
+    scores = crit.score(net, [(x, torch.zeros(6, dtype=torch.long), masks)])
+    assert crit.votes["0"].tolist() == [6.0, 0.0]
+    assert scores["0"][0] > 0.99
+
+
+def test_concept_masks_follow_the_imagefolder_convention(tmp_path):
+    from PIL import Image
+
+    from edgeprune.criteria.concept_masks import mask_batches, mask_path
+    from edgeprune.data import load_imagefolder
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            (tmp_path / "masks" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((6, 6), 40 * i + 20, np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.jpg")
+                mask = np.zeros((6, 6), np.uint8)
+                mask[:, : 2 + i] = 255
+                Image.fromarray(mask).save(tmp_path / "masks" / split / cls / f"{i}.png")
+    data = load_imagefolder(tmp_path, (1, 12, 12))
+    assert mask_path(tmp_path, tmp_path / "train/a/1.jpg") == tmp_path / "masks/train/a/1.png"
+    (x, y, m), = mask_batches(data.train, tmp_path, n=4)
+    assert x.shape == (4, 1, 12, 12) and m.shape == (4, 12, 12) and m.dtype == torch.bool
+    assert sorted(m[:, 0].sum(1).tolist()) == [4, 4, 6, 6]  # 2 or 3 of 6 columns, scaled x2
+    assert mask_batches(data.train, tmp_path / "train", n=4) is None  # no masks/ there
+
+
+def test_redundancy_orders_keep_one_per_block():
+    """Three blocks of mutually identical channels: keeping three keeps one of each, the
+    strongest of its block, whichever ordering builds the groups."""
+    from edgeprune.criteria.redundancy import agglomerative_order, cluster_labels, diverse_order
+
+    block = torch.tensor([0, 1, 0, 2, 1, 0, 2])
+    similarity = (block[:, None] == block[None, :]).float() * 0.9 + 0.05
+    strength = torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0, 0.5, 6.0])
+    invalid = torch.zeros(7, dtype=torch.bool)
+    for redundancy in (diverse_order(similarity, strength, invalid),
+                       agglomerative_order(1 - similarity, strength, invalid)):
+        assert set(redundancy.order[:3].tolist()) == {2, 1, 6}
+        groups = sorted(sorted(g) for g in redundancy.groups(3))
+        assert groups == [[0, 2, 5], [1, 4], [3, 6]]
+        assert redundancy.scores()[2] > redundancy.scores()[0]
+    labels = cluster_labels(1 - similarity, 3)
+    assert len(set(labels.tolist())) == 3
+    assert all((labels[block == b] == labels[block == b][0]).all() for b in range(3))
+
+
+def test_lrp_samples_per_class_uses_that_many_images(batches):
+    model = _model("democnn")
+    few = get_criterion("lrp", samples_per_class=1).score(model, batches)
+    first = [(torch.cat([x for x, _ in batches])[:4], torch.arange(4))]
+    torch.testing.assert_close(few["3"], get_criterion("lrp").score(model, first)["3"])
+
+
+# ------------------------------------------------------------------ BatchNorm re-calibration
+
+def test_recalibrate_bn_re_estimates_statistics_without_touching_weights(batches):
+    from edgeprune.pruning.bn_recalibration import recalibrate_bn
+
+    model = _bn_net().train()
+    model[8].train(False)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    recalibrate_bn(model, batches)
+    with torch.no_grad():
+        conv_out = torch.cat([model[0](x) for x, _ in batches])
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)),
+                               rtol=1e-4, atol=1e-5)
+    for key, value in weights.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model[1].training and not model[8].training and model[1].momentum == 0.1
+
+
+def test_recalibrate_bn_weights_every_image_the_same_and_skips_single_image_batches():
+    from edgeprune.pruning.bn_recalibration import recalibrate_bn
+
+    model = _bn_net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(21, *SHAPE, generator=g) * 2 + 1
+    recalibrate_bn(model, [(x[:4],), (x[4:20],), (x[20:],)])  # 4, 16 and a lone image
+    with torch.no_grad():
+        conv_out = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_recalibrate_bn_without_images_or_on_failure_keeps_the_old_statistics(batches):
+    from edgeprune.pruning.bn_recalibration import recalibrate_bn
+
+    model = _bn_net()
+    with torch.no_grad():
+        model[1].running_mean.fill_(3.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recalibrate_bn(model, [])
+    recalibrate_bn(model, batches, max_samples=0)
+    with pytest.raises(RuntimeError):
+        recalibrate_bn(model, [batches[0], (torch.randn(4, 3, 5, 5),)])  # wrong channels
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+class _InPlaceResidual(nn.Module):
+    """conv -> BN, then an in-place add (as torchvision's BasicBlock does) and ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        out += 10.0
+        return self.fc(torch.relu(out).mean((2, 3)))
+
+
+def test_feature_maps_are_read_before_later_in_place_ops(batches):
+    from edgeprune.criteria.features import collect_maps
+
+    model = _InPlaceResidual().eval()
+    maps = collect_maps(model, batches, ["conv"])["conv"]
+    with torch.no_grad():
+        expected = torch.cat([model.bn(model.conv(x)) for x, _ in batches])
+    torch.testing.assert_close(maps, expected)
+
+
+def test_hrank_tells_apart_the_channels_of_residual_convs(batches):
+    """ResNet's conv2 feeds the residual sum before any ReLU: read raw, every map is full
+    rank and every channel ties; through the ReLU the ranks differ."""
+    scores = _score("hrank", _model("resnet20"), batches)
+    assert len(torch.unique(scores["layers.0.conv2"])) > 1
+
+
+def test_redundancy_groups_follow_any_kept_set():
+    from edgeprune.criteria.redundancy import Redundancy
+
+    redundancy = Redundancy(order=torch.tensor([0, 1, 2, 3, 4]),
+                            parent=torch.tensor([-1, 0, 1, 0, -1]),
+                            invalid=torch.tensor([False, False, False, False, True]))
+    assert redundancy.groups(2) == [[0, 3], [1, 2]]
+    # the pruner kept 1 and 3 (not a prefix of the order): 2 walks up to 1, 0 has no kept parent
+    assert redundancy.groups_for({1, 3}) == [[1, 2], [3]]

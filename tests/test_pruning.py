@@ -12,7 +12,6 @@ from torch import nn
 from torch_pruning.pruner import function
 
 from edgeprune.checkpoint import ArchRef, save_checkpoint
-from edgeprune.console import is_quiet, set_quiet
 from edgeprune.criteria import get_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model, load_model
@@ -40,16 +39,7 @@ CASES = {  # model -> input shape (C, H, W)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    """Progress bars off; one intra-op thread (tiny tensors on a shared 2-core machine run
-    far faster without OpenMP hand-offs)."""
-    threads, quiet = torch.get_num_threads(), is_quiet()
-    torch.set_num_threads(1)
-    set_quiet(True)
-    yield
-    torch.set_num_threads(threads)
-    set_quiet(quiet)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def _model(name: str) -> nn.Module:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.console import is_quiet, set_quiet
 from edgeprune.models import create_model, list_models
 from edgeprune.pruning import PruneResult, prune
 from edgeprune.pruning.compat import sizes_as_torch_pruning_expects
@@ -38,14 +37,7 @@ TORCHVISION = {  # name -> (extra constructor arguments, input side)
 ZOO_SHAPES = {"democnn": (1, 28, 28)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    threads, quiet = torch.get_num_threads(), is_quiet()
-    torch.set_num_threads(1)
-    set_quiet(True)
-    yield
-    torch.set_num_threads(threads)
-    set_quiet(quiet)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def _lively(model: nn.Module) -> nn.Module:

@@ -1,9 +1,21 @@
 """Pruning criteria: one class per method, a registry, and `get_criterion(name, **options)`.
 
-Importing this package registers the built-in criteria (l1, l2, random, lrp).
+Importing this package registers the built-in criteria: the interpretability criteria
+(actmax, lrp, function, fmcluster, concept) and the baselines (l1, l2, fpgm, taylor, hrank,
+random).
 """
 
-from edgeprune.criteria import lrp, magnitude  # noqa: F401  (register the built-ins)
+from edgeprune.criteria import (  # noqa: F401  (register the built-ins)
+    actmax,
+    concept,
+    fmcluster,
+    fpgm,
+    function,
+    hrank,
+    lrp,
+    magnitude,
+    taylor,
+)
 from edgeprune.criteria.base import (
     CRITERIA,
     Criterion,

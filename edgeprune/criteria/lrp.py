@@ -3,8 +3,9 @@ Pattern Recognition 2021), computed with zennit's rules and canonizers.
 
 Paper (confirmed from the authors' public code): relevance starts at the output as the true
 class's logit (R = logits * onehot(y)); BatchNorm is folded into the preceding conv; conv layers
-use alpha1-beta0, linear layers epsilon (1e-6); a filter's score is the relevance at its output
-summed over batch and positions, accumulated over all reference samples and normalized per layer.
+use alpha1-beta0, linear layers epsilon (1e-6); a filter's score is the absolute relevance at its
+output summed over batch and positions (the authors' code sums `relevance.abs()`), accumulated
+over all reference samples and normalized per layer (v / sum v).
 
 Documented reading (METHODS.md, where the code leaves a choice open):
 - the input layer uses z-beta (zennit `ZBox`) with the per-channel min/max of the reference
@@ -16,10 +17,10 @@ Documented reading (METHODS.md, where the code leaves a choice open):
   it on that graph (zennit's `MergeBatchNorm`); models fx cannot trace fall back to zennit's
   `SequentialMergeBatchNorm` with the adds left as gradients (relevance is then not conserved
   across residual sums);
-- per-layer normalization is v / sum|v|: equal to the paper's v / sum v when relevance is
-  non-negative, and sign-preserving when the epsilon rule of the classifier (or a negative
-  true-class logit) makes some relevance negative. Scores are therefore signed: negative
-  relevance is evidence against the true class and ranks below zero, as in the authors' code.
+- scores are non-negative (absolute relevance): a filter whose output never changes the true
+  class's logit, a dead one included, scores about 0 and goes first, while a filter that
+  carries evidence against the true class (negative relevance, possible where the classifier's
+  epsilon rule or a negative true-class logit lets it through) still counts as doing something.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
+from edgeprune.data import first_per_class
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
@@ -137,7 +139,8 @@ def canonical_model(model: nn.Module, example: Tensor) -> tuple[nn.Module, list[
 
 
 class RelevanceRecorder:
-    """Sums, per output channel, the relevance arriving at each layer's output.
+    """Sums, per output channel, the relevance arriving at each layer's output: `totals`
+    signed (what conservation is about), `magnitudes` of its absolute value (the score).
 
     zennit implements LRP as a modified gradient: every hooked layer returns relevance in place
     of its input gradient, so the gradient reaching a layer's output tensor during the modified
@@ -149,6 +152,7 @@ class RelevanceRecorder:
         self.layers = layers
         self.totals = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64)
                        for n, m in layers.items()}
+        self.magnitudes = {n: v.clone() for n, v in self.totals.items()}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> RelevanceRecorder:
@@ -167,7 +171,9 @@ class RelevanceRecorder:
 
     def _on_relevance(self, name: str, relevance: Tensor) -> None:
         dims = [d for d in range(relevance.ndim) if d != 1]
-        self.totals[name] += relevance.detach().double().sum(dim=dims).cpu()
+        relevance = relevance.detach().double()
+        self.totals[name] += relevance.sum(dim=dims).cpu()
+        self.magnitudes[name] += relevance.abs().sum(dim=dims).cpu()
 
 
 def input_box(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -207,8 +213,9 @@ class LRP(Criterion):
     """Relevance of each filter's output for the true class (see the module docstring).
 
     Options: `epsilon` of the dense layers' rule; `input_bounds` (low, high) of the normalized
-    input for z-beta (default: per-channel min/max of the batches); `samples_per_class` is
-    recorded for the caller, who picks the batches (the paper's 1-10 per class setting).
+    input for z-beta (default: per-channel min/max of the batches); `samples_per_class`: use
+    only the first n reference samples of each class found in the batches (the paper's
+    data-scarce setting, 1-10 per class); None uses them all.
     """
 
     epsilon: float = 1e-6
@@ -217,7 +224,9 @@ class LRP(Criterion):
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = require_batches(self, batches)
+        data = [b[:2] for b in require_batches(self, batches)]
+        if self.samples_per_class is not None:
+            data = first_per_class(data, self.samples_per_class)
         device = next(model.parameters()).device
         bounds = self.input_bounds or input_box(data)
         layers = prunable_layers(model)
@@ -228,7 +237,7 @@ class LRP(Criterion):
                 x, y = x.to(device), y.to(device)
                 attr(x, partial(true_class_logit, y))
                 advance()
-        return {n: normalize_per_layer(rec.totals.get(n, torch.zeros(m.weight.shape[0])))
+        return {n: normalize_per_layer(rec.magnitudes.get(n, torch.zeros(m.weight.shape[0])))
                 for n, m in layers.items()}
 
 

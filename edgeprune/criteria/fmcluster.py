@@ -1,0 +1,114 @@
+"""`fmcluster`: filter pruning via feature-map clustering and a redundancy index (Li, He, Zhang,
+Tang, "Filter pruning via feature map clustering", Intelligent Data Analysis 2023).
+
+Paper (abstract): feature maps do not track the sparsity of filter weights, so pruning should
+follow redundancy, whether a filter's output repeats other filters' outputs, measured by a
+"redundancy index" (RI).
+
+Documented reading (METHODS.md section 4):
+- the unit activations (see `taps`) of `samples` reference images, one vector per filter;
+- standardized; distance = 1 - |Pearson correlation|; average-linkage agglomerative clustering
+  of the layer into k = ceil(`cluster_ratio` * C) clusters;
+- in each cluster the member nearest the centre (highest mean |r| to the other members) is
+  its representative and is kept; every other member gets RI = (cluster size - 1) x its
+  similarity to the centre (mean |r| to the other members) and is pruned highest RI first;
+- so that every keep count has an answer, the representatives are ranked by the same
+  procedure applied to them again (recursively), ahead of all non-representatives. Scores are
+  the ranks (C - position) / C, normalized per layer. Filters whose output never varies
+  (zero variance: dead or constant) carry no information: invalid, score 0, first to go.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from edgeprune.criteria.base import (
+    Batches,
+    normalize_per_layer,
+    prunable_layers,
+    register_criterion,
+    require_batches,
+)
+from edgeprune.criteria.features import collect_maps, take_samples
+from edgeprune.criteria.redundancy import Redundancy, RedundancyCriterion, cluster_labels
+
+
+def abs_correlation(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """(|Pearson r| between units (C, C), zero-variance mask (C,)) of (N, C, ...) activations."""
+    x = maps.transpose(0, 1).reshape(maps.shape[1], -1).double()
+    x = x - x.mean(1, keepdim=True)
+    norm = x.norm(dim=1)
+    flat = norm <= 1e-12 * max(float(norm.max()), 1e-300)
+    x = x / norm.clamp(min=1e-300)[:, None]
+    r = (x @ x.T).abs().clamp(max=1.0)
+    return r.float(), flat
+
+
+def redundancy_index(similarity: Tensor, members: Tensor) -> tuple[int, Tensor]:
+    """(representative, RI of every member) of one cluster, `similarity` = |r| of the layer."""
+    size = len(members)
+    if size == 1:
+        return int(members[0]), torch.zeros(1)
+    sub = similarity[members][:, members].double()
+    to_centre = (sub.sum(1) - sub.diagonal()) / (size - 1)
+    rep = int(members[int(torch.argmax(to_centre))])
+    return rep, ((size - 1) * to_centre).float()
+
+
+def ri_order(similarity: Tensor, channels: Tensor, ratio: float,
+             parent: Tensor) -> list[int]:
+    """Keep order of `channels`: cluster, representatives first (ordered recursively), then the
+    other members by RI ascending; fills `parent` (member -> its representative)."""
+    n = len(channels)
+    if n <= 1:
+        return channels.tolist()
+    k = min(n - 1, max(1, math.ceil(ratio * n)))
+    labels = cluster_labels(1 - similarity[channels][:, channels], k)
+    reps, others = [], []
+    for label in range(k):
+        members = channels[labels == label]
+        rep, ri = redundancy_index(similarity, members)
+        reps.append(rep)
+        for member, value in zip(members.tolist(), ri.tolist(), strict=True):
+            if member != rep:
+                parent[member] = rep
+                others.append((value, member))
+    head = ri_order(similarity, torch.tensor(sorted(reps)), ratio, parent)
+    return head + [m for _, m in sorted(others)]
+
+
+def fm_redundancy(maps: Tensor, ratio: float) -> Redundancy:
+    """The RI keep order of one layer's activations (N, C, ...)."""
+    similarity, invalid = abs_correlation(maps)
+    parent = torch.full((maps.shape[1],), -1, dtype=torch.long)
+    valid = torch.nonzero(~invalid).flatten()
+    order = ri_order(similarity, valid, ratio, parent) if len(valid) else []
+    order += torch.nonzero(invalid).flatten().tolist()
+    return Redundancy(torch.tensor(order, dtype=torch.long), parent, invalid)
+
+
+@register_criterion("fmcluster")
+@dataclass
+class FMCluster(RedundancyCriterion):
+    """Redundancy index of feature-map clusters (see the module docstring)."""
+
+    samples: int = 256
+    cluster_ratio: float = 0.5
+    needs_data: ClassVar[bool] = True
+
+    def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
+        data = take_samples(require_batches(self, batches), self.samples)
+        maps = collect_maps(model, data)
+        self.redundancy, scores = {}, {}
+        for name, layer in prunable_layers(model).items():
+            if name not in maps:
+                scores[name] = normalize_per_layer(torch.ones(layer.weight.shape[0]))
+                continue
+            self.redundancy[name] = fm_redundancy(maps[name], self.cluster_ratio)
+            scores[name] = normalize_per_layer(self.redundancy[name].scores())
+        return scores

@@ -1,0 +1,48 @@
+"""`taylor`: first-order Taylor importance (Molchanov et al., "Importance Estimation for Neural
+Network Pruning", CVPR 2019), a baseline.
+
+Paper: the loss change from removing a filter, estimated to first order from its weights and
+their gradients. This is Torch-Pruning's `GroupTaylorImportance` applied per layer (see
+`tp_layer`): sum over the filter's weights of |w * dL/dw|, with the cross-entropy gradient
+accumulated over the reference batches on an eval-mode copy (BatchNorm statistics frozen);
+normalized per layer. The gradients live on the copy only: the caller need not run backward.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from edgeprune.criteria.base import Batches, Criterion, register_criterion, require_batches
+from edgeprune.criteria.tp_layer import per_layer
+
+
+@register_criterion("taylor")
+@dataclass
+class Taylor(Criterion):
+    """|w * grad| summed per filter, gradients of the loss on the reference batches."""
+
+    multivariable: bool = False
+    needs_data: ClassVar[bool] = True
+
+    def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
+        data = require_batches(self, batches)
+        work = copy.deepcopy(model).eval()
+        device = next(iter(work.parameters())).device
+        for p in work.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        for batch in data:
+            x, y = batch[0].to(device), batch[1].to(device)
+            (F.cross_entropy(work(x), y, reduction="sum") / len(y)).backward()
+        for p in work.parameters():  # layers forward never reaches: zero gradient
+            if p.grad is None:
+                p.grad = p.detach() * 0
+        importance = tp.importance.GroupTaylorImportance(
+            normalizer=None, multivariable=self.multivariable)
+        return per_layer(importance, work)
