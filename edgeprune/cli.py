@@ -25,6 +25,17 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="folder holding the datase
 InputSizeOpt = Annotated[str | None, typer.Option(help="CxHxW, e.g. 3x32x32")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
+ModelArg = Annotated[str, typer.Argument(
+    help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
+    show_default=False)]
+CRITERIA_HELP = ("interpretability: actmax, lrp, function, fmcluster, concept; baselines: l1, "
+                 "l2, fpgm, taylor, hrank, random (see docs/CRITERIA.md)")
+CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
+ScoreSamplesOpt = Annotated[int, typer.Option(
+    help="class-balanced training images the criterion sees")]
+SamplesPerClassOpt = Annotated[int | None, typer.Option(
+    help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
+    "data-scarce setting uses 1-10)")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML file of compress options (keys = option names); flags given on the "
     "command line override it")]
@@ -82,15 +93,20 @@ def compress(
     input_size: InputSizeOpt = None,
     dataset: DatasetOpt = "auto",
     data_dir: DataDirOpt = None,
-    criterion: Annotated[str, typer.Option(help="channel criterion: lrp, l1, l2, random")] = "lrp",
+    criterion: CriterionOpt = "lrp",
     flops_reduction: Annotated[float, typer.Option(
         help="share of FLOPs to remove (0.5 = half)")] = 0.5,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")] = False,
-    score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
+    score_samples: ScoreSamplesOpt = 500,
+    samples_per_class: SamplesPerClassOpt = None,
+    bn_recalibration: Annotated[int, typer.Option(
+        help="re-estimate BatchNorm statistics on this many training images after pruning "
+        "(no weight update; 0 = off); use it with --epochs 0")] = 0,
     epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: enough to see 120k images, at most 10)")] = None,
+        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
+        "fine-tuning)")] = None,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
@@ -159,6 +175,11 @@ app.command()(prune)
 
 app.command()(report)
 app.command()(sweep)
+
+from edgeprune.cli_explain import explain, score  # noqa: E402
+
+app.command()(score)
+app.command()(explain)
 
 
 def main() -> None:

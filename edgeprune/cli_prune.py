@@ -11,18 +11,17 @@ import typer
 
 from edgeprune import console
 from edgeprune.cli import (
+    CriterionOpt,
     DataDirOpt,
     DatasetOpt,
     InputSizeOpt,
     JsonOpt,
+    ModelArg,
     QuietOpt,
+    SamplesPerClassOpt,
     TargetOpt,
     WeightsOpt,
 )
-
-ModelArg = Annotated[str, typer.Argument(
-    help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
-    show_default=False)]
 
 
 def prune(
@@ -32,11 +31,10 @@ def prune(
     dataset: DatasetOpt = "auto",
     data_dir: DataDirOpt = None,
     input_size: InputSizeOpt = None,
-    criterion: Annotated[str, typer.Option(
-        help="channel criterion (see edgeprune.criteria): lrp, l1, l2, fpgm, taylor, ...")
-    ] = "lrp",
+    criterion: CriterionOpt = "lrp",
     score_samples: Annotated[int, typer.Option(
-        help="training images the criterion (and --reestimate) sees")] = 500,
+        help="class-balanced training images the criterion (and --reestimate) sees")] = 500,
+    samples_per_class: SamplesPerClassOpt = None,
     flops_reduction: Annotated[float | None, typer.Option(
         help="goal: share of FLOPs to remove (default 0.5 when no other goal)")] = None,
     params_reduction: Annotated[float | None, typer.Option(
@@ -84,6 +82,7 @@ def prune(
     summary = prune_file(
         model=model, weights=weights, dataset=dataset, data_dir=data_dir,
         input_size=input_size, criterion=criterion, score_samples=score_samples,
+        samples_per_class=samples_per_class,
         target=target, flops_reduction=flops_reduction, params_reduction=params_reduction,
         latency_ms=latency_ms, layer_ratios=layer_ratios, threads=threads, round_to=round_to,
         min_channels=min_channels, uniform=uniform, schedule=schedule, step=step,

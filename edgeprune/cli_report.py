@@ -20,6 +20,8 @@ from edgeprune.cli import (
     JsonOpt,
     ModelOpt,
     QuietOpt,
+    SamplesPerClassOpt,
+    ScoreSamplesOpt,
     TargetOpt,
     WeightsOpt,
 )
@@ -66,9 +68,14 @@ def sweep(
     input_size: InputSizeOpt = None,
     dataset: DatasetOpt = "auto",
     data_dir: DataDirOpt = None,
-    score_samples: Annotated[int, typer.Option(help="training images the criterion sees")] = 500,
+    score_samples: ScoreSamplesOpt = 500,
+    samples_per_class: SamplesPerClassOpt = None,
+    bn_recalibration: Annotated[int, typer.Option(
+        help="re-estimate BatchNorm statistics on this many training images after pruning "
+        "(0 = off)")] = 0,
     epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: 1 on large data, up to 10 on small)")] = None,
+        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
+        "fine-tuning)")] = None,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
@@ -89,8 +96,9 @@ def sweep(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compress once per criterion x FLOPs level and compare them (Pareto plot and table);
-    running the same command again resumes an interrupted sweep."""
+    """Compress once per criterion x FLOPs level and compare them (Pareto plot and table).
+
+    Running the same command again resumes an interrupted sweep."""
     console.set_quiet(quiet)
     from edgeprune.config import config_from_cli
     from edgeprune.sweep import parse_flops, parse_list, run_sweep

@@ -21,7 +21,7 @@ from edgeprune.checkpoint import atomic_write_text, parameter_shapes, save_check
 from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches, load_dataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.finetune import TrainConfig, evaluate, train
+from edgeprune.finetune import TrainConfig, TrainResult, evaluate, train
 from edgeprune.models import LoadedModel, load_model
 from edgeprune.runs import RunFolder
 from edgeprune.spec import InputSpec, parse_input_size
@@ -44,6 +44,8 @@ class CompressConfig:
     flops_reduction: float = 0.5
     global_ranking: bool = False
     score_samples: int = 500
+    samples_per_class: int | None = None
+    bn_recalibration: int = 0
     epochs: float | None = None
     lr: float = 0.01
     batch_size: int = 128
@@ -150,15 +152,18 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
                      data: DataBundle, round_to: int,
                      scores: dict[str, torch.Tensor] | None = None):
     from edgeprune.criteria import get_criterion
+    from edgeprune.criteria.scoring import reference_batches
     from edgeprune.pruning import prune
 
     t0 = time.perf_counter()
+    seen = 0
     if scores is None:
         criterion = get_criterion(cfg.criterion)
-        x, y = _samples(data, cfg.score_samples, "train", cfg.seed)
-        batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        batches = reference_batches(data, cfg.data_dir, cfg.score_samples,
+                                    cfg.samples_per_class, cfg.seed)
         scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
-        info(f"score: {cfg.criterion} on {len(x)} samples, {len(scores)} layers, "
+        seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
+        info(f"score: {cfg.criterion} on {seen} samples, {len(scores)} layers, "
              f"{time.perf_counter() - t0:.1f} s")
     else:
         info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
@@ -171,7 +176,7 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
     info(f"prune: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
          f"(-{result.flops_reduction * 100:.1f}%), params {result.params_before / 1e3:.0f}k -> "
          f"{result.params_after / 1e3:.0f}k, channels rounded to {round_to}, {prune_s:.1f} s")
-    return scores, result, score_s, prune_s
+    return scores, result, score_s, prune_s, seen
 
 
 def _export(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
@@ -277,6 +282,11 @@ def _merge(config: CompressConfig | None, options: dict[str, Any]) -> CompressCo
         setattr(cfg, key, value)
     if isinstance(cfg.formats, str):
         cfg.formats = tuple(f.strip() for f in cfg.formats.split(",") if f.strip())
+    if cfg.epochs is not None and cfg.epochs < 0:
+        raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
+    if cfg.bn_recalibration < 0:
+        raise EdgepruneError(f"--bn-recalibration {cfg.bn_recalibration} must be 0 (off) or a "
+                             "number of training images, e.g. 2000")
     if not 0.0 < cfg.flops_reduction < 0.95:
         raise EdgepruneError(f"--flops-reduction {cfg.flops_reduction} must be between 0 and "
                              "0.95 (e.g. 0.5 for half the FLOPs)")
@@ -301,19 +311,33 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
 
     reused = scores is not None
-    scores, pruned, score_s, prune_s = _score_and_prune(cfg, dense, spec, data,
-                                                        target.simd_width, scores)
-    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion, reused=reused)
+    scores, pruned, score_s, prune_s, seen = _score_and_prune(cfg, dense, spec, data,
+                                                              target.simd_width, scores)
+    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion, reused=reused,
+                   samples=seen)
     run.stage_done("prune", wall_s=prune_s, flops_reduction=pruned.flops_reduction,
                    channels={k: list(v) for k, v in pruned.channels.items()},
-                   protected=pruned.protected)
+                   kept=pruned.kept, protected=pruned.protected)
     torch.save({k: v.cpu() for k, v in scores.items()}, run.path("scores.pt"))
     run.record(run.work / "scores.pt", "scores", "score")
 
+    if cfg.bn_recalibration > 0:
+        from edgeprune.pruning.bn_recalibration import recalibrate_bn
+
+        t0 = time.perf_counter()
+        recalibrate_bn(pruned.model, data.reference(cfg.bn_recalibration, seed=cfg.seed + 1,
+                                                    batch_size=256))
+        run.stage_done("bn-recalibration", wall_s=time.perf_counter() - t0,
+                       samples=cfg.bn_recalibration)
+        info(f"bn-recalibration: BatchNorm statistics re-estimated on {cfg.bn_recalibration} "
+             f"training images, {time.perf_counter() - t0:.1f} s")
+
     epochs = _auto_epochs(cfg, data)
-    tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
-    ft = train(pruned.model, data, tcfg, teacher=dense, state_path=run.path("finetune.state"),
-               description="fine-tuning")
+    ft = TrainResult()
+    if epochs > 0:
+        tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
+        ft = train(pruned.model, data, tcfg, teacher=dense,
+                   state_path=run.path("finetune.state"), description="fine-tuning")
     model = pruned.model.cpu().eval()
     pruned_acc = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
     run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history)

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli, sha
 
-from edgeprune.cli import main
 from edgeprune.models import create_model, load_model
 
 FAST = ["--epochs", "1", "--bench-runs", "5", "--bench-seconds", "0.1", "--score-samples", "64",
         "--dataset", "synthetic", "--quiet"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `edgeprune ARGS` in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["edgeprune", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_one_line_error(code: int, err: str, match: str) -> None:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err
-    assert lines[-1].startswith("error:") and match in " ".join(lines), err
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +125,40 @@ def test_overwrite_refuses_to_delete_the_input_model(capsys, tmp_path, tiny_chec
     (["--model", "no_such_pkg.nets:tiny"], "cannot import"),
     (["--flops-reduction", "1.5"], "between 0 and 0.95"),
     (["--criterion", "no-such-criterion"], "no-such-criterion"),
+    (["--epochs", "-1"], "--epochs -1.0 must be 0"),
+    (["--bn-recalibration", "-5"], "--bn-recalibration -5 must be 0"),
+    (["--samples-per-class", "0"], "--samples-per-class 0 must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(capsys, tmp_path, tiny_checkpoint, args, match):
     base = ["compress", "--model", str(tiny_checkpoint), "--runs-dir", str(tmp_path), *FAST]
     code, _, err = run_cli(capsys, *base, *args)
     assert_one_line_error(code, err, match)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compress_without_fine_tuning_recalibrates_batchnorm_only(capsys, tmp_path,
+                                                                   tiny_checkpoint, synthetic):
+    """--epochs 0 --bn-recalibration N: the kept weights are the dense ones, and every
+    BatchNorm holds the statistics of its conv's output on N training images."""
+    code, out, err = run_cli(capsys, "compress", *FAST, "--model", str(tiny_checkpoint),
+                             "--runs-dir", str(tmp_path), "--name", "recal", "--epochs", "0",
+                             "--bn-recalibration", "256", "--samples-per-class", "5",
+                             "--formats", "onnx", "--criterion", "actmax", "--json")
+    assert code == 0, err
+    stages = json.loads((tmp_path / "recal" / "manifest.json").read_text())["stages"]
+    assert stages["bn-recalibration"]["samples"] == 256
+    assert stages["finetune"]["epochs"] == 0 and stages["finetune"]["history"] == []
+    assert stages["score"]["samples"] == 5 * 4
+    pruned = load_model(str(tmp_path / "recal" / "model.pt")).model.eval()
+    dense = load_model(str(tiny_checkpoint)).model.eval()
+    kept = stages["prune"]["kept"]["0"]
+    assert torch.equal(pruned[0].weight, dense[0].weight[kept])
+    x = torch.cat([b[0] for b in synthetic.reference(256, seed=1, batch_size=256)])
+    with torch.no_grad():
+        conv = pruned[0](x)
+    torch.testing.assert_close(pruned[1].running_mean, conv.mean((0, 2, 3)), rtol=1e-4,
+                               atol=1e-5)
+    assert not torch.allclose(pruned[1].running_mean, dense[1].running_mean[kept])
 
 
 def test_unreadable_and_mismatched_checkpoints(capsys, tmp_path):

@@ -12,10 +12,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from edgeprune import cli  # noqa: F401 - import the CLI before cli_report (shared options)
 from edgeprune.checkpoint import sha256_file
-from edgeprune.cli_report import report as report_command
 from edgeprune.errors import EdgepruneError
 from edgeprune.report import build_report
 
@@ -183,27 +183,6 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert (pixels.mean(axis=2) < 0.9).mean() > 0.05  # not a blank page
 
 
-def _noop() -> None:
-    """Nothing."""
-
-
-def _run_report_cli(capsys, *args: str) -> tuple[int, str, str]:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-    app.command()(report_command)
-    app.command("noop")(_noop)  # two commands, so `report` stays a subcommand
-    old = sys.argv
-    sys.argv = ["edgeprune", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            app()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
 def test_report_command_regenerates_and_keeps_the_manifest_true(run_dir, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
@@ -212,7 +191,7 @@ def test_report_command_regenerates_and_keeps_the_manifest_true(run_dir, tmp_pat
     manifest["artefacts"].append({"path": "report.html", "kind": "report", "stage": "report",
                                   "size_bytes": 1, "sha256": "stale"})
     (run / "manifest.json").write_text(json.dumps(manifest))
-    code, out, err = _run_report_cli(capsys, "report", str(run), "--json")
+    code, out, err = run_cli(capsys, "report", str(run), "--json")
     assert code == 0, err
     paths = json.loads(out)
     assert Path(paths["html"]) == run / "report.html" and (run / "report.html").is_file()

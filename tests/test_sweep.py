@@ -6,16 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 import edgeprune.sweep
 from edgeprune import cli  # noqa: F401 - import the CLI before cli_report (shared options)
 from edgeprune.checkpoint import atomic_write_text
-from edgeprune.cli_report import sweep as sweep_command
 from edgeprune.config import dump_config
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline import CompressConfig
@@ -195,34 +194,13 @@ def test_flops_list_is_checked():
         parse_flops("half")
 
 
-def _noop() -> None:
-    """Nothing."""
-
-
-def run_sweep_cli(capsys, *args: str) -> tuple[int, str, str]:
-    import typer
-
-    app = typer.Typer(add_completion=False)
-    app.command()(sweep_command)
-    app.command("noop")(_noop)
-    old = sys.argv
-    sys.argv = ["edgeprune", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            app()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
 def test_sweep_command_takes_compress_options_and_config(tmp_path, monkeypatch, capsys):
     fake = FakeCompress()
     monkeypatch.setattr(edgeprune.sweep, "compress", fake)
     config = tmp_path / "edgeprune.toml"
     config.write_text(dump_config(CompressConfig(model="democnn", dataset="synthetic", lr=0.5,
                                                  epochs=3, formats=("onnx",))))
-    code, out, err = run_sweep_cli(
+    code, out, err = run_cli(
         capsys, "sweep", "--criteria", "l1,lrp", "--flops", "0.3", "--config", str(config),
         "--epochs", "0.2", "--out", str(tmp_path / "sw"), "--quiet", "--json")
     assert code == 0, err
@@ -233,7 +211,7 @@ def test_sweep_command_takes_compress_options_and_config(tmp_path, monkeypatch, 
     assert cell_cfg["criterion"] == "l1" and cell_cfg["flops_reduction"] == 0.3
     assert cell_cfg["out"] == str(tmp_path / "sw" / "l1-30")
     assert result["latency_format"] == "onnx"  # the only format exported
-    code, out, err = run_sweep_cli(capsys, "sweep", "--criteria", "l1,lrp", "--flops", "0.3",
+    code, out, err = run_cli(capsys, "sweep", "--criteria", "l1,lrp", "--flops", "0.3",
                                    "--config", str(config), "--epochs", "0.2", "--out",
                                    str(tmp_path / "sw"))
     assert code == 0, err

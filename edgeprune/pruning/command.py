@@ -99,12 +99,6 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
         return get_backend(device).bench(results[0].path, BenchOptions(threads=threads)).p50_ms
 
 
-def _batches(data: Any, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from edgeprune.data import iterate_batches
-
-    return list(iterate_batches(data.loader("train", batch_size=64, limit=n, seed=seed)))
-
-
 def _load(model: str, weights: Path | None, dataset: str, data_dir: Path | None,
           input_size: str | None) -> tuple[Any, Any, InputSpec]:
     """(loaded model, data, input spec), the spec checked against the data's."""
@@ -129,7 +123,8 @@ def _load(model: str, weights: Path | None, dataset: str, data_dir: Path | None,
 
 def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = "auto",
                data_dir: Path | None = None, input_size: str | None = None,
-               criterion: str = "lrp", score_samples: int = 500, target: str = "rpi4",
+               criterion: str = "lrp", score_samples: int = 500,
+               samples_per_class: int | None = None, target: str = "rpi4",
                flops_reduction: float | None = None, params_reduction: float | None = None,
                latency_ms: float | None = None, layer_ratios: str | None = None,
                threads: int | None = None, round_to: int | None = None,
@@ -140,6 +135,7 @@ def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = 
                seed: int = 0) -> dict[str, Any]:
     """Prune a model file for a target and save it; returns the summary the CLI prints."""
     from edgeprune.criteria import get_criterion
+    from edgeprune.criteria.scoring import reference_batches
     from edgeprune.devices.targets import load_target
 
     out = Path(out)
@@ -151,7 +147,8 @@ def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = 
     x = torch.zeros(1, *spec.shape)
     threads = threads or profile.threads
     fmt = profile.formats[0]
-    samples = _batches(data, max(score_samples, 64), seed)
+    samples = reference_batches(data, data_dir, max(score_samples, 64), samples_per_class,
+                                seed)
     measured_dense = None
     if measure_on:
         measured_dense = measure(loaded.model, spec, fmt, threads, samples[0][0], measure_on)

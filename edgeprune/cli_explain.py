@@ -1,0 +1,131 @@
+"""`edgeprune explain` (the filter atlas) and `edgeprune score` (per-layer criterion scores):
+thin Typer shells over `edgeprune.atlas.explain_model` and
+`edgeprune.criteria.scoring.score_model`, with the same argument names. Registered in cli.py
+with `app.command()(explain)` and `app.command()(score)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgeprune import console
+from edgeprune.cli import (
+    CriterionOpt,
+    DataDirOpt,
+    DatasetOpt,
+    InputSizeOpt,
+    JsonOpt,
+    ModelArg,
+    QuietOpt,
+    SamplesPerClassOpt,
+    ScoreSamplesOpt,
+    WeightsOpt,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from edgeprune.criteria.scoring import ScoreResult
+
+SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, AM start)")]
+
+
+def _layers(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def explain(
+    model: ModelArg = "demo",
+    layers: Annotated[str | None, typer.Option(
+        help="conv layers to draw, comma-separated qualified names [default: all]")] = None,
+    criterion: CriterionOpt = "actmax",
+    flops_reduction: Annotated[float, typer.Option(
+        help="mark the filters prune() removes at this FLOPs reduction")] = 0.5,
+    keep_ratio: Annotated[float | None, typer.Option(
+        help="instead: mark all but each layer's top KEEP_RATIO filters")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the PNGs and atlas.json")] = Path(
+        "atlas"),
+    am_steps: Annotated[int, typer.Option(help="activation-maximization steps")] = 48,
+    score_samples: ScoreSamplesOpt = 256,
+    samples_per_class: SamplesPerClassOpt = None,
+    weights: WeightsOpt = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    input_size: InputSizeOpt = None,
+    seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Draw the filter atlas: each conv filter's activation-maximization image.
+
+    Pruned filters are crossed out, redundancy groups framed alike; scores in atlas.json."""
+    console.set_quiet(quiet)
+    from edgeprune.atlas import explain_model
+
+    result = explain_model(model, out, weights=weights, dataset=dataset, data_dir=data_dir,
+                           input_size=input_size, layers=_layers(layers), criterion=criterion,
+                           flops_reduction=flops_reduction, keep_ratio=keep_ratio,
+                           am_steps=am_steps, samples=score_samples,
+                           samples_per_class=samples_per_class, seed=seed, overwrite=overwrite)
+    if json_out:
+        typer.echo(json.dumps({"out_dir": str(result.out_dir), "json": str(result.json_path),
+                               "pngs": {n: str(p) for n, p in result.pngs.items()},
+                               "timing_s": result.timing}, indent=2))
+        return
+    total = sum(result.timing.values())
+    typer.echo(f"wrote {len(result.pngs)} layer PNGs and {result.json_path} in {total:.0f} s")
+
+
+def score(
+    model: ModelArg = "demo",
+    criterion: CriterionOpt = "lrp",
+    out: Annotated[Path | None, typer.Option(
+        help="save the scores: .json (scores, keep order, invalid filters) or .pt "
+        "(tensors)")] = None,
+    score_samples: ScoreSamplesOpt = 500,
+    samples_per_class: SamplesPerClassOpt = None,
+    weights: WeightsOpt = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    input_size: InputSizeOpt = None,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score every prunable layer's output channels with a criterion (higher = keep)."""
+    console.set_quiet(quiet)
+    from edgeprune.criteria.scoring import score_model
+
+    result = score_model(model, criterion, weights=weights, dataset=dataset, data_dir=data_dir,
+                         input_size=input_size, samples=score_samples,
+                         samples_per_class=samples_per_class, seed=seed)
+    if out is not None:
+        result.save(out)
+        console.info(f"saved {out}")
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    console.stdout.print(_table(result))
+
+
+def _table(result: ScoreResult) -> Table:
+    """Per layer: channel count, score range and the lowest-scored (first pruned) channels."""
+    import torch
+    from rich.table import Table
+
+    table = Table("layer", "channels", "min", "median", "max", "lowest channels",
+                  title=f"{result.criterion} scores ({result.samples} samples, "
+                  f"{result.wall_s:.1f} s; higher = keep)")
+    for name, values in result.scores.items():
+        lowest = torch.argsort(values, stable=True)[:6].tolist()
+        invalid = len(result.redundancy[name].invalid.nonzero()) \
+            if name in result.redundancy else 0
+        extra = f" ({invalid} invalid)" if invalid else ""
+        table.add_row(name, str(len(values)), f"{float(values.min()):.4g}",
+                      f"{float(values.median()):.4g}", f"{float(values.max()):.4g}",
+                      ", ".join(map(str, lowest)) + extra)
+    return table
