@@ -29,7 +29,7 @@ ModelArg = Annotated[str, typer.Argument(
     help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
     show_default=False)]
 CRITERIA_HELP = ("interpretability: actmax, lrp, function, fmcluster, concept; baselines: l1, "
-                 "l2, fpgm, taylor, hrank, random (see docs/CRITERIA.md)")
+                 "l2, fpgm, taylor, hrank, gradient, act-taylor, random (see docs/CRITERIA.md)")
 CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
 ScoreSamplesOpt = Annotated[int, typer.Option(
     help="class-balanced training images the criterion sees")]

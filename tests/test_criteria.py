@@ -98,8 +98,7 @@ def test_every_layer_gets_one_finite_score_per_output_channel(criterion, model_n
         assert values.shape == (layers[name].weight.shape[0],), name
         assert torch.isfinite(values).all(), name
         assert values.abs().sum() == pytest.approx(1.0, abs=1e-5), name  # normalized per layer
-        if criterion != "lrp":  # relevance is signed (see test_lrp_is_non_negative_...)
-            assert (values >= 0).all(), name
+        assert (values >= 0).all(), name
 
 
 def test_l1_matches_hand_computation():
@@ -613,3 +612,22 @@ def test_redundancy_groups_follow_any_kept_set():
     assert redundancy.groups(2) == [[0, 3], [1, 2]]
     # the pruner kept 1 and 3 (not a prefix of the order): 2 walks up to 1, 0 has no kept parent
     assert redundancy.groups_for({1, 3}) == [[1, 2], [3]]
+
+
+@pytest.mark.parametrize("criterion", ["gradient", "act-taylor"])
+def test_lrp_paper_baselines_match_hand_computation(criterion, batches):
+    """|sum g| and |sum a*g| at each conv's output, g the summed cross-entropy gradient,
+    normalized per layer."""
+    model = _bn_net()
+    scores = get_criterion(criterion).score(model, batches)
+    conv = model[3]
+    total = torch.zeros(8, dtype=torch.float64)
+    for x, y in batches:
+        a = model[:3](x)
+        out = conv(a).requires_grad_(True)
+        logits = model[6:](torch.relu(model[4](out)))
+        g = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), out)[0]
+        term = g * out if criterion == "act-taylor" else g
+        total += term.detach().double().sum((0, 2, 3))
+    expected = total.abs() / total.abs().sum()
+    torch.testing.assert_close(scores["3"], expected.float(), rtol=1e-4, atol=1e-6)

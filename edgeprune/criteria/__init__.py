@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in criteria: the interpretability criteria
 (actmax, lrp, function, fmcluster, concept) and the baselines (l1, l2, fpgm, taylor, hrank,
-random).
+gradient, act-taylor, random).
 """
 
 from edgeprune.criteria import (  # noqa: F401  (register the built-ins)
@@ -11,6 +11,7 @@ from edgeprune.criteria import (  # noqa: F401  (register the built-ins)
     fmcluster,
     fpgm,
     function,
+    gradient,
     hrank,
     lrp,
     magnitude,

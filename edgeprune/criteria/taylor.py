@@ -4,8 +4,9 @@ Network Pruning", CVPR 2019), a baseline.
 Paper: the loss change from removing a filter, estimated to first order from its weights and
 their gradients. This is Torch-Pruning's `GroupTaylorImportance` applied per layer (see
 `tp_layer`): sum over the filter's weights of |w * dL/dw|, with the cross-entropy gradient
-accumulated over the reference batches on an eval-mode copy (BatchNorm statistics frozen);
-normalized per layer. The gradients live on the copy only: the caller need not run backward.
+accumulated over the reference batches on an eval-mode copy (BatchNorm statistics frozen)
+before |w * g| is taken, as Torch-Pruning's examples use it (the paper averages per-minibatch
+terms instead); normalized per layer. The gradients live on the copy only: the caller need not run backward.
 """
 
 from __future__ import annotations
