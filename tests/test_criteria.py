@@ -596,11 +596,28 @@ def test_feature_maps_are_read_before_later_in_place_ops(batches):
     torch.testing.assert_close(maps, expected)
 
 
-def test_hrank_tells_apart_the_channels_of_residual_convs(batches):
-    """ResNet's conv2 feeds the residual sum before any ReLU: read raw, every map is full
-    rank and every channel ties; through the ReLU the ranks differ."""
-    scores = _score("hrank", _model("resnet20"), batches)
-    assert len(torch.unique(scores["layers.0.conv2"])) > 1
+def test_residual_stream_channels_are_read_at_the_sum(batches):
+    """conv2 and the shortcut conv feed the residual sum: their channels are the stream's, read
+    at the sum (the input of the block's second ReLU call) and through that ReLU; conv1 is read
+    after its BatchNorm and first ReLU call."""
+    from edgeprune.criteria.features import collect_maps
+    from edgeprune.criteria.taps import find_taps
+
+    model = _model("resnet20")
+    taps = find_taps(model)
+    for name in ("layers.3.conv2", "layers.3.shortcut.0"):
+        tap = taps[name]
+        assert (tap.module, tap.call, tap.read_input) == ("layers.3.relu", 1, True), name
+    assert (taps["layers.3.conv1"].module, taps["layers.3.conv1"].call) == ("layers.3.bn1", 0)
+    maps = collect_maps(model, batches, ["layers.3.conv1", "layers.3.conv2"])
+    block = model.layers[3]
+    with torch.no_grad():
+        h = torch.cat([model.layers[:3](model.relu(model.bn1(model.conv1(x))))
+                       for x, _ in batches])
+        inner = torch.relu(block.bn1(block.conv1(h)))
+        stream = torch.relu(block.bn2(block.conv2(inner)) + block.shortcut(h))
+    torch.testing.assert_close(maps["layers.3.conv1"], inner)
+    torch.testing.assert_close(maps["layers.3.conv2"], stream)
 
 
 def test_redundancy_groups_follow_any_kept_set():

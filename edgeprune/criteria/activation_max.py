@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from edgeprune.console import progress_bar
 from edgeprune.criteria.base import prunable_layers
-from edgeprune.criteria.taps import Tap, find_taps, working_copy
+from edgeprune.criteria.taps import Tap, attach, find_taps, working_copy
 
 
 @dataclass
@@ -75,27 +75,28 @@ def total_variation(x: Tensor) -> Tensor:
 
 
 class _Stopper:
-    """Runs `model` up to the tapped module and returns its output (None if never reached)."""
+    """Runs `model` up to the tapped tensor and returns it (None if never reached)."""
 
     def __init__(self, model: nn.Module, tap: Tap) -> None:
         self.model, self.tap, self.output = model, tap, None
-        self.module = dict(model.named_modules()).get(tap.module)
+        self.reachable = tap.module in dict(model.named_modules())
 
-    def _hook(self, _module: nn.Module, _inputs: object, output: Tensor) -> None:
-        self.output = output
+    def _found(self, _key: str, tensor: Tensor) -> None:
+        self.output = tensor
         raise _Reached
 
     def __call__(self, x: Tensor) -> Tensor | None:
-        if self.module is None:
+        if not self.reachable:
             return None
         self.output = None
-        handle = self.module.register_forward_hook(self._hook)
+        handles = attach(self.model, {self.tap.layer: self.tap}, self._found)
         try:
             self.model(x)
         except _Reached:
             pass
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return self.output
 
 

@@ -130,7 +130,7 @@ class Concept(Criterion):
         live: dict[str, Tensor] = {}
         parts: dict[str, list[Tensor]] = {}
         masks = []
-        with recording(work, {n: t.module for n, t in taps.items()}, store, live):
+        with recording(work, taps, store, live):
             for batch in data:
                 store.clear()
                 live.clear()

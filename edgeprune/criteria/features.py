@@ -34,7 +34,7 @@ def stream_maps(model: nn.Module, batches: Batches,
     taps = find_taps(work, names)
     device = next(iter(work.parameters()), torch.zeros(0)).device
     store: dict[str, Tensor] = {}
-    with recording(work, {n: t.module for n, t in taps.items()}, store):
+    with recording(work, taps, store):
         for batch in batches:
             store.clear()
             with torch.no_grad():  # not around the yield: the caller's grad mode stays its own

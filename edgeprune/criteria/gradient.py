@@ -35,7 +35,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
-from edgeprune.criteria.taps import recording, working_copy
+from edgeprune.criteria.taps import Tap, recording, working_copy
 
 
 def output_sums(model: nn.Module, batches: Batches, weight_by_activation: bool
@@ -49,7 +49,7 @@ def output_sums(model: nn.Module, batches: Batches, weight_by_activation: bool
     values: dict[str, Tensor] = {}
     live: dict[str, Tensor] = {}
     totals: dict[str, Tensor] = {}
-    with recording(work, {n: n for n in layers}, values, live):
+    with recording(work, {n: Tap(n, n) for n in layers}, values, live):
         for batch in batches:
             values.clear()
             live.clear()

@@ -7,9 +7,10 @@ Here the feature map is the unit's activation as `taps` reads it (after BatchNor
 that follows, as HRank's code hooks the ReLU outputs); the rank is `torch.linalg.matrix_rank` of
 each (h, w) map, averaged over `samples` reference images and normalized per layer. Layers with
 no spatial map (Linear) have rank 0 or 1 per sample: the score is the share of samples where
-the unit is non-zero. A conv whose output enters a residual sum before any activation (ResNet's
-conv2 and shortcut) is read before the sum, through a ReLU: its raw pre-activation map is
-almost always full rank, which would tie every channel of the residual group.
+the unit is non-zero. Residual-stream channels are read at the sum where an activation follows
+it (see `taps`); a conv read with no activation at all (a sum nothing activates, as in
+MobileNetV2) is read through a ReLU: a raw pre-activation map is almost always full rank,
+which would tie every channel.
 """
 
 from __future__ import annotations

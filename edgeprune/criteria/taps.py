@@ -3,14 +3,19 @@ normalizes it (the unit's pre-activation) and, when the network applies one to t
 alone, the elementwise activation that follows (the unit's activation).
 
 Found on a torch.fx trace: from the layer's node, follow a single-user chain through one
-BatchNorm and one activation. A residual sum ends the chain (the sum mixes channels of several
-layers), so ResNet's `bn2` output is read before the add. Models fx cannot trace read the
-layer's own output with no activation.
+BatchNorm and one activation. When that chain runs into a residual sum whose only user is an
+activation module (ResNet's `relu(bn2(conv2(x)) + shortcut)`), the channel is a channel of the
+residual stream: removing it removes it from the sum and from every block that shares the
+stream. It is then read where the stream is, at the sum (the input of that activation, which is
+the pre-activation) and through the activation. Sums that no activation module follows
+(MobileNetV2's) end the chain before the sum. Models fx cannot trace read the layer's own output
+with no activation.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,15 +29,20 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
 _FUNCTIONAL = {torch.relu: torch.relu, nn.functional.relu: torch.relu,
                nn.functional.relu6: nn.functional.relu6}
+_SUMS = (operator.add, operator.iadd, torch.add)
 
 
 @dataclass(frozen=True)
 class Tap:
-    """Read layer `layer`'s channels at module `module`'s output, then apply `activation`."""
+    """Read layer `layer`'s channels at module `module`'s output (its input with
+    `read_input`) on the module's `call`-th call of a forward pass (0 = first; ResNet blocks
+    call one ReLU module twice), then apply `activation`."""
 
     layer: str
     module: str
     activation: Callable[[Tensor], Tensor] | None = None
+    call: int = 0
+    read_input: bool = False
 
     def activated(self, pre: Tensor) -> Tensor:
         """The unit's activation from the tapped pre-activation."""
@@ -58,6 +68,18 @@ def _activation_of(gm: fx.GraphModule, node: fx.Node | None) -> Callable | None:
     return None
 
 
+def _is_sum(node: fx.Node | None) -> bool:
+    return node is not None and (
+        (node.op == "call_function" and node.target in _SUMS) or
+        (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _call_index(gm: fx.GraphModule, node: fx.Node) -> int:
+    """How many calls of the same module come before `node` in the forward pass."""
+    same = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target]
+    return same.index(node)
+
+
 def _tap_of(gm: fx.GraphModule, name: str, nodes: list[fx.Node]) -> Tap:
     if len(nodes) != 1:  # called several times (or never): read the layer itself
         return Tap(name, name)
@@ -67,6 +89,13 @@ def _tap_of(gm: fx.GraphModule, name: str, nodes: list[fx.Node]) -> Tap:
             isinstance(gm.get_submodule(user.target), nn.modules.batchnorm._BatchNorm):
         node, module = user, str(user.target)
         user = _sole_user(node)
+    if _is_sum(user):  # a residual stream channel: read it at the sum, through its activation
+        act_node = _sole_user(user)
+        activation = _activation_of(gm, act_node)
+        if activation is not None and act_node.op == "call_module":
+            return Tap(name, str(act_node.target), activation, _call_index(gm, act_node),
+                       read_input=True)
+        return Tap(name, module)
     return Tap(name, module, _activation_of(gm, user))
 
 
@@ -96,31 +125,49 @@ def working_copy(model: nn.Module) -> nn.Module:
     return work
 
 
-@contextmanager
-def recording(model: nn.Module, modules: dict[str, str], store: dict[str, Tensor],
-              live: dict[str, Tensor] | None = None) -> Iterator[None]:
-    """While active, every forward pass writes `store[key]` = a detached copy of the output of
-    module `modules[key]` (an in-place op later in forward, such as `out += identity`, cannot
-    change it) and, when `live` is given, `live[key]` = the output itself, in the autograd
-    graph, for gradients. The hooks are removed on exit."""
-    handles = []
-    by_module: dict[str, list[str]] = {}
-    for key, module in modules.items():
-        by_module.setdefault(module, []).append(key)
-
-    def hook(keys: list[str], _module: nn.Module, _inputs: object, output: Tensor) -> None:
-        value = output.detach().clone()
-        for key in keys:
-            store[key] = value
-            if live is not None:
-                live[key] = output
-
+def attach(model: nn.Module, taps: dict[str, Tap],
+           on_value: Callable[[str, Tensor], None]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks calling `on_value(key, tensor)` whenever the tapped tensor of `taps[key]` is
+    computed (the tapped call of its module, counted from each forward of `model`); the
+    caller removes the returned handles."""
     present = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    by_module: dict[str, list[tuple[str, Tap]]] = {}
+    for key, tap in taps.items():
+        if tap.module in present:
+            by_module.setdefault(tap.module, []).append((key, tap))
+
+    def reset(_module: nn.Module, _inputs: object) -> None:
+        calls.clear()
+
+    def seen(name: str, tensors: dict[bool, Tensor]) -> None:
+        index = calls.get(name, 0)
+        calls[name] = index + 1
+        for key, tap in by_module[name]:
+            if tap.call == index:
+                on_value(key, tensors[tap.read_input])
+
+    handles = [model.register_forward_pre_hook(reset)]
+    for name in by_module:
+        handles.append(present[name].register_forward_hook(
+            lambda _m, inputs, output, name=name: seen(name, {False: output, True: inputs[0]})))
+    return handles
+
+
+@contextmanager
+def recording(model: nn.Module, taps: dict[str, Tap], store: dict[str, Tensor],
+              live: dict[str, Tensor] | None = None) -> Iterator[None]:
+    """While active, every forward pass writes `store[key]` = a detached copy of the tapped
+    tensor of `taps[key]` (an in-place op later in forward, such as `out += identity`, cannot
+    change it) and, when `live` is given, `live[key]` = the tensor itself, in the autograd
+    graph, for gradients. The hooks are removed on exit."""
+    def keep(key: str, tensor: Tensor) -> None:
+        store[key] = tensor.detach().clone()
+        if live is not None:
+            live[key] = tensor
+
+    handles = attach(model, taps, keep)
     try:
-        for module, keys in by_module.items():
-            if module in present:
-                handles.append(present[module].register_forward_hook(
-                    lambda m, i, o, keys=keys: hook(keys, m, i, o)))
         yield
     finally:
         for handle in handles:

@@ -6,7 +6,8 @@ their gradients. This is Torch-Pruning's `GroupTaylorImportance` applied per lay
 `tp_layer`): sum over the filter's weights of |w * dL/dw|, with the cross-entropy gradient
 accumulated over the reference batches on an eval-mode copy (BatchNorm statistics frozen)
 before |w * g| is taken, as Torch-Pruning's examples use it (the paper averages per-minibatch
-terms instead); normalized per layer. The gradients live on the copy only: the caller need not run backward.
+terms instead); normalized per layer. The gradients live on the copy only: the caller need
+not run backward.
 """
 
 from __future__ import annotations
