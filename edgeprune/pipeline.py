@@ -341,7 +341,8 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     model = pruned.model.cpu().eval()
     pruned_acc = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
     run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history)
-    info(f"fine-tune: {epochs:g} epochs with distillation, top-1 {pruned_acc * 100:.2f}% "
+    done = f"{epochs:g} epochs with distillation" if epochs > 0 else "none (--epochs 0)"
+    info(f"fine-tune: {done}, top-1 {pruned_acc * 100:.2f}% "
          f"({(pruned_acc - dense_acc) * 100:+.2f} points), {ft.wall_s:.0f} s")
 
     meta = {"pruned_from": loaded.arch.ref, "criterion": cfg.criterion,
