@@ -22,7 +22,7 @@ from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches, load_dataset
 from edgeprune.errors import EdgepruneError
 from edgeprune.finetune import TrainConfig, TrainResult, evaluate, train
-from edgeprune.models import LoadedModel, load_model
+from edgeprune.models import LoadedModel, load_model_for
 from edgeprune.runs import RunFolder
 from edgeprune.spec import InputSpec, parse_input_size
 
@@ -98,16 +98,7 @@ class CompressResult:
 
 def _resolve_model(cfg: CompressConfig, data: DataBundle) -> tuple[LoadedModel, InputSpec]:
     size = parse_input_size(cfg.input_size) if cfg.input_size else None
-    loaded = load_model(cfg.model, cfg.weights, in_channels=data.spec.channels,
-                        num_classes=data.spec.num_classes)
-    spec = loaded.spec or data.spec
-    if size is not None and size != spec.shape:
-        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
-    if spec.shape != data.spec.shape:
-        raise EdgepruneError(
-            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
-            f"{data.name} gives {'x'.join(map(str, data.spec.shape))}; pass a matching "
-            "--dataset/--data-dir or --input-size")
+    loaded, spec = load_model_for(cfg.model, cfg.weights, data, size)
     _check_outputs(loaded.model, spec, data.spec.num_classes)
     return loaded, spec
 

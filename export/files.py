@@ -10,13 +10,12 @@ from typing import Any
 import torch
 
 from edgeprune.data import DataBundle, iterate_batches, load_dataset
-from edgeprune.errors import EdgepruneError
 from edgeprune.export.api import ExportResult, export_model
 from edgeprune.export.base import ExportOptions
 from edgeprune.export.precision import CALIBRATED, parse_precisions
 from edgeprune.export.registry import select_exporters
-from edgeprune.models import LoadedModel, load_model
-from edgeprune.spec import InputSpec, parse_input_size
+from edgeprune.models import LoadedModel, load_model_for
+from edgeprune.spec import parse_input_size
 
 VERIFY_SAMPLES = 32
 """Test images every file's logits are compared with PyTorch's on."""
@@ -42,9 +41,7 @@ def export_files(model: str = "demo", weights: Path | None = None,
     precs = parse_precisions(precisions)
     size = parse_input_size(input_size) if input_size else None
     data = load_dataset(dataset, data_dir, size)
-    loaded = load_model(model, weights, in_channels=data.spec.channels,
-                        num_classes=data.spec.num_classes)
-    spec = model_spec(loaded, data, size)
+    loaded, spec = load_model_for(model, weights, data, size)
     x, y = take(data, "test", max(eval_samples, VERIFY_SAMPLES), seed)
     calibration = None
     if CALIBRATED.intersection(precs):
@@ -56,21 +53,6 @@ def export_files(model: str = "demo", weights: Path | None = None,
         stem=stem or default_stem(model), verify=verify, precisions=precs,
         calibration=calibration, eval_samples=(x, y) if eval_samples > 0 else None,
         summary=compression_summary(loaded), options=options)
-
-
-def model_spec(loaded: LoadedModel, data: DataBundle,
-               size: tuple[int, int, int] | None) -> InputSpec:
-    """The model's input spec (its checkpoint's, else the dataset's), checked against the
-    images the dataset gives."""
-    spec = loaded.spec or data.spec
-    if size is not None and size != spec.shape:
-        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
-    if spec.shape != data.spec.shape:
-        raise EdgepruneError(
-            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
-            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
-            "--dataset/--data-dir or --input-size")
-    return spec
 
 
 def take(data: DataBundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,17 +35,11 @@ def load_reference(model: str = "demo", weights: Path | str | None = None,
     each class) in batches, with real concept masks when an ImageFolder `data_dir` has a
     masks/ folder (see `concept_masks`)."""
     from edgeprune.data import load_dataset
-    from edgeprune.models import load_model
+    from edgeprune.models import load_model_for
 
     size = parse_input_size(input_size) if input_size else None
     data = load_dataset(dataset, data_dir, input_size=size)
-    loaded = load_model(model, weights, in_channels=data.spec.channels,
-                        num_classes=data.spec.num_classes)
-    spec = loaded.spec or data.spec
-    if spec.shape != data.spec.shape:
-        raise EdgepruneError(f"the model expects {'x'.join(map(str, spec.shape))} inputs but "
-                             f"dataset {data.name} gives {'x'.join(map(str, data.spec.shape))};"
-                             " pass a matching --dataset/--data-dir or --input-size")
+    loaded, spec = load_model_for(model, weights, data, size)
     batches = reference_batches(data, data_dir, samples, samples_per_class, seed, batch_size)
     return Loaded(loaded.model.eval(), spec, batches)
 

@@ -7,6 +7,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.models import zoo  # noqa: F401  (fills the registry)
 from edgeprune.models.registry import create_model, list_models, register_model
 from edgeprune.spec import InputSpec
+
+if TYPE_CHECKING:
+    from edgeprune.data import DataBundle
 
 DEMO_CHECKPOINT = "demo_fashion_mnist.pt"
 
@@ -172,3 +176,21 @@ def load_model(ref: str | None = None, weights: Path | str | None = None,
         load_weights_into(loaded.model, _state_dict_of(obj, str(wpath)), str(wpath))
     loaded.model.eval()
     return loaded
+
+
+def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle,
+                   size: tuple[int, int, int] | None = None) -> tuple[LoadedModel, InputSpec]:
+    """Load `ref` (any --model reference) sized for `data`'s channels and classes, with its
+    input spec: the checkpoint's, else the dataset's, `size` (--input-size) overriding the
+    shape. EdgepruneError when the dataset's images do not have that shape."""
+    loaded = load_model(ref, weights, in_channels=data.spec.channels,
+                        num_classes=data.spec.num_classes)
+    spec = loaded.spec or data.spec
+    if size is not None and size != spec.shape:
+        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if spec.shape != data.spec.shape:
+        raise EdgepruneError(
+            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
+            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
+            "--dataset/--data-dir or --input-size")
+    return loaded, spec

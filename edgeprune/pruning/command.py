@@ -103,21 +103,12 @@ def _load(model: str, weights: Path | None, dataset: str, data_dir: Path | None,
           input_size: str | None) -> tuple[Any, Any, InputSpec]:
     """(loaded model, data, input spec), the spec checked against the data's."""
     from edgeprune.data import load_dataset
-    from edgeprune.models import load_model
+    from edgeprune.models import load_model_for
     from edgeprune.spec import parse_input_size
 
     size = parse_input_size(input_size) if input_size else None
     data = load_dataset(dataset, data_dir, size)
-    loaded = load_model(model, weights, in_channels=data.spec.channels,
-                        num_classes=data.spec.num_classes)
-    spec = loaded.spec or data.spec
-    if size is not None and size != spec.shape:
-        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
-    if spec.shape != data.spec.shape:
-        raise EdgepruneError(f"the model expects {'x'.join(map(str, spec.shape))} inputs but "
-                             f"dataset {data.name} gives "
-                             f"{'x'.join(map(str, data.spec.shape))}; pass a matching --dataset"
-                             "/--data-dir or --input-size")
+    loaded, spec = load_model_for(model, weights, data, size)
     return loaded, data, spec
 
 
