@@ -36,6 +36,22 @@ ScoreSamplesOpt = Annotated[int, typer.Option(
 SamplesPerClassOpt = Annotated[int | None, typer.Option(
     help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
     "data-scarce setting uses 1-10)")]
+BnRecalibrationOpt = Annotated[int, typer.Option(
+    help="re-estimate BatchNorm statistics on this many training images after pruning "
+    "(no weight update; 0 = off); use it with --epochs 0")]
+FinetuneEpochsOpt = Annotated[float | None, typer.Option(
+    help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
+    "fine-tuning)")]
+FinetuneLrOpt = Annotated[float, typer.Option(help="fine-tuning peak learning rate")]
+FinetuneBatchOpt = Annotated[int, typer.Option(help="fine-tuning batch size")]
+FormatsOpt = Annotated[str, typer.Option(help="export formats, comma-separated")]
+VerifyOpt = Annotated[bool, typer.Option(help="check every export against PyTorch")]
+BenchRunsOpt = Annotated[int, typer.Option(help="timed runs per model file (at least)")]
+BenchSecondsOpt = Annotated[float, typer.Option(
+    help="timed seconds per model file (at least)")]
+EvalLimitOpt = Annotated[int | None, typer.Option(
+    help="evaluate on this many test images only")]
+RunsDirOpt = Annotated[Path, typer.Option(help="where run folders go")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML file of compress options (keys = option names); flags given on the "
     "command line override it")]
@@ -101,26 +117,20 @@ def compress(
         help="rank channels across layers, or cut every layer by the same ratio")] = False,
     score_samples: ScoreSamplesOpt = 500,
     samples_per_class: SamplesPerClassOpt = None,
-    bn_recalibration: Annotated[int, typer.Option(
-        help="re-estimate BatchNorm statistics on this many training images after pruning "
-        "(no weight update; 0 = off); use it with --epochs 0")] = 0,
-    epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
-        "fine-tuning)")] = None,
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
-    formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
-    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
-    bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
-    bench_seconds: Annotated[float, typer.Option(help="timed seconds per model file (at "
-                                                  "least)")] = 1.0,
-    eval_limit: Annotated[int | None, typer.Option(help="evaluate on this many test "
-                                                    "images only")] = None,
+    bn_recalibration: BnRecalibrationOpt = 0,
+    epochs: FinetuneEpochsOpt = None,
+    lr: FinetuneLrOpt = 0.01,
+    batch_size: FinetuneBatchOpt = 128,
+    formats: FormatsOpt = "onnx,tflite",
+    verify: VerifyOpt = True,
+    bench_runs: BenchRunsOpt = 50,
+    bench_seconds: BenchSecondsOpt = 1.0,
+    eval_limit: EvalLimitOpt = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"
                                               "CRITERION-PERCENT)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+    runs_dir: RunsDirOpt = Path("edgeprune-runs"),
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     quiet: QuietOpt = False,

@@ -13,16 +13,26 @@ import typer
 
 from edgeprune import console
 from edgeprune.cli import (
+    BenchRunsOpt,
+    BenchSecondsOpt,
+    BnRecalibrationOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
+    EvalLimitOpt,
+    FinetuneBatchOpt,
+    FinetuneEpochsOpt,
+    FinetuneLrOpt,
+    FormatsOpt,
     InputSizeOpt,
     JsonOpt,
     ModelOpt,
     QuietOpt,
+    RunsDirOpt,
     SamplesPerClassOpt,
     ScoreSamplesOpt,
     TargetOpt,
+    VerifyOpt,
     WeightsOpt,
 )
 
@@ -70,27 +80,21 @@ def sweep(
     data_dir: DataDirOpt = None,
     score_samples: ScoreSamplesOpt = 500,
     samples_per_class: SamplesPerClassOpt = None,
-    bn_recalibration: Annotated[int, typer.Option(
-        help="re-estimate BatchNorm statistics on this many training images after pruning "
-        "(0 = off)")] = 0,
-    epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
-        "fine-tuning)")] = None,
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
-    formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
-    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
-    bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
-    bench_seconds: Annotated[float, typer.Option(help="timed seconds per model file (at "
-                                                  "least)")] = 1.0,
-    eval_limit: Annotated[int | None, typer.Option(help="evaluate on this many test "
-                                                    "images only")] = None,
+    bn_recalibration: BnRecalibrationOpt = 0,
+    epochs: FinetuneEpochsOpt = None,
+    lr: FinetuneLrOpt = 0.01,
+    batch_size: FinetuneBatchOpt = 128,
+    formats: FormatsOpt = "onnx,tflite",
+    verify: VerifyOpt = True,
+    bench_runs: BenchRunsOpt = 50,
+    bench_seconds: BenchSecondsOpt = 1.0,
+    eval_limit: EvalLimitOpt = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     name: Annotated[str | None, typer.Option(help="sweep folder name (default: MODEL-TARGET-"
                                               "sweep)")] = None,
     out: Annotated[Path | None, typer.Option(help="sweep folder (default: "
                                               "RUNS_DIR/NAME)")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+    runs_dir: RunsDirOpt = Path("edgeprune-runs"),
     config: ConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="redo cells that are already finished")] = False,
     quiet: QuietOpt = False,
