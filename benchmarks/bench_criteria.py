@@ -34,7 +34,7 @@ import torch
 from edgeprune.console import set_quiet
 from edgeprune.criteria import get_criterion, list_criteria
 from edgeprune.criteria.activation_max import AMConfig
-from edgeprune.data import first_per_class, iterate_batches, load_dataset
+from edgeprune.data import first_per_class, load_dataset
 from edgeprune.finetune import TrainConfig, evaluate, train
 from edgeprune.models import load_model
 from edgeprune.pruning import prune
@@ -68,10 +68,6 @@ def rank_scores(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def samples(data, split: str, n: int, seed: int, batch_size: int = 64):
-    return list(iterate_batches(data.loader(split, batch_size=batch_size, limit=n, seed=seed)))
-
-
 class Bench:
     """Holds the dense model, data, results file and the shared evaluation helpers."""
 
@@ -81,9 +77,9 @@ class Bench:
         self.dense = load_model(args.model, in_channels=self.data.spec.channels,
                                 num_classes=self.data.spec.num_classes).model.eval()
         self.example = torch.zeros(1, *self.data.spec.shape)
-        self.reference = samples(self.data, "train", args.score_samples, seed=0)
-        self.recal = samples(self.data, "train", args.recal_samples, seed=1, batch_size=128)
-        self.pool = samples(self.data, "train", 2000, seed=2)  # the data-scarce draws
+        self.reference = self.data.reference(args.score_samples, seed=0)
+        self.recal = self.data.reference(args.recal_samples, seed=1, batch_size=128)
+        self.pool = self.data.reference(2000, seed=2)  # the data-scarce draws
         self.path = Path(args.json)
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
 
