@@ -33,12 +33,12 @@ import torch
 
 from edgeprune.console import set_quiet
 from edgeprune.criteria import get_criterion, list_criteria
-from edgeprune.criteria.activation_max import AMConfig
+from edgeprune.criteria.am_images import AMConfig
 from edgeprune.data import first_per_class, load_dataset
-from edgeprune.finetune import TrainConfig, evaluate, train
 from edgeprune.models import load_model
 from edgeprune.pruning import prune
 from edgeprune.pruning.bn_recalibration import recalibrate_bn
+from edgeprune.training import TrainConfig, evaluate, train
 
 POLICIES = {
     "global": "global ranking (the default of `prune()` and `edgeprune prune`: one threshold "

@@ -267,9 +267,9 @@ def section_latency(quick: bool, repeats: int) -> list[str]:
 
 def section_reestimate(quick: bool) -> list[str]:
     from edgeprune.data import iterate_batches, load_dataset
-    from edgeprune.finetune import evaluate
     from edgeprune.models import load_model
     from edgeprune.pruning.bn_recalibration import recalibrate_bn
+    from edgeprune.training import evaluate
 
     data = load_dataset("fashion-mnist")
     model = load_model("demo").model.eval()

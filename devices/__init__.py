@@ -1,8 +1,9 @@
 """Target device profiles, the standalone on-device runner and the backends that run it.
 
-`runner.py` is deliberately not imported here: it is a script copied to devices, needing only
-the standard library, numpy and one runtime. `compare` (bench several files) and `ssh` are
-imported from their modules.
+`runner.py` is a script copied to devices, needing only the standard library, numpy and one
+runtime: it never imports torch or edgeprune. `results` (what a run returns), `bench` (the
+local backend and the registry), `ssh` (the device backend), `targets`, `estimate` and
+`samples` are the modules; comparing several files is `edgeprune.jobs.bench`.
 """
 
 from edgeprune.devices.bench import (

@@ -9,8 +9,6 @@ stage can call it without pulling in anything else.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from edgeprune.devices.runner import (
     sidecar_path,
 )
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import atomic_write_bytes
 
 __all__ = ["default_samples_path", "read_eval_samples", "sidecar_path", "write_eval_samples"]
 
@@ -40,17 +39,7 @@ def write_eval_samples(path: Path | str, x: np.ndarray, y: np.ndarray) -> Path:
                              f"{x.shape} and y {y.shape}")
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

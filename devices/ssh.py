@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgeprune.devices.bench import RUNNER, BenchOptions, BenchResult, Label, parse_runner_output
-from edgeprune.devices.bench import runner_failure as _runner_failure
+from edgeprune.devices.results import (
+    RUNNER,
+    BenchOptions,
+    BenchResult,
+    Label,
+    parse_runner_output,
+    runner_failure,
+)
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.errors import EdgepruneError
 
@@ -267,7 +273,7 @@ class SshBackend:
                                      f"finish in {options.timeout_s:g} s; lower --runs or "
                                      "--min-seconds")
             if proc.returncode != 0:
-                raise _runner_failure(model_path, proc.stderr, proc.returncode, self.device)
+                raise runner_failure(model_path, proc.stderr, proc.returncode, self.device)
             result = parse_runner_output(proc.stdout, self.label, self.device)
         finally:
             if not cleaned:

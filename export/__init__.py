@@ -1,8 +1,8 @@
 """Export stage: ONNX and TFLite files in fp32, fp16 and int8, verified against PyTorch on real
 inputs and published with their metadata.
 
-`export_model` is the entry point for a model in memory, `export_files` for anything the
-model loader accepts (the `edgeprune export` command); `EXPORTERS` maps format names to
+`export_model` is the entry point (a model in memory; `edgeprune.jobs.export.export_files` loads
+one by reference for the `edgeprune export` command); `EXPORTERS` maps format names to
 exporters, all checked by one validator (`validate.validate_outputs`). Heavy converters and
 quantizers are imported only when used.
 """
@@ -14,14 +14,6 @@ from edgeprune.export.registry import EXPORTERS, select_exporters
 from edgeprune.export.validate import EvalSet, Metrics, validate_outputs
 
 __all__ = ["DEFAULT_CHECKS", "EXPORTERS", "PRECISIONS", "Check", "EvalSet", "ExportError",
-           "ExportOptions", "ExportResult", "Exporter", "Metrics", "Runner", "export_files",
-           "export_model", "select_exporters", "validate_outputs"]
+           "ExportOptions", "ExportResult", "Exporter", "Metrics", "Runner", "export_model",
+           "select_exporters", "validate_outputs"]
 
-
-def __getattr__(name: str):
-    """`export_files` is imported on first use: it pulls in the model zoo and data loaders."""
-    if name == "export_files":
-        from edgeprune.export.files import export_files
-
-        return export_files
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeprune.checkpoint import sha256_file
 from edgeprune.console import info
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.base import Converted, Exporter, ExportError, ExportOptions, export_step
@@ -28,9 +27,9 @@ from edgeprune.export.precision import (
     parse_precisions,
 )
 from edgeprune.export.registry import select_exporters
-from edgeprune.export.staging import Staging, staged
 from edgeprune.export.trace import locate_op, trace
 from edgeprune.export.validate import EvalSet, Metrics, compare, validate_outputs
+from edgeprune.files import Staging, sha256_file, staged
 from edgeprune.spec import InputSpec
 
 

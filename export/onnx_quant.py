@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.export.onnx import INPUT_NAME
-
 
 @contextmanager
 def quiet() -> Iterator[None]:
@@ -53,9 +51,9 @@ def to_fp16(data: bytes, calibration: np.ndarray | None = None) -> tuple[bytes, 
                                                        "float32 inputs and outputs"}
 
 
-def calibration_reader(samples: np.ndarray) -> Any:
-    """An onnxruntime CalibrationDataReader that feeds `samples` one at a time (batch 1,
-    the shape the file was exported with)."""
+def calibration_reader(samples: np.ndarray, input_name: str) -> Any:
+    """An onnxruntime CalibrationDataReader that feeds `samples` to input `input_name` one at
+    a time (batch 1, the shape the file was exported with)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -64,7 +62,7 @@ def calibration_reader(samples: np.ndarray) -> Any:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             i = next(self.rows, None)
-            return None if i is None else {INPUT_NAME: samples[i : i + 1]}
+            return None if i is None else {input_name: samples[i : i + 1]}
 
         def rewind(self) -> None:
             self.rows = iter(range(len(samples)))
@@ -74,6 +72,7 @@ def calibration_reader(samples: np.ndarray) -> Any:
 
 def to_int8(data: bytes, calibration: np.ndarray | None) -> tuple[bytes, dict[str, Any]]:
     """Static QDQ int8, per-channel weights, min/max activation ranges from `calibration`."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -83,7 +82,8 @@ def to_int8(data: bytes, calibration: np.ndarray | None) -> tuple[bytes, dict[st
         fp32, prepared, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         fp32.write_bytes(data)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), calibration_reader(calibration),
+        input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+        quantize_static(str(prepared), str(out), calibration_reader(calibration, input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax)
         return out.read_bytes(), {

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.checkpoint import ArchRef, save_checkpoint
 from edgeprune.console import is_quiet, set_quiet
 from edgeprune.data import make_synthetic
-from edgeprune.finetune import TrainConfig, train
 from edgeprune.models import create_model
+from edgeprune.models.checkpoint import ArchRef, save_checkpoint
+from edgeprune.training import TrainConfig, train
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import assert_one_line_error, run_cli, sha
 
-from edgeprune.atlas import build_atlas, kept_channels
 from edgeprune.criteria import get_criterion
-from edgeprune.criteria.activation_max import AMConfig
+from edgeprune.criteria.am_images import AMConfig
 from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.explain import build_atlas, kept_channels
 from edgeprune.models import create_model
 from edgeprune.pruning import prune
 

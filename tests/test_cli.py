@@ -60,7 +60,7 @@ def test_compress_meets_the_flops_target_and_reports_real_figures(compressed):
 def test_exported_files_run_on_the_device_runner_with_eval(capsys, compressed, tmp_path):
     import numpy as np
 
-    from edgeprune.finetune import default_device
+    from edgeprune.training import default_device
 
     run, _, _, _ = compressed
     models = run / "models"
@@ -81,7 +81,7 @@ def test_exported_files_run_on_the_device_runner_with_eval(capsys, compressed, t
 
 
 def test_compressed_checkpoint_reloads_with_its_accuracy(compressed, synthetic):
-    from edgeprune.finetune import evaluate
+    from edgeprune.training import evaluate
 
     run, summary, _, _ = compressed
     loaded = load_model(str(run / "model.pt"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -14,9 +13,15 @@ import typer
 from typer.testing import CliRunner
 
 from edgeprune import cli
-from edgeprune.config import config_from_cli, config_from_dict, dump_config, load_config, merge
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline import CompressConfig
+from edgeprune.jobs.config import (
+    CompressConfig,
+    config_from_cli,
+    config_from_dict,
+    dump_config,
+    load_config,
+    merge,
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "edgeprune.toml") -> Path:
@@ -127,11 +132,9 @@ class _Captured(Exception):
     pass
 
 
-@pytest.mark.skipif("config" not in inspect.signature(cli.compress).parameters,
-                    reason="`edgeprune compress --config` is not wired into cli.py yet")
 def test_compress_cli_reads_config_and_flags_override(tmp_path, monkeypatch, capsys):
     """The real `edgeprune compress --config`, stopped at the pipeline call."""
-    import edgeprune.pipeline
+    import edgeprune.jobs.compress
 
     seen = {}
 
@@ -139,7 +142,7 @@ def test_compress_cli_reads_config_and_flags_override(tmp_path, monkeypatch, cap
         seen["cfg"] = cfg
         raise _Captured
 
-    monkeypatch.setattr(edgeprune.pipeline, "compress", fake)
+    monkeypatch.setattr(edgeprune.jobs.compress, "compress", fake)
     path = write(tmp_path, dump_config(dataclasses.replace(ODD, out=str(tmp_path / "run"))))
     monkeypatch.setattr(sys, "argv", ["edgeprune", "compress", "--config", str(path),
                                       "--seed", "3"])

@@ -14,7 +14,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 
 from edgeprune.criteria import get_criterion, list_criteria
-from edgeprune.criteria.activation_max import AMConfig
+from edgeprune.criteria.am_images import AMConfig
 from edgeprune.criteria.lrp import (
     canonical_model,
     input_box,
@@ -413,7 +413,7 @@ def test_dead_filters_score_zero(criterion, batches):
 
 
 def test_am_is_scale_invariant_and_raises_the_activation():
-    from edgeprune.criteria.activation_max import visualize
+    from edgeprune.criteria.am_images import visualize
 
     net = _duplicate_net()
     am = visualize(net, SHAPE, ["3"], AMConfig(steps=12))["3"]
@@ -476,8 +476,8 @@ def test_concept_votes_follow_real_masks():
 def test_concept_masks_follow_the_imagefolder_convention(tmp_path):
     from PIL import Image
 
-    from edgeprune.criteria.concept_masks import mask_batches, mask_path
     from edgeprune.data import load_imagefolder
+    from edgeprune.data.concept_masks import mask_batches, mask_path
 
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -587,7 +587,7 @@ class _InPlaceResidual(nn.Module):
 
 
 def test_feature_maps_are_read_before_later_in_place_ops(batches):
-    from edgeprune.criteria.features import collect_maps
+    from edgeprune.criteria.feature_maps import collect_maps
 
     model = _InPlaceResidual().eval()
     maps = collect_maps(model, batches, ["conv"])["conv"]
@@ -600,8 +600,7 @@ def test_residual_stream_channels_are_read_at_the_sum(batches):
     """conv2 and the shortcut conv feed the residual sum: their channels are the stream's, read
     at the sum (the input of the block's second ReLU call) and through that ReLU; conv1 is read
     after its BatchNorm and first ReLU call."""
-    from edgeprune.criteria.features import collect_maps
-    from edgeprune.criteria.taps import find_taps
+    from edgeprune.criteria.feature_maps import collect_maps, find_taps
 
     model = _model("resnet20")
     taps = find_taps(model)

@@ -20,7 +20,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from edgeprune.cli_bench import bench
+from edgeprune.cli.bench import bench
 from edgeprune.devices import (
     BACKENDS,
     BenchOptions,
@@ -37,11 +37,11 @@ from edgeprune.devices import (
     write_eval_samples,
 )
 from edgeprune.devices.bench import RUNNER
-from edgeprune.devices.compare import append_to_run, bench_models
 from edgeprune.devices.estimate import ModelCost
 from edgeprune.devices.runner import RunnerError, to_model_layout
 from edgeprune.devices.targets import ARCHES, FORMATS, PRECISIONS, RUNTIMES
 from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.bench import append_to_run, bench_models
 
 FAST = ["--warmup", "2", "--runs", "30", "--min-seconds", "0.3"]
 LATENCY_KEYS = ("min", "mean", "p50", "p90", "p99", "max", "std")

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.checkpoint import sha256_file
 from edgeprune.data import load_demo_subset
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import (
@@ -39,6 +38,7 @@ from edgeprune.export import (
 from edgeprune.export.onnx import opset_for_onnxruntime
 from edgeprune.export.precision import MIN_CALIBRATION_SAMPLES
 from edgeprune.export.quiet import captured_stderr
+from edgeprune.files import sha256_file
 from edgeprune.models import create_model, demo_checkpoint_path, load_model
 from edgeprune.spec import InputSpec
 

@@ -10,11 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import edgeprune.cli  # noqa: F401 - first, as in the real CLI: cli_export uses its option types
-from edgeprune.cli_export import export
+from edgeprune.cli.export import export
 from edgeprune.errors import EdgepruneError
-from edgeprune.export import export_files
-from edgeprune.export.files import default_stem
+from edgeprune.jobs.export import default_stem, export_files
 
 app = typer.Typer()
 app.command()(export)
@@ -90,7 +88,7 @@ def test_default_stem():
 
 
 def test_registered_in_edgeprune(capsys, tmp_path):
-    """Once cli.py registers the command, `edgeprune export` errors are one line, exit 2."""
+    """Through the registered command, `edgeprune export` errors are one line, exit 2."""
     from edgeprune.cli import app as real_app
     from edgeprune.cli import main
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.checkpoint import ArchRef, parameter_shapes, save_checkpoint
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model, demo_checkpoint_path, list_models, load_model
+from edgeprune.models.checkpoint import ArchRef, parameter_shapes, save_checkpoint
 from edgeprune.spec import InputSpec, parse_input_size
 
 SPEC = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcdefghij"))

@@ -11,10 +11,10 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from edgeprune.checkpoint import ArchRef, save_checkpoint
 from edgeprune.criteria import get_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model, load_model
+from edgeprune.models.checkpoint import ArchRef, save_checkpoint
 from edgeprune.pruning import (
     Iterative,
     LatencyBudget,
@@ -437,7 +437,7 @@ def _invoke(*args: str):
     import typer
     from typer.testing import CliRunner
 
-    from edgeprune.cli_prune import prune as prune_command
+    from edgeprune.cli.prune import prune as prune_command
 
     app = typer.Typer()
     app.command()(prune_command)
@@ -482,7 +482,7 @@ def test_prune_command_runs_a_latency_goal_iteratively_with_fine_tuning(tmp_path
     ({"schedule": "gradual"}, "unknown schedule"),
 ])
 def test_command_mistakes_are_one_error(kwargs, message, tmp_path):
-    from edgeprune.pruning.command import prune_file
+    from edgeprune.jobs.prune import prune_file
 
     with pytest.raises(EdgepruneError, match=message):
         prune_file("democnn", dataset="synthetic", criterion="l1",

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from edgeprune import cli  # noqa: F401 - import the CLI before cli_report (shared options)
-from edgeprune.checkpoint import sha256_file
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import sha256_file
 from edgeprune.report import build_report
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "",
@@ -48,7 +47,7 @@ def _atlas_png(path: Path, seed: int) -> None:
 def run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     """A real compress run (both formats), one real `bench --run` record and two atlas PNGs."""
     from edgeprune.devices.bench import BenchOptions
-    from edgeprune.devices.compare import append_to_run, bench_models, bench_record
+    from edgeprune.jobs.bench import append_to_run, bench_models, bench_record
 
     runs = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(

@@ -25,12 +25,12 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from edgeprune.cli_bench import bench
+from edgeprune.cli.bench import bench
 from edgeprune.devices import BenchOptions, default_samples_path, write_eval_samples
-from edgeprune.devices.compare import bench_models
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.devices.ssh import SshBackend, SshOptions, parse_ssh_url
 from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.bench import bench_models
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start as root without it

@@ -12,14 +12,12 @@ import pytest
 import torch
 from helpers import run_cli
 
-import edgeprune.sweep
-from edgeprune import cli  # noqa: F401 - import the CLI before cli_report (shared options)
-from edgeprune.checkpoint import atomic_write_text
-from edgeprune.config import dump_config
+import edgeprune.jobs.sweep
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline import CompressConfig
-from edgeprune.runs import RunFolder
-from edgeprune.sweep import pareto_front, parse_flops, run_sweep
+from edgeprune.files import atomic_write_text
+from edgeprune.jobs.config import CompressConfig, dump_config
+from edgeprune.jobs.runs import RunFolder
+from edgeprune.jobs.sweep import pareto_front, parse_flops, run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # made-up but consistent figures: (criterion, flops) -> (accuracy, pruned p50 ms)
@@ -96,7 +94,7 @@ def test_grid_runs_every_cell_and_marks_the_fronts(tmp_path):
     table = result.files["markdown"].read_text()
     assert table.count("\n| ") == 5 and "| l1-50 | l1 | 50% | 51.0% | 87.00% |" in table
     record = json.loads(result.files["json"].read_text())
-    assert record["schema"] == "edgeprune.sweep/1" and len(record["rows"]) == 4
+    assert record["schema"] == "edgeprune.jobs.sweep/1" and len(record["rows"]) == 4
     assert 'criterion = "lrp"' in record["base_config"]
 
 
@@ -196,7 +194,7 @@ def test_flops_list_is_checked():
 
 def test_sweep_command_takes_compress_options_and_config(tmp_path, monkeypatch, capsys):
     fake = FakeCompress()
-    monkeypatch.setattr(edgeprune.sweep, "compress", fake)
+    monkeypatch.setattr(edgeprune.jobs.sweep, "compress", fake)
     config = tmp_path / "edgeprune.toml"
     config.write_text(dump_config(CompressConfig(model="democnn", dataset="synthetic", lr=0.5,
                                                  epochs=3, formats=("onnx",))))

@@ -6,7 +6,7 @@ are measured by the colour and texture similarity of those visualizations; "repe
 "invalid" filters are removed by an optimization; the network is compressed layer by layer.
 
 Documented reading (METHODS.md section 1; the paper's exact formulas are not available):
-- AM images from `activation_max` (pre-activation objective, TV + L2, jitter, one batch per
+- AM images from `am_images` (pre-activation objective, TV + L2, jitter, one batch per
   layer, clamped to the reference data's input box when data is given);
 - colour similarity = histogram intersection of per-input-channel intensity histograms
   (`bins` bins over the layer's common value range; grayscale inputs make it an intensity
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from edgeprune.criteria.activation_max import AMConfig, LayerAM, visualize
+from edgeprune.criteria.am_images import AMConfig, LayerAM, visualize
 from edgeprune.criteria.base import (
     Batches,
     normalize_per_layer,

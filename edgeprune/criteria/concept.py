@@ -6,7 +6,7 @@ semantic parts": majority voting over the alignment between a semantic concept a
 representation; new conv kernels are then estimated from the remaining channels.
 
 Documented reading (METHODS.md section 5; network-dissection style, annotation-free):
-- unit masks: each unit's activation (see `taps`) upsampled bilinearly to the input size and
+- unit masks: each unit's activation (see `feature_maps`) upsampled bilinearly to the input size and
   thresholded at the unit's top `unit_quantile` (0.5%) activation over all reference images
   and positions; a unit whose threshold is not positive never fires and has empty masks;
 - concept mask per image: Grad-CAM of the true class on `cam_layer` (default: the last conv
@@ -39,8 +39,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
-from edgeprune.criteria.features import take_samples
-from edgeprune.criteria.taps import Tap, find_taps, recording, working_copy
+from edgeprune.criteria.feature_maps import Tap, find_taps, recording, take_samples, working_copy
 
 CHUNK = 32  # units upsampled at once
 

@@ -6,7 +6,7 @@ follow redundancy, whether a filter's output repeats other filters' outputs, mea
 "redundancy index" (RI).
 
 Documented reading (METHODS.md section 4):
-- the unit activations (see `taps`) of `samples` reference images, one vector per filter;
+- the unit activations (see `feature_maps`) of `samples` reference images, one vector per filter;
 - standardized; distance = 1 - |Pearson correlation|; average-linkage agglomerative clustering
   of the layer into k = ceil(`cluster_ratio` * C) clusters;
 - in each cluster the member nearest the centre (highest mean |r| to the other members) is
@@ -34,7 +34,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
-from edgeprune.criteria.features import collect_maps, take_samples
+from edgeprune.criteria.feature_maps import collect_maps, take_samples
 from edgeprune.criteria.redundancy import Redundancy, RedundancyCriterion, cluster_labels
 
 

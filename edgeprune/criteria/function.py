@@ -6,7 +6,7 @@ networks hold many repetitive filters with similar feature preferences, which L1
 remove; pruning aims at needing no retraining.
 
 Documented reading (METHODS.md section 3):
-- each filter's functionality is its AM image (`activation_max`, shared with `actmax`);
+- each filter's functionality is its AM image (`am_images`, shared with `actmax`);
 - images are flattened, mean-centred and L2-normalized (the centring is ours: every image
   starts from the same noise, and the centred cosine is the images' correlation); distance is
   1 - cosine; agglomerative clustering with average linkage per layer;
@@ -26,15 +26,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from edgeprune.criteria.activation_max import AMConfig, LayerAM, visualize
 from edgeprune.criteria.actmax import data_shape_and_box
+from edgeprune.criteria.am_images import AMConfig, LayerAM, visualize
 from edgeprune.criteria.base import (
     Batches,
     normalize_per_layer,
     prunable_layers,
     register_criterion,
 )
-from edgeprune.criteria.features import collect_maps, take_samples
+from edgeprune.criteria.feature_maps import collect_maps, take_samples
 from edgeprune.criteria.redundancy import RedundancyCriterion, agglomerative_order
 
 

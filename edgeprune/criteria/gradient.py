@@ -35,7 +35,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
-from edgeprune.criteria.taps import Tap, recording, working_copy
+from edgeprune.criteria.feature_maps import Tap, recording, working_copy
 
 
 def output_sums(model: nn.Module, batches: Batches, weight_by_activation: bool

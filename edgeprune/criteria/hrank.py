@@ -3,12 +3,12 @@ CVPR 2020), a baseline.
 
 Paper: a filter's importance is the average rank of its output feature maps over a batch of
 images (the rank is stable across batches); low-rank maps carry less information and go first.
-Here the feature map is the unit's activation as `taps` reads it (after BatchNorm and the ReLU
+Here the feature map is the unit's activation as `feature_maps` reads it (after BatchNorm and the ReLU
 that follows, as HRank's code hooks the ReLU outputs); the rank is `torch.linalg.matrix_rank` of
 each (h, w) map, averaged over `samples` reference images and normalized per layer. Layers with
 no spatial map (Linear) have rank 0 or 1 per sample: the score is the share of samples where
 the unit is non-zero. Residual-stream channels are read at the sum where an activation follows
-it (see `taps`); a conv read with no activation at all (a sum nothing activates, as in
+it (see `feature_maps`); a conv read with no activation at all (a sum nothing activates, as in
 MobileNetV2) is read through a ReLU: a raw pre-activation map is almost always full rank,
 which would tie every channel.
 """
@@ -29,8 +29,7 @@ from edgeprune.criteria.base import (
     register_criterion,
     require_batches,
 )
-from edgeprune.criteria.features import stream_maps, take_samples
-from edgeprune.criteria.taps import find_taps
+from edgeprune.criteria.feature_maps import find_taps, stream_maps, take_samples
 
 
 def map_ranks(maps: Tensor) -> Tensor:

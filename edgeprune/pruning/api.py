@@ -31,7 +31,6 @@ from edgeprune.pruning.goals import (
     SearchedGoal,
 )
 from edgeprune.pruning.latency import LatencyModel
-from edgeprune.pruning.oneshot import Candidates, with_policy
 from edgeprune.pruning.protect import (
     build_graph,
     classifier_names,
@@ -52,6 +51,7 @@ from edgeprune.pruning.schedule import (
     run_layer_by_layer,
     run_oneshot,
 )
+from edgeprune.pruning.search import Candidates, with_policy
 from edgeprune.pruning.surgery import Policy
 
 Batches = Iterable[tuple[Tensor, Tensor]]

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from edgeprune.console import info
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.goals import Figures, SearchedGoal
-from edgeprune.pruning.oneshot import Candidates, FilterCount, Trial, Unreachable, with_policy
 from edgeprune.pruning.protect import build_graph, forward_order, group_roots
+from edgeprune.pruning.search import Candidates, FilterCount, Trial, Unreachable, with_policy
 from edgeprune.pruning.surgery import compose
 
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from edgeprune.checkpoint import atomic_write_text
+from edgeprune.files import atomic_write_text, sha256_file
 from edgeprune.report import plots
 from edgeprune.report.load import RunData, load_run
 from edgeprune.report.numbers import collect
@@ -63,19 +63,11 @@ def _atlas(run: RunData) -> list[Image]:
 
 
 def _config_toml(run: RunData) -> str:
-    """The run's config.toml, or the same rendered from a complete config.json (older runs);
-    an incomplete config is shown as recorded, never filled up with today's defaults."""
+    """The run's config.toml as compress wrote it; a run without one (made by an early
+    version) shows its config.json as recorded."""
     if run.config_toml is not None:
         return run.config_toml
-    from edgeprune.config import FIELDS, config_from_dict, dump_config
-    from edgeprune.errors import EdgepruneError
-
-    if not set(FIELDS) <= set(run.config):
-        return json.dumps(run.config, indent=2)
-    try:
-        return dump_config(config_from_dict(run.config))
-    except EdgepruneError:
-        return json.dumps(run.config, indent=2)
+    return json.dumps(run.config, indent=2)
 
 
 def _finite(value: Any) -> Any:
@@ -105,8 +97,6 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> tupl
 def refresh_manifest(run_dir: Path | str, paths: tuple[Path, ...]) -> None:
     """Update the size and sha256 of report files the run's manifest already lists, so a
     regenerated report keeps the manifest true; files it does not list are left out."""
-    from edgeprune.checkpoint import sha256_file
-
     manifest_path = Path(run_dir) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     by_path = {Path(p).resolve().relative_to(Path(run_dir).resolve()).as_posix(): Path(p)

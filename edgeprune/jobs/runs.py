@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune import __version__
-from edgeprune.checkpoint import atomic_write_text, sha256_file
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"

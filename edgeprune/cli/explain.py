@@ -1,7 +1,6 @@
 """`edgeprune explain` (the filter atlas) and `edgeprune score` (per-layer criterion scores):
-thin Typer shells over `edgeprune.atlas.explain_model` and
-`edgeprune.criteria.scoring.score_model`, with the same argument names. Registered in cli.py
-with `app.command()(explain)` and `app.command()(score)`."""
+thin Typer shells over `edgeprune.jobs.explain.explain_model` and
+`edgeprune.jobs.score.score_model`, with the same argument names."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgeprune import console
-from edgeprune.cli import (
+from edgeprune.cli.options import (
     CriterionOpt,
     DataDirOpt,
     DatasetOpt,
@@ -22,16 +21,14 @@ from edgeprune.cli import (
     QuietOpt,
     SamplesPerClassOpt,
     ScoreSamplesOpt,
+    SeedOpt,
     WeightsOpt,
 )
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from edgeprune.criteria.scoring import ScoreResult
-
-SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, AM start)")]
-
+    from edgeprune.jobs.score import ScoreResult
 
 def _layers(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
@@ -64,7 +61,7 @@ def explain(
 
     Pruned filters are crossed out, redundancy groups framed alike; scores in atlas.json."""
     console.set_quiet(quiet)
-    from edgeprune.atlas import explain_model
+    from edgeprune.jobs.explain import explain_model
 
     result = explain_model(model, out, weights=weights, dataset=dataset, data_dir=data_dir,
                            input_size=input_size, layers=_layers(layers), criterion=criterion,
@@ -98,7 +95,7 @@ def score(
 ) -> None:
     """Score every prunable layer's output channels with a criterion (higher = keep)."""
     console.set_quiet(quiet)
-    from edgeprune.criteria.scoring import score_model
+    from edgeprune.jobs.score import score_model
 
     result = score_model(model, criterion, weights=weights, dataset=dataset, data_dir=data_dir,
                          input_size=input_size, samples=score_samples,

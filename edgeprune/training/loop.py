@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.checkpoint import atomic_write_bytes
 from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches
+from edgeprune.files import atomic_write_bytes
 
 
 @dataclass

@@ -13,9 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeprune.checkpoint import save_checkpoint
 from edgeprune.console import info
+from edgeprune.criteria import get_criterion
+from edgeprune.devices.bench import BenchOptions, get_backend
+from edgeprune.devices.targets import load_target
 from edgeprune.errors import EdgepruneError
+from edgeprune.export import export_model
+from edgeprune.jobs.loading import load_model_and_data, reference_batches
+from edgeprune.models import save_checkpoint
 from edgeprune.pruning.api import PruneResult, prune
 from edgeprune.pruning.goals import (
     FlopsReduction,
@@ -34,6 +39,7 @@ from edgeprune.pruning.schedule import (
     StepInfo,
 )
 from edgeprune.spec import InputSpec
+from edgeprune.training import TrainConfig, train
 
 SCHEDULES = ("one-shot", "iterative", "layer-by-layer")
 
@@ -76,8 +82,6 @@ def fine_tune_between(dense: nn.Module, data: Any, epochs: float, lr: float = 0.
     distillation from the dense model on `data` (None when `epochs` is 0)."""
     if epochs <= 0:
         return None
-    from edgeprune.finetune import TrainConfig, train
-
     def between(model: nn.Module, step: StepInfo) -> None:
         train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed + step.index),
               teacher=dense, description=f"fine-tuning after step {step.index}")
@@ -90,26 +94,10 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
             device: str = "local") -> float:
     """p50 latency (ms) of `model` exported to `fmt` and run on `device` (`local`: this
     machine; `ssh://user@host`: the device, through the device harness)."""
-    from edgeprune.devices.bench import BenchOptions, get_backend
-    from edgeprune.export import export_model
-
     with tempfile.TemporaryDirectory() as tmp:
         results = export_model(copy.deepcopy(model).eval(), spec, Path(tmp), samples[:8],
                                formats=(fmt,), stem="model")
         return get_backend(device).bench(results[0].path, BenchOptions(threads=threads)).p50_ms
-
-
-def _load(model: str, weights: Path | None, dataset: str, data_dir: Path | None,
-          input_size: str | None) -> tuple[Any, Any, InputSpec]:
-    """(loaded model, data, input spec), the spec checked against the data's."""
-    from edgeprune.data import load_dataset
-    from edgeprune.models import load_model_for
-    from edgeprune.spec import parse_input_size
-
-    size = parse_input_size(input_size) if input_size else None
-    data = load_dataset(dataset, data_dir, size)
-    loaded, spec = load_model_for(model, weights, data, size)
-    return loaded, data, spec
 
 
 def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = "auto",
@@ -125,16 +113,13 @@ def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = 
                out: Path = Path("pruned.pt"), overwrite: bool = False,
                seed: int = 0) -> dict[str, Any]:
     """Prune a model file for a target and save it; returns the summary the CLI prints."""
-    from edgeprune.criteria import get_criterion
-    from edgeprune.criteria.scoring import reference_batches
-    from edgeprune.devices.targets import load_target
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgepruneError(f"{out} exists; pass --overwrite to replace it")
     profile = load_target(target)
     crit = get_criterion(criterion)
-    loaded, data, spec = _load(model, weights, dataset, data_dir, input_size)
+    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
+    loaded, data, spec = md.loaded, md.data, md.spec
     x = torch.zeros(1, *spec.shape)
     threads = threads or profile.threads
     fmt = profile.formats[0]

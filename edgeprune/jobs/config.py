@@ -1,9 +1,12 @@
-"""Compress configs as TOML files: keys are `CompressConfig` field names (dashes or underscores),
-command-line flags override the file, and every run folder keeps its resolved `config.toml`.
+"""`CompressConfig`, every option of `compress` (and of each `sweep` cell), in one home: its
+fields, its checks (types and ranges), and TOML files whose keys are the field names (dashes or
+underscores); command-line flags override the file, and every run folder keeps its resolved
+`config.toml`.
 
-Unknown keys and wrong types raise EdgepruneError naming the key (with a close-match
-suggestion). Values are data only; nothing in a file is evaluated. Paths are taken as they
-are written, like the same flags: relative to the directory edgeprune runs in.
+Unknown keys, wrong types and values out of range raise EdgepruneError naming the key (with a
+close-match suggestion for unknown keys), before any work starts. Values are data only;
+nothing in a file is evaluated. Paths are taken as they are written, like the same flags:
+relative to the directory edgeprune runs in.
 """
 
 from __future__ import annotations
@@ -13,14 +16,56 @@ import difflib
 import os
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline import CompressConfig
 
 if TYPE_CHECKING:
     import typer
+
+MAX_FLOPS_REDUCTION = 0.95
+
+
+@dataclass
+class CompressConfig:
+    """Every option of `edgeprune compress`; the CLI flags have the same names."""
+
+    model: str = "demo"
+    weights: str | None = None
+    input_size: str | None = None
+    dataset: str = "auto"
+    data_dir: str | None = None
+    target: str = "rpi4"
+    criterion: str = "lrp"
+    flops_reduction: float = 0.5
+    global_ranking: bool = False
+    score_samples: int = 500
+    samples_per_class: int | None = None
+    bn_recalibration: int = 0
+    epochs: float | None = None
+    lr: float = 0.01
+    batch_size: int = 128
+    formats: tuple[str, ...] = ("onnx", "tflite")
+    verify: bool = True
+    bench_runs: int = 50
+    bench_seconds: float = 1.0
+    eval_limit: int | None = None
+    seed: int = 0
+    name: str | None = None
+    out: str | None = None
+    runs_dir: str = "edgeprune-runs"
+
+    def run_name(self) -> str:
+        model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
+        model = model.replace(":", "-").replace("/", "-")
+        percent = round(self.flops_reduction * 100)
+        return self.name or f"{model}-{self.target}-{self.criterion}-{percent}"
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(CompressConfig)}
 HINTS = typing.get_type_hints(CompressConfig)
@@ -115,13 +160,29 @@ def load_config(path: Path | str) -> dict[str, Any]:
     return validate(data, str(path))
 
 
-def merge(config_dict: Mapping[str, Any], cli_overrides: Mapping[str, Any]) -> CompressConfig:
-    """CompressConfig defaults, then `config_dict` (a loaded file), then `cli_overrides`."""
-    cfg = CompressConfig()
-    for source, options in (("config", config_dict), ("command line", cli_overrides)):
+def merge(config_dict: Mapping[str, Any], cli_overrides: Mapping[str, Any],
+          base: CompressConfig | None = None, override_source: str = "command line"
+          ) -> CompressConfig:
+    """`base` (default: CompressConfig's defaults), then `config_dict` (a loaded file), then
+    `cli_overrides`; every value type-checked and the result range-checked."""
+    cfg = dataclasses.replace(base) if base is not None else CompressConfig()
+    for source, options in (("config", config_dict), (override_source, cli_overrides)):
         for key, value in validate(options, source).items():
             setattr(cfg, key, value)
+    check_ranges(cfg)
     return cfg
+
+
+def check_ranges(cfg: CompressConfig) -> None:
+    """The values that have the right type but cannot work, refused before any work starts."""
+    if cfg.epochs is not None and cfg.epochs < 0:
+        raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
+    if cfg.bn_recalibration < 0:
+        raise EdgepruneError(f"--bn-recalibration {cfg.bn_recalibration} must be 0 (off) or a "
+                             "number of training images, e.g. 2000")
+    if not 0.0 < cfg.flops_reduction < MAX_FLOPS_REDUCTION:
+        raise EdgepruneError(f"--flops-reduction {cfg.flops_reduction} must be between 0 and "
+                             f"{MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the FLOPs)")
 
 
 def config_from_dict(options: Mapping[str, Any]) -> CompressConfig:

@@ -1,4 +1,5 @@
-"""`edgeprune bench` as a library: benchmark several model files the same way and compare.
+"""`bench_models`: what `edgeprune bench` does: benchmark several model files the same way and
+compare them.
 
 Every file is measured with the same warm-up, run count, minimum duration and threads, on this
 machine (label `host`) or on a device (label `device`). Without a device each row also gets
@@ -24,6 +25,7 @@ from edgeprune.devices.estimate import Estimate, ModelCost, estimate_model
 from edgeprune.devices.ssh import SshOptions
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import atomic_write_text
 
 SCHEMA = "edgeprune.bench/1"
 MANIFEST = "manifest.json"
@@ -120,8 +122,6 @@ def bench_record(rows: Sequence[BenchRow], target: str, device: str | None,
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """Write the raw results atomically."""
-    from edgeprune.checkpoint import atomic_write_text  # imports torch: only when writing
-
     atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
 
 
@@ -144,8 +144,6 @@ def append_to_run(run_dir: Path, record: dict[str, Any]) -> Path:
     if not isinstance(data.get("bench", []), list):
         raise EdgepruneError(f"{manifest}: 'bench' is not a list; not an edgeprune manifest?")
     data["bench"] = [*data.get("bench", []), record]
-    from edgeprune.checkpoint import atomic_write_text  # imports torch: only when writing
-
     atomic_write_text(manifest, json.dumps(data, indent=2))
     return manifest
 

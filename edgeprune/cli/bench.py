@@ -1,12 +1,14 @@
-"""`edgeprune bench`: a thin Typer shell over `edgeprune.devices.compare.bench_models`.
+"""`edgeprune bench` and `edgeprune targets`: thin Typer shells over
+`edgeprune.jobs.bench.bench_models` and the device profiles.
 
-Registered in cli.py with `app.command()(bench)`. Results go to stdout as one rich table (one
-row per model file), progress and stage lines to stderr; --json and --run write the raw
-results only after every file was measured, so a failing device leaves them untouched.
+Results go to stdout as one rich table (one row per model file), progress and stage lines to
+stderr; --json and --run write the raw results only after every file was measured, so a
+failing device leaves them untouched.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,25 +18,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeprune import console
+from edgeprune.cli.options import DeviceOpt, JsonOpt, QuietOpt, SshOpt, TargetOpt, ThreadsOpt
 
 if TYPE_CHECKING:
     from edgeprune.devices.bench import BenchOptions
-    from edgeprune.devices.compare import BenchRow
+    from edgeprune.jobs.bench import BenchRow
 
 ModelsArg = Annotated[list[Path], typer.Argument(
     help=".onnx / .tflite files, e.g. dense.tflite pruned.tflite; ratios are relative to the "
     "first", show_default=False)]
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (see "
-                                          "'edgeprune targets')")]
-DeviceOpt = Annotated[str | None, typer.Option(
-    help="ssh://user@host:port to measure on the device (default: this machine, plus an "
-    "estimate for --target)")]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
-SshOpt = Annotated[list[str] | None, typer.Option(
-    "--ssh-option", help="extra ssh -o KEY=VALUE, repeatable (e.g. IdentityFile=~/.ssh/pi); "
-    "also read from $EDGEPRUNE_SSH_OPTIONS")]
-
 
 def bench(
     models: ModelsArg,
@@ -56,13 +48,14 @@ def bench(
     ssh_option: SshOpt = None,
     remote_python: Annotated[str, typer.Option(help="Python on the device")] = "python3",
     timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage "
-                                        "messages")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Benchmark model files on this machine (plus a target estimate) or on a device."""
     console.set_quiet(quiet)
     from edgeprune.devices.bench import BenchOptions
-    from edgeprune.devices.compare import (
+    from edgeprune.devices.ssh import SshOptions
+    from edgeprune.devices.targets import load_target
+    from edgeprune.jobs.bench import (
         append_to_run,
         bench_models,
         bench_record,
@@ -70,8 +63,6 @@ def bench(
         default_threads,
         write_json,
     )
-    from edgeprune.devices.ssh import SshOptions
-    from edgeprune.devices.targets import load_target
 
     profile = load_target(target)
     if run is not None:
@@ -130,3 +121,21 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
             cells.append(f"~{r.estimate.latency_ms:.3f}" if r.estimate else "-")
         table.add_row(*cells)
     return table
+
+
+def targets(json_out: JsonOpt = False) -> None:
+    """List the device profiles --target accepts."""
+    from dataclasses import asdict
+
+    from edgeprune.devices.targets import list_targets
+
+    profiles = list_targets()
+    if json_out:
+        typer.echo(json.dumps([asdict(p) for p in profiles], indent=2))
+        return
+    table = Table("target", "cpu", "cores", "SIMD width", "RAM", "runtime", "threads",
+                  "formats", "peak GFLOPS", title="device profiles")
+    for p in profiles:
+        table.add_row(p.name, p.cpu, str(p.cores), str(p.simd_width), f"{p.ram_mb} MB",
+                      p.runtime, str(p.threads), ",".join(p.formats), f"{p.peak_gflops:g}")
+    console.stdout.print(table)

@@ -1,4 +1,4 @@
-"""`export_files`: the `edgeprune export` command as a function. Loads any model the loader
+"""`export_files`: what `edgeprune export` does, as a function. Loads any model the loader
 accepts and real data for it, then calls `export_model` with verification samples, labelled
 evaluation samples and calibration images drawn from that data."""
 
@@ -7,15 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from edgeprune.data import DataBundle, iterate_batches, load_dataset
-from edgeprune.export.api import ExportResult, export_model
-from edgeprune.export.base import ExportOptions
+from edgeprune.export import ExportOptions, ExportResult, export_model, select_exporters
 from edgeprune.export.precision import CALIBRATED, parse_precisions
-from edgeprune.export.registry import select_exporters
-from edgeprune.models import LoadedModel, load_model_for
-from edgeprune.spec import parse_input_size
+from edgeprune.jobs.loading import load_model_and_data, take
+from edgeprune.models import LoadedModel
 
 VERIFY_SAMPLES = 32
 """Test images every file's logits are compared with PyTorch's on."""
@@ -39,9 +34,8 @@ def export_files(model: str = "demo", weights: Path | None = None,
     """
     select_exporters(formats)
     precs = parse_precisions(precisions)
-    size = parse_input_size(input_size) if input_size else None
-    data = load_dataset(dataset, data_dir, size)
-    loaded, spec = load_model_for(model, weights, data, size)
+    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
+    loaded, data, spec = md.loaded, md.data, md.spec
     x, y = take(data, "test", max(eval_samples, VERIFY_SAMPLES), seed)
     calibration = None
     if CALIBRATED.intersection(precs):
@@ -53,15 +47,6 @@ def export_files(model: str = "demo", weights: Path | None = None,
         stem=stem or default_stem(model), verify=verify, precisions=precs,
         calibration=calibration, eval_samples=(x, y) if eval_samples > 0 else None,
         summary=compression_summary(loaded), options=options)
-
-
-def take(data: DataBundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded class-balanced sample of `n` images (fewer if the split is smaller)."""
-    xs, ys = [], []
-    for x, y in iterate_batches(data.loader(split, batch_size=256, limit=n, seed=seed)):
-        xs.append(x)
-        ys.append(y)
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
 def default_stem(model: str | None) -> str:

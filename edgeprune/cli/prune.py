@@ -1,5 +1,5 @@
-"""`edgeprune prune`: a thin Typer shell over `edgeprune.pruning.command.prune_file` (same
-argument names). Registered in cli.py with `app.command()(prune)`."""
+"""`edgeprune prune`: a thin Typer shell over `edgeprune.jobs.prune.prune_file` (same
+argument names)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from edgeprune import console
-from edgeprune.cli import (
+from edgeprune.cli.options import (
     CriterionOpt,
     DataDirOpt,
     DatasetOpt,
@@ -19,6 +19,7 @@ from edgeprune.cli import (
     ModelArg,
     QuietOpt,
     SamplesPerClassOpt,
+    SeedOpt,
     TargetOpt,
     WeightsOpt,
 )
@@ -71,13 +72,13 @@ def prune(
         "the --target device, or locally when --target describes this machine)")] = None,
     out: Annotated[Path, typer.Option(help="pruned checkpoint to write")] = Path("pruned.pt"),
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
-    seed: Annotated[int, typer.Option(help="seed for the sampled images")] = 0,
+    seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune a model for a target: to a FLOPs, parameter or latency goal, or per-layer ratios."""
     console.set_quiet(quiet)
-    from edgeprune.pruning.command import prune_file
+    from edgeprune.jobs.prune import prune_file
 
     summary = prune_file(
         model=model, weights=weights, dataset=dataset, data_dir=data_dir,

@@ -12,20 +12,23 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune.checkpoint import atomic_write_bytes, atomic_write_text, sha256_file
-from edgeprune.config import config_from_dict
 from edgeprune.console import info
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline import CompressConfig, compress
+from edgeprune.files import atomic_write_bytes, atomic_write_text, sha256_file
+from edgeprune.jobs.compress import compress
+from edgeprune.jobs.config import (
+    MAX_FLOPS_REDUCTION,
+    CompressConfig,
+    config_from_dict,
+    dump_config,
+)
 
-SCHEMA = "edgeprune.sweep/1"
-MAX_FLOPS = 0.95
+SCHEMA = "edgeprune.jobs.sweep/1"
 # what a criterion's scores depend on; the FLOPs level and everything after scoring do not
 SCORE_KEYS = ("model", "weights", "input_size", "dataset", "data_dir", "criterion",
               "score_samples", "seed")
@@ -85,9 +88,9 @@ def parse_flops(text: str | Sequence[Any]) -> list[float]:
             value = float(item)
         except ValueError:
             raise EdgepruneError(f"--flops: {item!r} is not a number (e.g. 0.3,0.5)") from None
-        if not 0.0 < value < MAX_FLOPS:
-            raise EdgepruneError(f"--flops: {value:g} must be between 0 and {MAX_FLOPS} (the "
-                                 "share of FLOPs to remove)")
+        if not 0.0 < value < MAX_FLOPS_REDUCTION:
+            raise EdgepruneError(f"--flops: {value:g} must be between 0 and "
+                                 f"{MAX_FLOPS_REDUCTION} (the share of FLOPs to remove)")
         values.append(value)
     return sorted(set(values))
 
@@ -194,10 +197,7 @@ def _cache_scores(cell: Cell, cfg: CompressConfig, cache: Path) -> None:
     key = scores_key(cfg)
     if not src.is_file() or (meta.is_file() and json.loads(meta.read_text()) == key):
         return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(cache)
+    atomic_write_bytes(cache, src.read_bytes())
     atomic_write_text(meta, json.dumps(key, indent=2) + "\n")
 
 
@@ -209,7 +209,7 @@ def run_sweep(base: CompressConfig, criteria: Sequence[str], flops: Sequence[flo
     `sweep_dir`) name the sweep folder, never a cell. A cell that fails (e.g. a FLOPs cut
     the model cannot reach) does not stop the others; the outputs are written for the cells
     that finished, then one error names the failed cells. `compress_fn` defaults to
-    `edgeprune.pipeline.compress`."""
+    `edgeprune.jobs.compress.compress`."""
     compress_fn = compress_fn or compress
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(base)
     cells = plan(base, criteria, flops, sweep_dir)
@@ -310,8 +310,6 @@ def write_outputs(sweep_dir: Path, base: CompressConfig, cells: list[Cell]) -> S
         files.pop("plot")
     result.files = files
     atomic_write_text(files["markdown"], markdown_table(rows, fmt, base))
-    from edgeprune.config import dump_config
-
     record = {"schema": SCHEMA, "base_config": dump_config(base), **result.to_dict()}
     atomic_write_text(files["json"], json.dumps(record, indent=2) + "\n")
     return result

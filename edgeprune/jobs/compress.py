@@ -1,4 +1,4 @@
-"""`compress`: score -> prune -> fine-tune -> export -> bench, one run folder per call.
+"""`compress`: score -> prune -> fine-tune -> export -> bench -> report, one run folder per call.
 
 Every stage is a public function of its own package; this module only chains them, writes
 their outputs into the run folder and records them in the manifest.
@@ -17,56 +17,20 @@ from typing import Any
 
 import torch
 
-from edgeprune.checkpoint import atomic_write_text, parameter_shapes, save_checkpoint
 from edgeprune.console import info, progress_bar
-from edgeprune.data import DataBundle, iterate_batches, load_dataset
+from edgeprune.data import DataBundle, load_dataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.finetune import TrainConfig, TrainResult, evaluate, train
-from edgeprune.models import LoadedModel, load_model_for
-from edgeprune.runs import RunFolder
+from edgeprune.files import atomic_write_text
+from edgeprune.jobs.config import CompressConfig, dump_config, merge
+from edgeprune.jobs.loading import check_outputs, load_model_for, reference_batches, take
+from edgeprune.jobs.runs import RunFolder
+from edgeprune.models import LoadedModel, parameter_shapes, save_checkpoint
+from edgeprune.pruning.search import count
 from edgeprune.spec import InputSpec, parse_input_size
+from edgeprune.training import TrainConfig, TrainResult, evaluate, train
 
 FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIST epochs
 EVAL_SAMPLES = 100  # shipped beside each export for the on-device runner's --eval
-
-
-@dataclass
-class CompressConfig:
-    """Every option of `edgeprune compress`; the CLI flags have the same names."""
-
-    model: str = "demo"
-    weights: str | None = None
-    input_size: str | None = None
-    dataset: str = "auto"
-    data_dir: str | None = None
-    target: str = "rpi4"
-    criterion: str = "lrp"
-    flops_reduction: float = 0.5
-    global_ranking: bool = False
-    score_samples: int = 500
-    samples_per_class: int | None = None
-    bn_recalibration: int = 0
-    epochs: float | None = None
-    lr: float = 0.01
-    batch_size: int = 128
-    formats: tuple[str, ...] = ("onnx", "tflite")
-    verify: bool = True
-    bench_runs: int = 50
-    bench_seconds: float = 1.0
-    eval_limit: int | None = None
-    seed: int = 0
-    name: str | None = None
-    out: str | None = None
-    runs_dir: str = "edgeprune-runs"
-
-    def run_name(self) -> str:
-        model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
-        model = model.replace(":", "-").replace("/", "-")
-        percent = round(self.flops_reduction * 100)
-        return self.name or f"{model}-{self.target}-{self.criterion}-{percent}"
-
-    def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
 
 
 @dataclass
@@ -99,35 +63,8 @@ class CompressResult:
 def _resolve_model(cfg: CompressConfig, data: DataBundle) -> tuple[LoadedModel, InputSpec]:
     size = parse_input_size(cfg.input_size) if cfg.input_size else None
     loaded, spec = load_model_for(cfg.model, cfg.weights, data, size)
-    _check_outputs(loaded.model, spec, data.spec.num_classes)
+    check_outputs(loaded.model, spec, data.spec.num_classes)
     return loaded, spec
-
-
-def _check_outputs(model: torch.nn.Module, spec: InputSpec, num_classes: int) -> None:
-    with torch.no_grad():
-        try:
-            out = model.eval()(torch.zeros(1, *spec.shape))
-        except Exception as e:  # noqa: BLE001 - a user's model failing on its input
-            raise EdgepruneError(f"the model fails on a {'x'.join(map(str, spec.shape))} "
-                                 f"input: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    if out.ndim != 2 or out.shape[1] != num_classes:
-        raise EdgepruneError(f"the model outputs shape {tuple(out.shape)} but the dataset has "
-                             f"{num_classes} classes; pass --weights for a matching head")
-
-
-def _count(model: torch.nn.Module, spec: InputSpec) -> tuple[int, int]:
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *spec.shape))
-    return int(macs), int(params)
-
-
-def _samples(data: DataBundle, n: int, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for x, y in iterate_batches(data.loader(split, batch_size=256, limit=n, seed=seed)):
-        xs.append(x)
-        ys.append(y)
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
 def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
@@ -143,7 +80,6 @@ def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpe
                      data: DataBundle, round_to: int,
                      scores: dict[str, torch.Tensor] | None = None):
     from edgeprune.criteria import get_criterion
-    from edgeprune.criteria.scoring import reference_batches
     from edgeprune.pruning import prune
 
     t0 = time.perf_counter()
@@ -221,10 +157,9 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     again; a finished run is replaced only with `overwrite`. `scores` ({layer: per-channel
     tensor} of `config.criterion`, as in scores.pt) skips scoring, e.g. when a sweep prunes one
     model to several FLOPs levels."""
-    from edgeprune.config import dump_config  # config.py builds on CompressConfig
     from edgeprune.devices.targets import load_target
 
-    cfg = _merge(config, options)
+    cfg = merge({}, options, base=config, override_source="compress option")
     t_start = time.perf_counter()
     from edgeprune.criteria import get_criterion
 
@@ -265,25 +200,6 @@ def _report(run: RunFolder) -> None:
          f"{time.perf_counter() - t0:.1f} s")
 
 
-def _merge(config: CompressConfig | None, options: dict[str, Any]) -> CompressConfig:
-    cfg = copy.deepcopy(config) if config else CompressConfig()
-    for key, value in options.items():
-        if not hasattr(cfg, key):
-            raise EdgepruneError(f"unknown compress option {key!r}")
-        setattr(cfg, key, value)
-    if isinstance(cfg.formats, str):
-        cfg.formats = tuple(f.strip() for f in cfg.formats.split(",") if f.strip())
-    if cfg.epochs is not None and cfg.epochs < 0:
-        raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
-    if cfg.bn_recalibration < 0:
-        raise EdgepruneError(f"--bn-recalibration {cfg.bn_recalibration} must be 0 (off) or a "
-                             "number of training images, e.g. 2000")
-    if not 0.0 < cfg.flops_reduction < 0.95:
-        raise EdgepruneError(f"--flops-reduction {cfg.flops_reduction} must be between 0 and "
-                             "0.95 (e.g. 0.5 for half the FLOPs)")
-    return cfg
-
-
 def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["formats"] = list(cfg.formats)
@@ -296,7 +212,7 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     dense = loaded.model.eval()
     t0 = time.perf_counter()
     dense_acc = evaluate(dense, data, limit=cfg.eval_limit, description="evaluating dense")
-    dense_macs, dense_params = _count(dense, spec)
+    dense_macs, dense_params = count(dense, torch.zeros(1, *spec.shape))
     info(f"dense: top-1 {dense_acc * 100:.2f}% on {len(data.test)} test images, "
          f"{dense_macs / 1e6:.1f}M MACs, {dense_params / 1e3:.0f}k params")
     run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
@@ -345,7 +261,7 @@ def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: 
     run.record(run.work / "architecture.json", "architecture", "finetune")
 
     t0 = time.perf_counter()
-    samples = _samples(data, EVAL_SAMPLES, "test", cfg.seed)
+    samples = take(data, "test", EVAL_SAMPLES, cfg.seed)
     threads = max(1, min(target.threads, os.cpu_count() or 1))
     dense_files = _export(cfg, run, "dense", dense, spec, samples)
     pruned_files = _export(cfg, run, "pruned", model, spec, samples)

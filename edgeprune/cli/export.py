@@ -1,5 +1,5 @@
-"""`edgeprune export`: a thin Typer shell over `edgeprune.export.export_files` (same argument
-names). Registered in cli.py with `app.command()(export)`."""
+"""`edgeprune export`: a thin Typer shell over `edgeprune.jobs.export.export_files` (same
+argument names)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from typing import Annotated
 import typer
 
 from edgeprune import console
-from edgeprune.cli import (
+from edgeprune.cli.options import (
     DataDirOpt,
     DatasetOpt,
     InputSizeOpt,
     JsonOpt,
+    ModelArg,
     QuietOpt,
+    SeedOpt,
     WeightsOpt,
 )
-
-ModelArg = Annotated[str, typer.Argument(
-    help="demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt",
-    show_default=False)]
 
 
 def export(
@@ -54,13 +52,13 @@ def export(
         "1.10-1.12)")] = None,
     dynamic_batch: Annotated[bool, typer.Option(
         help="ONNX files accept any batch size")] = False,
-    seed: Annotated[int, typer.Option(help="seed for the sampled images")] = 0,
+    seed: SeedOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX and/or TFLite in fp32, fp16 and int8, each file verified."""
     console.set_quiet(quiet)
-    from edgeprune.export import export_files
+    from edgeprune.jobs.export import export_files
 
     results = export_files(
         model=model, weights=weights, formats=formats, precisions=precisions, out=out,

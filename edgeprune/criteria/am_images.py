@@ -3,7 +3,7 @@ filter of a layer, the input image that most excites it.
 
     x* = argmax_x mean_hw A_k(x) / s_k - tv * TV(x) - l2 * ||x||^2
 
-A_k is the unit's pre-activation (the layer's output after its BatchNorm, see `taps`): the
+A_k is the unit's pre-activation (the layer's output after its BatchNorm, see `feature_maps`): the
 activation itself (after ReLU) has no gradient where it is zero, which stalls the ascent of
 weakly excited units. s_k is the filter's RMS input gradient at the start image: the objective's
 gradient is then about 1 per pixel for every filter and layer, the penalties (summed over
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from edgeprune.console import progress_bar
 from edgeprune.criteria.base import prunable_layers
-from edgeprune.criteria.taps import Tap, attach, find_taps, working_copy
+from edgeprune.criteria.feature_maps import Tap, attach, find_taps, working_copy
 
 
 @dataclass

@@ -8,11 +8,8 @@ and loading the state_dict.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +18,10 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import atomic_write_bytes
 from edgeprune.spec import InputSpec
 
-FORMAT = "edgeprune.checkpoint/1"
+FORMAT = "edgeprune.models.checkpoint/1"
 STRUCTURAL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
                     "num_features", "num_groups", "num_channels", "num_parameters")
 
@@ -89,33 +87,6 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
     model.load_state_dict(state_dict)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to path via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from the group
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def save_checkpoint(path: Path, model: nn.Module, arch: ArchRef, spec: InputSpec,
                     meta: dict[str, Any] | None = None) -> None:
     """Save `model` in edgeprune's checkpoint format (atomically)."""
@@ -134,11 +105,3 @@ def save_checkpoint(path: Path, model: nn.Module, arch: ArchRef, spec: InputSpec
 
 def is_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

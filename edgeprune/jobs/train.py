@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeprune.checkpoint import save_checkpoint
 from edgeprune.console import info
 from edgeprune.data import load_dataset
 from edgeprune.errors import EdgepruneError
-from edgeprune.finetune import TrainConfig, train
 from edgeprune.models import load_model
+from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.spec import parse_input_size
+from edgeprune.training import TrainConfig, train
 
 
 def train_model(model: str = "democnn", out: Path = Path("model.pt"), weights: Path | None = None,

@@ -1,0 +1,149 @@
+"""What a benchmark run is and returns, shared by every backend: the runner's options
+(`BenchOptions`), its report typed (`BenchResult`, labelled with where it was measured), and
+the parsing of the runner's output and failures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeprune.devices.runner import SCHEMA, default_samples_path
+from edgeprune.errors import EdgepruneError
+
+RUNNER = Path(__file__).with_name("runner.py")
+
+Label = Literal["host", "device", "estimate"]
+"""Where a latency comes from: this machine, the real device, or a model of it."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to benchmark: the runner's flags plus the time limit for the whole run."""
+
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    min_seconds: float = 1.0
+    seed: int = 0
+    timeout_s: float = 600
+    eval: bool = False
+    samples: Path | None = None
+    """The --eval batch; None: `<stem>.samples.npz` beside each model."""
+
+    def runner_args(self, samples: str | None = None) -> list[str]:
+        """The runner's flags; `samples` is the eval batch's path as the runner sees it."""
+        args = ["--threads", str(self.threads), "--warmup", str(self.warmup),
+                "--runs", str(self.runs), "--min-seconds", str(self.min_seconds),
+                "--seed", str(self.seed)]
+        if self.eval:
+            args.append("--eval")
+            if samples:
+                args += ["--samples", samples]
+        return args
+
+    def samples_for(self, model_path: Path) -> Path:
+        """The local eval batch for `model_path`."""
+        return Path(self.samples) if self.samples else default_samples_path(Path(model_path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What makes two runs comparable, recorded with every result."""
+        d = asdict(self)
+        d["samples"] = str(self.samples) if self.samples else None
+        return d
+
+
+@dataclass
+class BenchResult:
+    """The runner's JSON report, typed; `label` says where it was measured."""
+
+    model: str
+    file_size_bytes: int
+    format: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    warmup: int
+    runs: int
+    min_seconds: float
+    seed: int
+    timed_seconds: float
+    inputs: list[dict[str, Any]]
+    load_ms: float
+    first_inference_ms: float
+    latency_ms: dict[str, float]
+    peak_rss_mb: float | None
+    host: dict[str, Any]
+    python: str
+    precision: str | None = None
+    eval: dict[str, Any] | None = None
+    label: Label = "host"
+    device: str = "local"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency_ms["p50"]
+
+    @property
+    def p90_ms(self) -> float:
+        return self.latency_ms["p90"]
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms["p99"]
+
+    @property
+    def top1(self) -> float | None:
+        return self.eval["top1"] if self.eval else None
+
+    @classmethod
+    def from_runner_json(cls, raw: dict[str, Any], label: Label,
+                         device: str = "local") -> BenchResult:
+        """Type the runner's report; a report of another schema version is an error."""
+        if raw.get("schema") != SCHEMA:
+            raise EdgepruneError(f"runner report has schema {raw.get('schema')!r}, expected "
+                                 f"{SCHEMA!r}: copy the runner.py of this edgeprune version")
+        ours = ("label", "device", "raw")
+        required = [f.name for f in fields(cls) if f.name not in ours and f.default is MISSING]
+        optional = [f.name for f in fields(cls) if f.name not in ours and f.name not in required]
+        missing = [n for n in required if n not in raw]
+        if missing:
+            raise EdgepruneError(f"runner report lacks {', '.join(missing)}")
+        values = {n: raw[n] for n in required + [n for n in optional if n in raw]}
+        return cls(**values, label=label, device=device, raw=raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict without the duplicate `raw` copy."""
+        d = asdict(self)
+        d.pop("raw")
+        return d
+
+
+def parse_runner_output(stdout: str, label: Label, device: str = "local") -> BenchResult:
+    """The BenchResult in the runner's stdout: its last line that is a JSON object."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise EdgepruneError("the runner printed no JSON report")
+    try:
+        raw = json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise EdgepruneError(f"the runner's report is not valid JSON ({e})") from None
+    return BenchResult.from_runner_json(raw, label, device)
+
+
+def runner_failure(model_path: Path, stderr: str, returncode: int | None = None,
+                   where: str = "") -> EdgepruneError:
+    """A one-line error from the runner's stderr (its last line, without 'error: '); a
+    crash without a message names the exit status instead."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if lines:
+        reason = lines[-1].removeprefix("error: ")
+    elif returncode is not None and (returncode < 0 or returncode > 128):
+        signal = -returncode if returncode < 0 else returncode - 128  # local or via a shell
+        reason = f"the runner was killed by signal {signal}"
+    else:
+        reason = f"the runner exited with status {returncode} and no message"
+    on = f" on {where}" if where else ""
+    return EdgepruneError(f"benchmark of {model_path.name}{on} failed: {reason}")

@@ -1,0 +1,134 @@
+"""`edgeprune compress` and `edgeprune sweep`: thin Typer shells over
+`edgeprune.jobs.compress.compress` and `edgeprune.jobs.sweep.run_sweep`, sharing one option set
+(`options.compress_options`) and the TOML config (`--config`), plus the tables they print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from edgeprune import console
+from edgeprune.cli.options import CriterionOpt, compress_options, with_options
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from edgeprune.jobs.compress import CompressResult
+    from edgeprune.jobs.sweep import SweepResult
+
+
+@with_options(compress_options)
+def compress(
+    ctx: typer.Context,
+    criterion: CriterionOpt = "lrp",
+    flops_reduction: Annotated[float, typer.Option(
+        help="share of FLOPs to remove (0.5 = half)")] = 0.5,
+    global_ranking: Annotated[bool, typer.Option(
+        "--global-ranking/--uniform",
+        help="rank channels across layers, or cut every layer by the same ratio")] = False,
+    name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"
+                                              "CRITERION-PERCENT)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    **options: Any,
+) -> None:
+    """Score, prune, fine-tune, export and benchmark a model for a target device."""
+    console.set_quiet(options["quiet"])
+    from edgeprune.jobs.compress import compress as run_compress
+    from edgeprune.jobs.config import config_from_cli
+
+    cfg = config_from_cli(ctx, options["config"])  # the file's options, then the flags given
+    result = run_compress(cfg, overwrite=overwrite)
+    if options["json_out"]:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        console.stdout.print(summary_table(result))
+
+
+@with_options(compress_options)
+def sweep(
+    ctx: typer.Context,
+    criteria: Annotated[str, typer.Option(help="criteria to compare, comma-separated")] = "lrp,l1",
+    flops: Annotated[str, typer.Option(
+        help="FLOPs reductions to try, comma-separated (0.5 = half)")] = "0.3,0.5,0.7",
+    name: Annotated[str | None, typer.Option(help="sweep folder name (default: MODEL-TARGET-"
+                                              "sweep)")] = None,
+    out: Annotated[Path | None, typer.Option(help="sweep folder (default: "
+                                              "RUNS_DIR/NAME)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="redo cells that are already finished")] = False,
+    **options: Any,
+) -> None:
+    """Compress once per criterion x FLOPs level and compare them (Pareto plot and table).
+
+    Running the same command again resumes an interrupted sweep."""
+    console.set_quiet(options["quiet"])
+    from edgeprune.jobs.config import config_from_cli
+    from edgeprune.jobs.sweep import parse_flops, parse_list, run_sweep
+
+    base = config_from_cli(ctx, options["config"])
+    result = run_sweep(base, parse_list(criteria, "criteria"), parse_flops(flops),
+                       overwrite=overwrite)
+    if options["json_out"]:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console.stdout.print(sweep_table(result))
+    console.info(f"wrote {', '.join(str(p) for p in result.files.values())}")
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"{before / after:.2f}x" if after else "-"
+
+
+def summary_table(result: CompressResult) -> Table:
+    """Accuracy, params, MACs and, per format, file size and host latency: dense vs pruned."""
+    from rich.table import Table
+
+    d, p = result.dense, result.pruned
+    table = Table("", "dense", "pruned", "dense/pruned",
+                  title=f"edgeprune compress -> {result.run_dir} (target {result.target}, "
+                        f"{result.wall_s:.0f} s)")
+    table.add_row("top-1 accuracy", f"{d.accuracy * 100:.2f}%", f"{p.accuracy * 100:.2f}%",
+                  f"{(p.accuracy - d.accuracy) * 100:+.2f} pts")
+    table.add_row("params", f"{d.params / 1e3:,.1f}k", f"{p.params / 1e3:,.1f}k",
+                  _ratio(d.params, p.params))
+    table.add_row("MACs (FLOPs/2)", f"{d.macs / 1e6:,.2f}M", f"{p.macs / 1e6:,.2f}M",
+                  _ratio(d.macs, p.macs))
+    for fmt in d.files:
+        df, pf = d.files[fmt], p.files.get(fmt)
+        if pf is None:
+            continue
+        table.add_row(f"{fmt} file size", f"{df['size_bytes'] / 1e6:.2f} MB",
+                      f"{pf['size_bytes'] / 1e6:.2f} MB", _ratio(df["size_bytes"],
+                                                               pf["size_bytes"]))
+        for q in ("p50", "p90"):
+            table.add_row(f"{fmt} latency {q} ({df['latency_label']})",
+                          f"{df['latency_ms'][q]:.3f} ms", f"{pf['latency_ms'][q]:.3f} ms",
+                          _ratio(df["latency_ms"][q], pf["latency_ms"][q]))
+        table.add_row(f"{fmt} max |diff| vs torch", f"{df['max_abs_diff']:.1e}",
+                      f"{pf['max_abs_diff']:.1e}", "")
+    return table
+
+
+def sweep_table(result: SweepResult) -> Table:
+    """One row per cell; '*' marks the Pareto fronts."""
+    from rich import box
+    from rich.table import Table
+
+    fmt = result.latency_format
+    ran = sum(c.status == "ran" for c in result.cells)
+    table = Table(title=f"sweep {result.sweep_dir} ({ran} ran, {len(result.cells) - ran} "
+                  "already finished); * = on the Pareto front", box=box.SIMPLE_HEAD)
+    for col in ("cell", "FLOPs cut", "top-1", "vs dense", "MMACs",
+                f"{fmt} p50 ms" if fmt else "p50 ms", "front: latency", "front: FLOPs"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    for r in result.rows:
+        cut = "-" if r["flops_reduction"] is None else f"{r['flops_reduction']:.1%}"
+        p50 = r["p50_ms"].get(fmt) if fmt else None
+        table.add_row(r["cell"], cut, f"{r['accuracy'] * 100:.2f}%",
+                      f"{(r['accuracy'] - r['dense_accuracy']) * 100:+.2f} pts",
+                      f"{r['macs'] / 1e6:.2f}", "-" if p50 is None else f"{p50:.3f}",
+                      "*" if r["pareto_latency"] else "", "*" if r["pareto_flops"] else "")
+    return table

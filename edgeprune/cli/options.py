@@ -1,0 +1,99 @@
+"""Every option more than one command takes, declared once (Typer `Annotated` aliases), and the
+option set `compress` and `sweep` share, attached to both by `with_options`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
+CRITERIA_HELP = ("interpretability: actmax, lrp, function, fmcluster, concept; baselines: l1, "
+                 "l2, fpgm, taylor, hrank, gradient, act-taylor, random (see docs/CRITERIA.md)")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
+WeightsOpt = Annotated[Path | None, typer.Option(help="state_dict file for --model")]
+DatasetOpt = Annotated[str, typer.Option(
+    help="auto | fashion-mnist | demo | cifar10 | imagefolder | synthetic")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="folder holding the dataset's files")]
+InputSizeOpt = Annotated[str | None, typer.Option(help="CxHxW, e.g. 3x32x32")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (see "
+                                          "'edgeprune targets')")]
+CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
+ScoreSamplesOpt = Annotated[int, typer.Option(
+    help="class-balanced training images the criterion sees")]
+SamplesPerClassOpt = Annotated[int | None, typer.Option(
+    help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
+    "data-scarce setting uses 1-10)")]
+SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, initialisations)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
+
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="ssh://user@host:port to measure on the device (default: this machine, plus an "
+    "estimate for --target)")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
+SshOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", help="extra ssh -o KEY=VALUE, repeatable (e.g. IdentityFile=~/.ssh/pi); "
+    "also read from $EDGEPRUNE_SSH_OPTIONS")]
+
+
+def compress_options(
+    target: TargetOpt = "rpi4",
+    model: ModelOpt = "demo",
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    score_samples: ScoreSamplesOpt = 500,
+    samples_per_class: SamplesPerClassOpt = None,
+    bn_recalibration: Annotated[int, typer.Option(
+        help="re-estimate BatchNorm statistics on this many training images after pruning "
+        "(no weight update; 0 = off); use it with --epochs 0")] = 0,
+    epochs: Annotated[float | None, typer.Option(
+        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
+        "fine-tuning)")] = None,
+    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
+    formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
+    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
+    bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
+    bench_seconds: Annotated[float, typer.Option(
+        help="timed seconds per model file (at least)")] = 1.0,
+    eval_limit: Annotated[int | None, typer.Option(
+        help="evaluate on this many test images only")] = None,
+    seed: SeedOpt = 0,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of compress options (keys = option names); flags given on "
+        "the command line override it")] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The options `compress` and `sweep` share: one declaration, so the two cannot drift."""
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def with_options(template: Callable[..., Any]) -> Callable[[Command], Command]:
+    """Give a command the parameters of `template` as well as its own: Typer reads the
+    command's signature, so they become options, and their values arrive in the command's
+    `**options`. The command's own parameters come first in --help."""
+
+    def attach(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in kept}
+        shared = [p.replace(kind=p.KEYWORD_ONLY)
+                  for p in inspect.signature(template, eval_str=True).parameters.values()
+                  if p.name not in names]
+        command.__signature__ = own.replace(parameters=[*kept, *shared])  # type: ignore[attr-defined]
+        return command
+
+    return attach

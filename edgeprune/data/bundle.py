@@ -1,0 +1,145 @@
+"""The dataset container every stage takes: train and test splits of normalized images plus the
+InputSpec a model trained on them carries, with seeded class-balanced sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.spec import InputSpec
+
+
+class ArrayImageDataset(Dataset):
+    """uint8 images (N, C, H, W) held in memory, normalized on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+        self.images, self.labels = images, labels.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self._normalize(self.images[i : i + 1])[0], int(self.labels[i])
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched access: DataLoader calls this with a whole batch of indices."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        return self._normalize(self.images[idx_t]), self.labels[idx_t]
+
+    def subset(self, n: int, seed: int = 0, balanced: bool = True) -> ArrayImageDataset:
+        """First-come class-balanced subset of n samples (deterministic for a seed)."""
+        idx = balanced_indices(self.labels, n, seed) if balanced else torch.arange(n)
+        return ArrayImageDataset(self.images[idx], self.labels[idx], self.mean.flatten().tolist(),
+                                 self.std.flatten().tolist())
+
+
+def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of n samples spread evenly over classes, in a seeded random order."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    per_class = [p[torch.randperm(len(p), generator=g)] for p in per_class]
+    take, k = [], 0
+    while len(take) < min(n, len(labels)):
+        for p in per_class:
+            if k < len(p) and len(take) < n:
+                take.append(int(p[k]))
+        k += 1
+    return torch.tensor(take, dtype=torch.long)
+
+
+def _identity_collate(batch):
+    return batch
+
+
+@dataclass
+class DataBundle:
+    """A dataset's train and test splits plus the InputSpec models trained on it carry."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    spec: InputSpec
+
+    def loader(self, split: str, batch_size: int = 256, shuffle: bool = False,
+               limit: int | None = None, seed: int = 0) -> DataLoader:
+        """A DataLoader over `split` ('train' or 'test'), optionally the first `limit` samples
+        of a seeded class-balanced subset."""
+        ds = self.train if split == "train" else self.test
+        if limit is not None and limit < len(ds):
+            ds = _limited(ds, limit, seed)
+        g = torch.Generator().manual_seed(seed)
+        batched = hasattr(ds, "__getitems__")
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=_identity_collate if batched else None)
+
+    def reference(self, samples: int, per_class: int | None = None, seed: int = 0,
+                  batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The reference images a criterion sees, in batches: `samples` class-balanced
+        training images, or, with `per_class`, at most that many of each class (exactly that
+        many when every class has them)."""
+        if per_class is not None and per_class < 1:
+            raise EdgepruneError(f"--samples-per-class {per_class} must be at least 1")
+        n = per_class * self.spec.num_classes if per_class is not None else samples
+        if n <= 0:
+            return []
+        batches = list(iterate_batches(self.loader("train", batch_size, limit=n, seed=seed)))
+        if per_class is None or not batches:
+            return batches
+        x, y = first_per_class(batches, per_class)[0]
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+def first_per_class(batches: list[tuple[torch.Tensor, ...]], n: int
+                    ) -> list[tuple[torch.Tensor, ...]]:
+    """The first `n` samples of every class found in the batches (labels second in each
+    batch, any further fields kept alongside), as one batch in their original order."""
+    fields = [torch.cat([b[i] for b in batches]) for i in range(len(batches[0]))]
+    labels = fields[1]
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:n] for c in torch.unique(labels)])
+    keep = keep.sort().values
+    return [tuple(f[keep] for f in fields)]
+
+
+def _limited(ds: Dataset, n: int, seed: int) -> Dataset:
+    if isinstance(ds, ArrayImageDataset):
+        return ds.subset(n, seed)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+
+def iterate_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, labels) whatever collate the loader uses."""
+    for batch in loader:
+        x, y = batch
+        yield x, torch.as_tensor(y)
+
+
+def bundle_from_arrays(name: str, arr: dict[str, np.ndarray], mean, std, labels) -> DataBundle:
+    """A bundle from uint8 arrays `train_x`, `train_y`, `test_x`, `test_y` ((N, H, W) images
+    get a channel axis)."""
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(a, copy=True))
+        return t.unsqueeze(1) if t.ndim == 3 else t
+
+    train = ArrayImageDataset(images(arr["train_x"]), torch.from_numpy(arr["train_y"].astype(
+        np.int64)), mean, std)
+    test = ArrayImageDataset(images(arr["test_x"]), torch.from_numpy(arr["test_y"].astype(
+        np.int64)), mean, std)
+    c, h, w = train.images.shape[1:]
+    spec = InputSpec(c, h, w, tuple(mean), tuple(std), tuple(labels))
+    return DataBundle(name, train, test, spec)
+

@@ -1,0 +1,117 @@
+"""The one place that turns names and paths into a model and its data: every job loads what the
+user named through these functions, and hands modules, tensors and batches to the stages,
+which never see a name or a path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from edgeprune.data import DataBundle, first_per_class, iterate_batches, load_dataset
+from edgeprune.data.concept_masks import mask_batches
+from edgeprune.errors import EdgepruneError
+from edgeprune.models import LoadedModel, load_model
+from edgeprune.spec import InputSpec, parse_input_size
+
+
+@dataclass
+class ModelAndData:
+    """A model loaded by reference, the dataset it is used with, and the input spec both
+    agree on (the checkpoint's, else the dataset's, shaped by --input-size)."""
+
+    loaded: LoadedModel
+    data: DataBundle
+    spec: InputSpec
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+
+def load_model_and_data(model: str | None = "demo", weights: Path | str | None = None,
+                        dataset: str = "auto", data_dir: Path | str | None = None,
+                        input_size: str | None = None) -> ModelAndData:
+    """Load dataset `dataset` (with --input-size `input_size`, 'CxHxW') and the model `model`
+    (any --model reference, with `weights`) sized for it, checked to agree on the input shape."""
+    size = parse_input_size(input_size) if input_size else None
+    data = load_dataset(dataset, data_dir, size)
+    loaded, spec = load_model_for(model, weights, data, size)
+    return ModelAndData(loaded, data, spec)
+
+
+def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle,
+                   size: tuple[int, int, int] | None = None) -> tuple[LoadedModel, InputSpec]:
+    """Load `ref` (any --model reference) sized for `data`'s channels and classes, with its
+    input spec: the checkpoint's, else the dataset's, `size` (--input-size) overriding the
+    shape. EdgepruneError when the dataset's images do not have that shape."""
+    loaded = load_model(ref, weights, in_channels=data.spec.channels,
+                        num_classes=data.spec.num_classes)
+    spec = loaded.spec or data.spec
+    if size is not None and size != spec.shape:
+        spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if spec.shape != data.spec.shape:
+        raise EdgepruneError(
+            f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
+            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
+            "--dataset/--data-dir or --input-size")
+    return loaded, spec
+
+
+def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
+    """EdgepruneError unless `model` maps one input of `spec`'s shape to `num_classes` logits."""
+    with torch.no_grad():
+        try:
+            out = model.eval()(torch.zeros(1, *spec.shape))
+        except Exception as e:  # noqa: BLE001 - a user's model failing on its input
+            raise EdgepruneError(f"the model fails on a {'x'.join(map(str, spec.shape))} "
+                                 f"input: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise EdgepruneError(f"the model outputs shape {tuple(out.shape)} but the dataset has "
+                             f"{num_classes} classes; pass --weights for a matching head")
+
+
+def reference_batches(data: DataBundle, data_dir: Path | str | None, samples: int,
+                      samples_per_class: int | None = None, seed: int = 0,
+                      batch_size: int = 64) -> list[tuple[Tensor, ...]]:
+    """The criterion's reference batches: `data.reference(...)`, or, for an ImageFolder
+    `data_dir` with a masks/ folder, (images, labels, masks) batches for `concept`."""
+    if data.name == "imagefolder" and data_dir is not None:
+        batches = mask_batches(data.train, Path(data_dir), samples, batch_size, seed)
+        if batches is not None:
+            return first_per_class(batches, samples_per_class) if samples_per_class else batches
+    return data.reference(samples, samples_per_class, seed, batch_size)
+
+
+def take(data: DataBundle, split: str, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded class-balanced sample of `n` images of `split` as one (images, labels) pair
+    (fewer if the split is smaller)."""
+    xs, ys = [], []
+    for x, y in iterate_batches(data.loader(split, batch_size=256, limit=n, seed=seed)):
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+@dataclass
+class Reference:
+    """A model loaded by reference, its input spec, and the reference batches a criterion
+    sees (what `score` and `explain` work on)."""
+
+    model: nn.Module
+    spec: InputSpec
+    batches: list[tuple[Tensor, ...]] = field(default_factory=list)
+
+
+def load_reference(model: str = "demo", weights: Path | str | None = None,
+                   dataset: str = "auto", data_dir: Path | str | None = None,
+                   input_size: str | None = None, samples: int = 500, seed: int = 0,
+                   batch_size: int = 64, samples_per_class: int | None = None) -> Reference:
+    """The model and `samples` class-balanced training images (or `samples_per_class` of
+    each class) in batches, with real concept masks when an ImageFolder `data_dir` has a
+    masks/ folder (see `edgeprune.data.concept_masks`)."""
+    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
+    batches = reference_batches(md.data, data_dir, samples, samples_per_class, seed, batch_size)
+    return Reference(md.model.eval(), md.spec, batches)

@@ -1,0 +1,15 @@
+"""Training and recovery fine-tuning: SGD with a one-cycle schedule, optional knowledge
+distillation from the unpruned model, checkpointed after every epoch and resumable."""
+
+from edgeprune.training.loop import (
+    TrainConfig,
+    TrainResult,
+    default_device,
+    distillation_loss,
+    evaluate,
+    random_crop_flip,
+    train,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "default_device", "distillation_loss", "evaluate",
+           "random_crop_flip", "train"]
