@@ -14,14 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeprune.devices.results import (
-    RUNNER,
-    BenchOptions,
-    BenchResult,
-    Label,
-    parse_runner_output,
-    runner_failure,
-)
+from edgeprune.devices.results import RUNNER, BenchOptions, BenchResult, Label, runner_report
 from edgeprune.devices.ssh import SshBackend
 from edgeprune.devices.targets import unknown_name_error
 from edgeprune.errors import EdgepruneError
@@ -59,9 +52,7 @@ class LocalBackend:
             raise EdgepruneError(f"benchmark of {model_path.name} did not finish in "
                                  f"{options.timeout_s:g} s; lower --runs or --min-seconds"
                                  ) from None
-        if proc.returncode != 0:
-            raise runner_failure(model_path, proc.stderr, proc.returncode)
-        return parse_runner_output(proc.stdout, self.label)
+        return runner_report(model_path, proc, self.label)
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend.from_device,

@@ -5,6 +5,7 @@ the parsing of the runner's output and failures."""
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -147,3 +148,12 @@ def runner_failure(model_path: Path, stderr: str, returncode: int | None = None,
         reason = f"the runner exited with status {returncode} and no message"
     on = f" on {where}" if where else ""
     return EdgepruneError(f"benchmark of {model_path.name}{on} failed: {reason}")
+
+
+def runner_report(model_path: Path, proc: subprocess.CompletedProcess, label: Label,
+                  device: str = "local", where: str = "") -> BenchResult:
+    """The BenchResult of a finished runner process, or its failure as one EdgepruneError
+    (`where` names the device in the message)."""
+    if proc.returncode != 0:
+        raise runner_failure(model_path, proc.stderr, proc.returncode, where)
+    return parse_runner_output(proc.stdout, label, device)

@@ -20,14 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgeprune.devices.results import (
-    RUNNER,
-    BenchOptions,
-    BenchResult,
-    Label,
-    parse_runner_output,
-    runner_failure,
-)
+from edgeprune.devices.results import RUNNER, BenchOptions, BenchResult, Label, runner_report
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.errors import EdgepruneError
 
@@ -272,9 +265,7 @@ class SshBackend:
                 raise EdgepruneError(f"benchmark of {model_path.name} on {self.device} did not "
                                      f"finish in {options.timeout_s:g} s; lower --runs or "
                                      "--min-seconds")
-            if proc.returncode != 0:
-                raise runner_failure(model_path, proc.stderr, proc.returncode, self.device)
-            result = parse_runner_output(proc.stdout, self.label, self.device)
+            result = runner_report(model_path, proc, self.label, self.device, self.device)
         finally:
             if not cleaned:
                 self.remove(folder)

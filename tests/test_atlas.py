@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -40,6 +42,20 @@ def test_kept_channels_are_the_ones_prune_keeps():
         top = torch.argsort(scores[name], descending=True)[:after]
         assert sorted(kept[name]) == sorted(top.tolist()), name
     assert kept["23"] == list(range(4))  # the classifier is protected
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_the_atlas_folder_gets_the_permissions_of_any_output(tmp_path, umask):
+    """The published folder is not mkdtemp's private 0700, nor are its files 0600."""
+    old = os.umask(umask)
+    try:
+        result = build_atlas(_democnn(), SHAPE, tmp_path / "atlas", criterion="l1", am=FAST,
+                             layers=["0"], keep_ratio=0.5)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(result.out_dir.stat().st_mode) == 0o777 & ~umask
+    for path in result.out_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
 
 
 def test_atlas_writes_a_png_per_conv_layer_and_consistent_json(tmp_path):

@@ -364,7 +364,7 @@ def _lowest(scores: torch.Tensor, n: int) -> set[int]:
     return set(torch.argsort(scores, stable=True)[:n].tolist())
 
 
-# fmcluster clusters into k = keep count clusters (METHODS.md): asking for the 4 lowest of 16
+# fmcluster clusters into k = keep count clusters (docs/CRITERIA.md): asking for the 4 lowest of 16
 # is keeping 12, so k = 12 clusters.
 DUPLICATE_OPTIONS = {"actmax": {"am": AMConfig(steps=16)}, "function": {"am": AMConfig(steps=16)},
                      "fmcluster": {"cluster_ratio": 12 / 16}}

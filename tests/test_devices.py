@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import stat
 import subprocess
 import sys
 from dataclasses import asdict
@@ -261,6 +262,17 @@ def test_write_eval_samples_round_trips_atomically(tmp_path: Path) -> None:
     with pytest.raises(EdgepruneError, match=r"need x \(N, C, H, W\) and y \(N,\)"):
         write_eval_samples(path, np.zeros((3, 4, 4)), [0, 1, 2])
     assert default_samples_path(Path("r/dense.onnx")) == Path("r/dense.samples.npz")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_eval_samples_get_the_permissions_of_any_output(tmp_path: Path, umask: int) -> None:
+    """Readable by the group like every other output, not mkstemp's private 0600."""
+    old = os.umask(umask)
+    try:
+        path = write_eval_samples(tmp_path / "m.samples.npz", np.zeros((2, 1, 4, 4)), [0, 1])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])

@@ -503,3 +503,36 @@ def test_prune_command_measures_dense_and_pruned_side_by_side(tmp_path):
     assert latency["predicted_before_ms"] == pytest.approx(measured["dense_ms"])
     assert latency["measured_after_ms"] == measured["pruned_ms"]
     assert latency["predicted_after_ms"] <= 0.08
+
+
+class _LayerScaled(nn.Module):
+    """A conv block with a per-channel scale outside any conv/linear layer (as in ConvNeXt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(16, 1, 1))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head((self.conv(x) * self.scale).mean((2, 3)))
+
+
+def test_torch_prunings_graph_warnings_become_one_line(capsys):
+    """Torch-Pruning warns over several lines on every graph build; the user sees one line."""
+    import warnings
+
+    from edgeprune.console import set_quiet
+
+    set_quiet(False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = prune(_LayerScaled(), torch.zeros(1, 3, 8, 8), criterion="l1",
+                           flops_reduction=0.4, round_to=4)
+    finally:
+        set_quiet(True)
+    assert not [w for w in caught if "Unwrapped parameters" in str(w.message)]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "outside conv/linear" in ln]
+    assert len(lines) == 1 and "1 parameter outside" in lines[0] and "scale" in lines[0]
+    assert result.model.scale.shape[0] == result.model.conv.out_channels < 16

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgeprune import console
-from edgeprune.cli.options import CriterionOpt, compress_options, with_options
+from edgeprune.cli.options import (
+    CriterionOpt,
+    compress_options,
+    model_data_options,
+    output_options,
+    start,
+    with_options,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -20,7 +27,7 @@ if TYPE_CHECKING:
     from edgeprune.jobs.sweep import SweepResult
 
 
-@with_options(compress_options)
+@with_options(compress_options, model_data_options, output_options)
 def compress(
     ctx: typer.Context,
     criterion: CriterionOpt = "lrp",
@@ -36,19 +43,19 @@ def compress(
     **options: Any,
 ) -> None:
     """Score, prune, fine-tune, export and benchmark a model for a target device."""
-    console.set_quiet(options["quiet"])
+    json_out = start(options)
     from edgeprune.jobs.compress import compress as run_compress
     from edgeprune.jobs.config import config_from_cli
 
     cfg = config_from_cli(ctx, options["config"])  # the file's options, then the flags given
     result = run_compress(cfg, overwrite=overwrite)
-    if options["json_out"]:
+    if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         console.stdout.print(summary_table(result))
 
 
-@with_options(compress_options)
+@with_options(compress_options, model_data_options, output_options)
 def sweep(
     ctx: typer.Context,
     criteria: Annotated[str, typer.Option(help="criteria to compare, comma-separated")] = "lrp,l1",
@@ -64,14 +71,14 @@ def sweep(
     """Compress once per criterion x FLOPs level and compare them (Pareto plot and table).
 
     Running the same command again resumes an interrupted sweep."""
-    console.set_quiet(options["quiet"])
+    json_out = start(options)
     from edgeprune.jobs.config import config_from_cli
     from edgeprune.jobs.sweep import parse_flops, parse_list, run_sweep
 
     base = config_from_cli(ctx, options["config"])
     result = run_sweep(base, parse_list(criteria, "criteria"), parse_flops(flops),
                        overwrite=overwrite)
-    if options["json_out"]:
+    if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     console.stdout.print(sweep_table(result))

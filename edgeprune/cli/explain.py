@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgeprune import console
 from edgeprune.cli.options import (
     CriterionOpt,
-    DataDirOpt,
-    DatasetOpt,
-    InputSizeOpt,
-    JsonOpt,
     ModelArg,
-    QuietOpt,
     SamplesPerClassOpt,
     ScoreSamplesOpt,
-    SeedOpt,
-    WeightsOpt,
+    model_data_options,
+    output_options,
+    start,
+    with_options,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +31,7 @@ def _layers(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
+@with_options(model_data_options, output_options)
 def explain(
     model: ModelArg = "demo",
     layers: Annotated[str | None, typer.Option(
@@ -48,26 +46,19 @@ def explain(
     am_steps: Annotated[int, typer.Option(help="activation-maximization steps")] = 48,
     score_samples: ScoreSamplesOpt = 256,
     samples_per_class: SamplesPerClassOpt = None,
-    weights: WeightsOpt = None,
-    dataset: DatasetOpt = "auto",
-    data_dir: DataDirOpt = None,
-    input_size: InputSizeOpt = None,
-    seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Draw the filter atlas: each conv filter's activation-maximization image.
 
     Pruned filters are crossed out, redundancy groups framed alike; scores in atlas.json."""
-    console.set_quiet(quiet)
+    json_out = start(options)
     from edgeprune.jobs.explain import explain_model
 
-    result = explain_model(model, out, weights=weights, dataset=dataset, data_dir=data_dir,
-                           input_size=input_size, layers=_layers(layers), criterion=criterion,
+    result = explain_model(model, out, layers=_layers(layers), criterion=criterion,
                            flops_reduction=flops_reduction, keep_ratio=keep_ratio,
                            am_steps=am_steps, samples=score_samples,
-                           samples_per_class=samples_per_class, seed=seed, overwrite=overwrite)
+                           samples_per_class=samples_per_class, overwrite=overwrite, **options)
     if json_out:
         typer.echo(json.dumps({"out_dir": str(result.out_dir), "json": str(result.json_path),
                                "pngs": {n: str(p) for n, p in result.pngs.items()},
@@ -77,6 +68,7 @@ def explain(
     typer.echo(f"wrote {len(result.pngs)} layer PNGs and {result.json_path} in {total:.0f} s")
 
 
+@with_options(model_data_options, output_options)
 def score(
     model: ModelArg = "demo",
     criterion: CriterionOpt = "lrp",
@@ -85,21 +77,14 @@ def score(
         "(tensors)")] = None,
     score_samples: ScoreSamplesOpt = 500,
     samples_per_class: SamplesPerClassOpt = None,
-    weights: WeightsOpt = None,
-    dataset: DatasetOpt = "auto",
-    data_dir: DataDirOpt = None,
-    input_size: InputSizeOpt = None,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Score every prunable layer's output channels with a criterion (higher = keep)."""
-    console.set_quiet(quiet)
+    json_out = start(options)
     from edgeprune.jobs.score import score_model
 
-    result = score_model(model, criterion, weights=weights, dataset=dataset, data_dir=data_dir,
-                         input_size=input_size, samples=score_samples,
-                         samples_per_class=samples_per_class, seed=seed)
+    result = score_model(model, criterion, samples=score_samples,
+                         samples_per_class=samples_per_class, **options)
     if out is not None:
         result.save(out)
         console.info(f"saved {out}")

@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from edgeprune import console
-from edgeprune.cli.options import (
-    DataDirOpt,
-    DatasetOpt,
-    InputSizeOpt,
-    JsonOpt,
-    ModelArg,
-    QuietOpt,
-    SeedOpt,
-    WeightsOpt,
-)
+from edgeprune.cli.options import ModelArg, model_data_options, output_options, start, with_options
 
 
+@with_options(model_data_options, output_options)
 def export(
     model: ModelArg = "demo",
-    weights: WeightsOpt = None,
     formats: Annotated[str, typer.Option(
         "--format", "-f", help="formats, comma-separated: onnx, tflite")] = "onnx,tflite",
     precisions: Annotated[str, typer.Option(
@@ -34,9 +25,6 @@ def export(
         "exported"),
     stem: Annotated[str | None, typer.Option(
         help="file name stem (default: the model's name)")] = None,
-    dataset: DatasetOpt = "auto",
-    data_dir: DataDirOpt = None,
-    input_size: InputSizeOpt = None,
     calibration_samples: Annotated[int, typer.Option(
         help="training images int8 activation ranges are calibrated on (at least 64)")] = 512,
     eval_samples: Annotated[int, typer.Option(
@@ -52,19 +40,16 @@ def export(
         "1.10-1.12)")] = None,
     dynamic_batch: Annotated[bool, typer.Option(
         help="ONNX files accept any batch size")] = False,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Export a model to ONNX and/or TFLite in fp32, fp16 and int8, each file verified."""
-    console.set_quiet(quiet)
+    json_out = start(options)
     from edgeprune.jobs.export import export_files
 
     results = export_files(
-        model=model, weights=weights, formats=formats, precisions=precisions, out=out,
-        stem=stem, dataset=dataset, data_dir=data_dir, input_size=input_size,
+        model=model, formats=formats, precisions=precisions, out=out, stem=stem,
         calibration_samples=calibration_samples, eval_samples=eval_samples, verify=verify,
-        nhwc=nhwc, int8_io=int8_io, opset=opset, dynamic_batch=dynamic_batch, seed=seed)
+        nhwc=nhwc, int8_io=int8_io, opset=opset, dynamic_batch=dynamic_batch, **options)
     if json_out:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
         return

@@ -1,5 +1,6 @@
-"""Every option more than one command takes, declared once (Typer `Annotated` aliases), and the
-option set `compress` and `sweep` share, attached to both by `with_options`."""
+"""Every option more than one command takes, declared once: Typer `Annotated` aliases, and
+option sets (`model_data_options`, `output_options`, `compress_options`) that `with_options`
+attaches to a command, whose values arrive in its `**options` under the names the jobs take."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from edgeprune import console
 
 MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
 CRITERIA_HELP = ("interpretability: actmax, lrp, function, fmcluster, concept; baselines: l1, "
@@ -43,13 +46,24 @@ SshOpt = Annotated[list[str] | None, typer.Option(
     "also read from $EDGEPRUNE_SSH_OPTIONS")]
 
 
+def model_data_options(
+    weights: WeightsOpt = None,
+    dataset: DatasetOpt = "auto",
+    data_dir: DataDirOpt = None,
+    input_size: InputSizeOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """The options that say which weights and data a model is loaded with, named as every job
+    takes them."""
+
+
+def output_options(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
+    """--quiet and --json, which every command that reports takes (see `start`)."""
+
+
 def compress_options(
     target: TargetOpt = "rpi4",
     model: ModelOpt = "demo",
-    weights: WeightsOpt = None,
-    input_size: InputSizeOpt = None,
-    dataset: DatasetOpt = "auto",
-    data_dir: DataDirOpt = None,
     score_samples: ScoreSamplesOpt = 500,
     samples_per_class: SamplesPerClassOpt = None,
     bn_recalibration: Annotated[int, typer.Option(
@@ -67,33 +81,41 @@ def compress_options(
         help="timed seconds per model file (at least)")] = 1.0,
     eval_limit: Annotated[int | None, typer.Option(
         help="evaluate on this many test images only")] = None,
-    seed: SeedOpt = 0,
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of compress options (keys = option names); flags given on "
         "the command line override it")] = None,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
 ) -> None:
-    """The options `compress` and `sweep` share: one declaration, so the two cannot drift."""
+    """The options `compress` and `sweep` share (with the model, data and output options): one
+    declaration, so the two cannot drift."""
+
+
+def start(options: dict[str, Any]) -> bool:
+    """Apply --quiet and take the output options out of `options`, so that what remains
+    passes straight to the job; returns --json."""
+    console.set_quiet(options.pop("quiet"))
+    return options.pop("json_out")
 
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def with_options(template: Callable[..., Any]) -> Callable[[Command], Command]:
-    """Give a command the parameters of `template` as well as its own: Typer reads the
-    command's signature, so they become options, and their values arrive in the command's
-    `**options`. The command's own parameters come first in --help."""
+def with_options(*templates: Callable[..., Any]) -> Callable[[Command], Command]:
+    """Give a command the parameters of each template as well as its own (a parameter the
+    command declares itself wins): Typer reads the command's signature, so they become
+    options, and their values arrive in the command's `**options`. The command's own
+    parameters come first in --help."""
 
     def attach(command: Command) -> Command:
         own = inspect.signature(command, eval_str=True)
-        kept = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        names = {p.name for p in kept}
-        shared = [p.replace(kind=p.KEYWORD_ONLY)
-                  for p in inspect.signature(template, eval_str=True).parameters.values()
-                  if p.name not in names]
-        command.__signature__ = own.replace(parameters=[*kept, *shared])  # type: ignore[attr-defined]
+        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in params}
+        for template in templates:
+            for p in inspect.signature(template, eval_str=True).parameters.values():
+                if p.name not in names:
+                    params.append(p.replace(kind=p.KEYWORD_ONLY))
+                    names.add(p.name)
+        command.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
         return command
 
     return attach

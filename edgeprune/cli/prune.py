@@ -5,33 +5,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from edgeprune import console
 from edgeprune.cli.options import (
     CriterionOpt,
-    DataDirOpt,
-    DatasetOpt,
-    InputSizeOpt,
-    JsonOpt,
     ModelArg,
-    QuietOpt,
     SamplesPerClassOpt,
-    SeedOpt,
     TargetOpt,
-    WeightsOpt,
+    model_data_options,
+    output_options,
+    start,
+    with_options,
 )
 
 
+@with_options(model_data_options, output_options)
 def prune(
     model: ModelArg = "demo",
-    weights: WeightsOpt = None,
     target: TargetOpt = "rpi4",
-    dataset: DatasetOpt = "auto",
-    data_dir: DataDirOpt = None,
-    input_size: InputSizeOpt = None,
     criterion: CriterionOpt = "lrp",
     score_samples: Annotated[int, typer.Option(
         help="class-balanced training images the criterion (and --reestimate) sees")] = 500,
@@ -72,23 +66,20 @@ def prune(
         "the --target device, or locally when --target describes this machine)")] = None,
     out: Annotated[Path, typer.Option(help="pruned checkpoint to write")] = Path("pruned.pt"),
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Prune a model for a target: to a FLOPs, parameter or latency goal, or per-layer ratios."""
-    console.set_quiet(quiet)
+    json_out = start(options)
     from edgeprune.jobs.prune import prune_file
 
     summary = prune_file(
-        model=model, weights=weights, dataset=dataset, data_dir=data_dir,
-        input_size=input_size, criterion=criterion, score_samples=score_samples,
+        model=model, criterion=criterion, score_samples=score_samples,
         samples_per_class=samples_per_class,
         target=target, flops_reduction=flops_reduction, params_reduction=params_reduction,
         latency_ms=latency_ms, layer_ratios=layer_ratios, threads=threads, round_to=round_to,
         min_channels=min_channels, uniform=uniform, schedule=schedule, step=step,
         step_epochs=step_epochs, lr=lr, reestimate=reestimate, measure_on=measure_on, out=out,
-        overwrite=overwrite, seed=seed)
+        overwrite=overwrite, **options)
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return

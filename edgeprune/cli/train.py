@@ -4,45 +4,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from edgeprune import console
 from edgeprune.cli.options import (
-    DataDirOpt,
     DatasetOpt,
-    InputSizeOpt,
-    JsonOpt,
     ModelOpt,
-    QuietOpt,
-    SeedOpt,
-    WeightsOpt,
+    model_data_options,
+    output_options,
+    start,
+    with_options,
 )
 
 
+@with_options(model_data_options, output_options)
 def train(
     model: ModelOpt = "democnn",
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("model.pt"),
-    weights: WeightsOpt = None,
     dataset: DatasetOpt = "fashion-mnist",
-    data_dir: DataDirOpt = None,
-    input_size: InputSizeOpt = None,
     epochs: Annotated[float, typer.Option(help="training epochs")] = 20,
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
-    seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
-    quiet: QuietOpt = False,
-    json_out: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Train a model from scratch (or from --weights) and save an edgeprune checkpoint."""
-    console.set_quiet(quiet)
+    json_out = start(options)
     from edgeprune.jobs.train import train_model
 
-    result = train_model(model=model, out=out, weights=weights, dataset=dataset,
-                         data_dir=data_dir, input_size=input_size, epochs=epochs, lr=lr,
-                         batch_size=batch_size, seed=seed, overwrite=overwrite)
+    result = train_model(model=model, out=out, dataset=dataset, epochs=epochs, lr=lr,
+                         batch_size=batch_size, overwrite=overwrite, **options)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:

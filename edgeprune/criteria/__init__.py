@@ -22,7 +22,6 @@ from edgeprune.criteria.base import (
     Criterion,
     get_criterion,
     list_criteria,
-    register_criterion,
 )
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "list_criteria", "register_criterion"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "list_criteria"]

@@ -5,7 +5,7 @@ Paper (abstract): every filter is visualized by activation maximization (AM); re
 are measured by the colour and texture similarity of those visualizations; "repetitive" and
 "invalid" filters are removed by an optimization; the network is compressed layer by layer.
 
-Documented reading (METHODS.md section 1; the paper's exact formulas are not available):
+Documented reading (docs/CRITERIA.md, `actmax`; the paper's exact formulas are not available):
 - AM images from `am_images` (pre-activation objective, TV + L2, jitter, one batch per
   layer, clamped to the reference data's input box when data is given);
 - colour similarity = histogram intersection of per-input-channel intensity histograms
@@ -37,7 +37,6 @@ from edgeprune.criteria.base import (
     Batches,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
 )
 from edgeprune.criteria.redundancy import RedundancyCriterion, diverse_order
 from edgeprune.errors import EdgepruneError
@@ -97,9 +96,8 @@ def data_shape_and_box(criterion_name: str, batches: Batches | None,
     return tuple(input_shape), None
 
 
-@register_criterion("actmax")
 @dataclass
-class ActMax(RedundancyCriterion):
+class ActMax(RedundancyCriterion, name="actmax"):
     """Keep the most visually diverse filters; AM-invalid filters first to go (see the module
     docstring). Data only sets the input shape and the AM clamping box; with `input_shape`
     it runs without data."""

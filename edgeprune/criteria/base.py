@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from typing import ClassVar, TypeVar
+from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,29 +24,34 @@ class Criterion(ABC):
     Keys are qualified module names (`model.named_modules()`) of every Conv2d and Linear layer;
     each tensor has one entry per output channel. A criterion never modifies the model it is
     given and leaves no hooks or attributes on it.
+
+    A subclass declared with a name (`class L1(Criterion, name="l1")`) is registered under it;
+    `get_criterion(name)` builds it.
     """
 
     name: ClassVar[str]
     needs_data: ClassVar[bool]
 
+    def __init_subclass__(cls, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            CRITERIA[name] = cls
+
     @abstractmethod
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         """One score per output channel of every prunable layer of `model`."""
 
+    def require_batches(self, batches: Batches | None) -> list[tuple[Tensor, Tensor]]:
+        """The reference batches as a list; EdgepruneError when this data criterion got none."""
+        data = list(batches) if batches is not None else []
+        if not data:
+            raise EdgepruneError(f"criterion {self.name!r} needs reference data; pass batches "
+                                 "of (images, labels)")
+        return data
+
 
 CRITERIA: dict[str, type[Criterion]] = {}
-C = TypeVar("C", bound=type[Criterion])
-
-
-def register_criterion(name: str) -> Callable[[C], C]:
-    """Class decorator adding a criterion to the registry under `name`."""
-
-    def wrap(cls: C) -> C:
-        cls.name = name
-        CRITERIA[name] = cls
-        return cls
-
-    return wrap
 
 
 def list_criteria() -> list[str]:
@@ -84,12 +89,3 @@ def normalize_per_layer(values: Tensor) -> Tensor:
     total = values.abs().sum()
     out = values / total if total > 0 else torch.zeros_like(values)
     return out.float()
-
-
-def require_batches(criterion: Criterion, batches: Batches | None) -> list[tuple[Tensor, Tensor]]:
-    """The reference batches as a list; EdgepruneError when a data criterion got none."""
-    data = list(batches) if batches is not None else []
-    if not data:
-        raise EdgepruneError(f"criterion {criterion.name!r} needs reference data; pass batches "
-                             "of (images, labels)")
-    return data

@@ -5,7 +5,7 @@ Paper (abstract): a unit's importance comes from its feature-map activations and
 semantic parts": majority voting over the alignment between a semantic concept and each unit's
 representation; new conv kernels are then estimated from the remaining channels.
 
-Documented reading (METHODS.md section 5; network-dissection style, annotation-free):
+Documented reading (docs/CRITERIA.md, `concept`; network-dissection style, annotation-free):
 - unit masks: each unit's activation (see `feature_maps`) upsampled bilinearly to the input size and
   thresholded at the unit's top `unit_quantile` (0.5%) activation over all reference images
   and positions; a unit whose threshold is not positive never fires and has empty masks;
@@ -36,8 +36,6 @@ from edgeprune.criteria.base import (
     Criterion,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
-    require_batches,
 )
 from edgeprune.criteria.feature_maps import Tap, find_taps, recording, take_samples, working_copy
 
@@ -109,9 +107,8 @@ def _cam_layer(taps: dict[str, Tap], maps: dict[str, Tensor], chosen: str | None
     return spatial[-1] if spatial else next(iter(maps))
 
 
-@register_criterion("concept")
 @dataclass
-class Concept(Criterion):
+class Concept(Criterion, name="concept"):
     """Votes of the reference images for the units aligned with their concept region."""
 
     samples: int = 256
@@ -149,7 +146,7 @@ class Concept(Criterion):
         return {n: torch.cat(v) for n, v in parts.items()}, torch.cat(masks)
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = take_samples(require_batches(self, batches), self.samples)
+        data = take_samples(self.require_batches(batches), self.samples)
         maps, concept = self._maps_and_masks(working_copy(model), data)
         voters = concept.flatten(1).any(1)
         self.votes = {}

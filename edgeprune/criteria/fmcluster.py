@@ -5,7 +5,7 @@ Paper (abstract): feature maps do not track the sparsity of filter weights, so p
 follow redundancy, whether a filter's output repeats other filters' outputs, measured by a
 "redundancy index" (RI).
 
-Documented reading (METHODS.md section 4):
+Documented reading (docs/CRITERIA.md, `fmcluster`):
 - the unit activations (see `feature_maps`) of `samples` reference images, one vector per filter;
 - standardized; distance = 1 - |Pearson correlation|; average-linkage agglomerative clustering
   of the layer into k = ceil(`cluster_ratio` * C) clusters;
@@ -31,8 +31,6 @@ from edgeprune.criteria.base import (
     Batches,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
-    require_batches,
 )
 from edgeprune.criteria.feature_maps import collect_maps, take_samples
 from edgeprune.criteria.redundancy import Redundancy, RedundancyCriterion, cluster_labels
@@ -92,9 +90,8 @@ def fm_redundancy(maps: Tensor, ratio: float) -> Redundancy:
     return Redundancy(torch.tensor(order, dtype=torch.long), parent, invalid)
 
 
-@register_criterion("fmcluster")
 @dataclass
-class FMCluster(RedundancyCriterion):
+class FMCluster(RedundancyCriterion, name="fmcluster"):
     """Redundancy index of feature-map clusters (see the module docstring)."""
 
     samples: int = 256
@@ -102,7 +99,7 @@ class FMCluster(RedundancyCriterion):
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = take_samples(require_batches(self, batches), self.samples)
+        data = take_samples(self.require_batches(batches), self.samples)
         maps = collect_maps(model, data)
         self.redundancy, scores = {}, {}
         for name, layer in prunable_layers(model).items():

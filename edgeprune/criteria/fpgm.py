@@ -15,13 +15,12 @@ from typing import ClassVar
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from edgeprune.criteria.base import Batches, Criterion, register_criterion
+from edgeprune.criteria.base import Batches, Criterion
 from edgeprune.criteria.tp_layer import per_layer
 
 
-@register_criterion("fpgm")
 @dataclass
-class FPGM(Criterion):
+class FPGM(Criterion, name="fpgm"):
     """Summed distance of each filter to the layer's other filters, normalized per layer."""
 
     p: int = 2

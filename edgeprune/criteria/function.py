@@ -5,7 +5,7 @@ Paper (abstract): a filter's significance is its functionality, regardless of it
 networks hold many repetitive filters with similar feature preferences, which L1 fails to
 remove; pruning aims at needing no retraining.
 
-Documented reading (METHODS.md section 3):
+Documented reading (docs/CRITERIA.md, `function`):
 - each filter's functionality is its AM image (`am_images`, shared with `actmax`);
 - images are flattened, mean-centred and L2-normalized (the centring is ours: every image
   starts from the same noise, and the centred cosine is the images' correlation); distance is
@@ -32,7 +32,6 @@ from edgeprune.criteria.base import (
     Batches,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
 )
 from edgeprune.criteria.feature_maps import collect_maps, take_samples
 from edgeprune.criteria.redundancy import RedundancyCriterion, agglomerative_order
@@ -50,9 +49,8 @@ def mean_activation(maps: Tensor) -> Tensor:
     return maps.transpose(0, 1).reshape(maps.shape[1], -1).double().mean(1).float()
 
 
-@register_criterion("function")
 @dataclass
-class Function(RedundancyCriterion):
+class Function(RedundancyCriterion, name="function"):
     """One representative per functional cluster of AM images (see the module docstring)."""
 
     am: AMConfig = field(default_factory=AMConfig)

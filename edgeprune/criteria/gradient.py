@@ -1,8 +1,8 @@
 """`gradient` and `act-taylor`: the two data baselines of the LRP paper (Yeom et al., Pattern
 Recognition 2021), which it compares `lrp` with, beside the weight norm (`l1`).
 
-From the paper's code (METHODS.md section 2): for each filter, with a its output activation and
-g the gradient of the loss with respect to that activation,
+From the paper's code (docs/CRITERIA.md, Baselines): for each filter, with a its output activation
+and g the gradient of the loss with respect to that activation,
 - `gradient`:   |sum g|      over the reference images and positions;
 - `act-taylor`: |sum a * g|  over the reference images and positions (the first-order Taylor
   estimate of the loss change when the activation is removed, Molchanov et al. 2017);
@@ -32,8 +32,6 @@ from edgeprune.criteria.base import (
     Criterion,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
-    require_batches,
 )
 from edgeprune.criteria.feature_maps import Tap, recording, working_copy
 
@@ -75,7 +73,7 @@ class _OutputGradient(Criterion):
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = [b[:2] for b in require_batches(self, batches)]
+        data = [b[:2] for b in self.require_batches(batches)]
         sums = output_sums(model, data, self.weight_by_activation)
         scores = {}
         for name, layer in prunable_layers(model).items():
@@ -86,17 +84,15 @@ class _OutputGradient(Criterion):
         return scores
 
 
-@register_criterion("gradient")
 @dataclass
-class Gradient(_OutputGradient):
+class Gradient(_OutputGradient, name="gradient"):
     """|sum of the loss gradient at the filter's output| (the LRP paper's gradient baseline)."""
 
     weight_by_activation: ClassVar[bool] = False
 
 
-@register_criterion("act-taylor")
 @dataclass
-class ActivationTaylor(_OutputGradient):
+class ActivationTaylor(_OutputGradient, name="act-taylor"):
     """|sum of activation x loss gradient| at the filter's output (the LRP paper's Taylor
     baseline, Molchanov et al. 2017)."""
 

@@ -3,14 +3,14 @@ CVPR 2020), a baseline.
 
 Paper: a filter's importance is the average rank of its output feature maps over a batch of
 images (the rank is stable across batches); low-rank maps carry less information and go first.
-Here the feature map is the unit's activation as `feature_maps` reads it (after BatchNorm and the ReLU
-that follows, as HRank's code hooks the ReLU outputs); the rank is `torch.linalg.matrix_rank` of
-each (h, w) map, averaged over `samples` reference images and normalized per layer. Layers with
-no spatial map (Linear) have rank 0 or 1 per sample: the score is the share of samples where
-the unit is non-zero. Residual-stream channels are read at the sum where an activation follows
-it (see `feature_maps`); a conv read with no activation at all (a sum nothing activates, as in
-MobileNetV2) is read through a ReLU: a raw pre-activation map is almost always full rank,
-which would tie every channel.
+Here the feature map is the unit's activation as `feature_maps` reads it (after BatchNorm and
+the ReLU that follows, as HRank's code hooks the ReLU outputs); the rank is
+`torch.linalg.matrix_rank` of each (h, w) map, averaged over `samples` reference images and
+normalized per layer. Layers with no spatial map (Linear) have rank 0 or 1 per sample: the score
+is the share of samples where the unit is non-zero. Residual-stream channels are read at the sum
+where an activation follows it (see `feature_maps`); a conv read with no activation at all (a
+sum nothing activates, as in MobileNetV2) is read through a ReLU: a raw pre-activation map is
+almost always full rank, which would tie every channel.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from edgeprune.criteria.base import (
     Criterion,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
-    require_batches,
 )
 from edgeprune.criteria.feature_maps import find_taps, stream_maps, take_samples
 
@@ -39,16 +37,15 @@ def map_ranks(maps: Tensor) -> Tensor:
     return (maps != 0).double().reshape(maps.shape[0], maps.shape[1], -1).any(2).double().sum(0)
 
 
-@register_criterion("hrank")
 @dataclass
-class HRank(Criterion):
+class HRank(Criterion, name="hrank"):
     """Average feature-map rank per filter (see the module docstring)."""
 
     samples: int = 256
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = take_samples(require_batches(self, batches), self.samples)
+        data = take_samples(self.require_batches(batches), self.samples)
         layers = prunable_layers(model)
         totals = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64)
                   for n, m in layers.items()}

@@ -7,7 +7,7 @@ use alpha1-beta0, linear layers epsilon (1e-6); a filter's score is the absolute
 output summed over batch and positions (the authors' code sums `relevance.abs()`), accumulated
 over all reference samples and normalized per layer (v / sum v).
 
-Documented reading (METHODS.md, where the code leaves a choice open):
+Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open):
 - the input layer uses z-beta (zennit `ZBox`) with the per-channel min/max of the reference
   batches as the box, unless `input_bounds` is given;
 - residual sums and average pooling use zennit's `Norm` rule (an epsilon rule without weights);
@@ -50,8 +50,6 @@ from edgeprune.criteria.base import (
     Criterion,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
-    require_batches,
 )
 from edgeprune.data import first_per_class
 
@@ -207,9 +205,8 @@ def relevance_attributor(model: nn.Module, example: Tensor, bounds: tuple, epsil
         yield attributor, recorder
 
 
-@register_criterion("lrp")
 @dataclass
-class LRP(Criterion):
+class LRP(Criterion, name="lrp"):
     """Relevance of each filter's output for the true class (see the module docstring).
 
     Options: `epsilon` of the dense layers' rule; `input_bounds` (low, high) of the normalized
@@ -224,7 +221,7 @@ class LRP(Criterion):
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = [b[:2] for b in require_batches(self, batches)]
+        data = [b[:2] for b in self.require_batches(batches)]
         if self.samples_per_class is not None:
             data = first_per_class(data, self.samples_per_class)
         device = next(model.parameters()).device

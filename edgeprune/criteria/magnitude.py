@@ -18,7 +18,6 @@ from edgeprune.criteria.base import (
     Criterion,
     normalize_per_layer,
     prunable_layers,
-    register_criterion,
 )
 
 
@@ -35,25 +34,22 @@ class _WeightNorm(Criterion):
                 for name, m in prunable_layers(model).items()}
 
 
-@register_criterion("l1")
 @dataclass
-class L1Norm(_WeightNorm):
+class L1Norm(_WeightNorm, name="l1"):
     """L1 norm of each filter (Li et al., ICLR 2017), normalized per layer."""
 
     p: ClassVar[int] = 1
 
 
-@register_criterion("l2")
 @dataclass
-class L2Norm(_WeightNorm):
+class L2Norm(_WeightNorm, name="l2"):
     """L2 norm of each filter, normalized per layer."""
 
     p: ClassVar[int] = 2
 
 
-@register_criterion("random")
 @dataclass
-class RandomScore(Criterion):
+class RandomScore(Criterion, name="random"):
     """Uniform random scores from a seeded generator (the lower bound every criterion must beat)."""
 
     seed: int = 0

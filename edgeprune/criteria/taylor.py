@@ -20,20 +20,19 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from edgeprune.criteria.base import Batches, Criterion, register_criterion, require_batches
+from edgeprune.criteria.base import Batches, Criterion
 from edgeprune.criteria.tp_layer import per_layer
 
 
-@register_criterion("taylor")
 @dataclass
-class Taylor(Criterion):
+class Taylor(Criterion, name="taylor"):
     """|w * grad| summed per filter, gradients of the loss on the reference batches."""
 
     multivariable: bool = False
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
-        data = require_batches(self, batches)
+        data = self.require_batches(batches)
         work = copy.deepcopy(model).eval()
         device = next(iter(work.parameters())).device
         for p in work.parameters():

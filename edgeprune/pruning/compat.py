@@ -1,15 +1,24 @@
-"""A compatibility shim for Torch-Pruning 1.6.1 on current PyTorch.
+"""Running Torch-Pruning 1.6.1 inside edgeprune: a compatibility shim for current PyTorch, and
+its per-graph warnings summarised in one line.
 
 Torch-Pruning reads the input shape of view/reshape and chunk/split nodes from the autograd
 node's `_saved_self_sizes`; since PyTorch 2.1 that attribute is called `_saved_self_sym_sizes`.
 Without it Torch-Pruning falls back to an older shape inference that divides by zero on
 ShuffleNet's channel shuffle and mis-sizes `torch.chunk`. `sizes_as_torch_pruning_expects()`
 gives those nodes the old attribute for the duration of a graph build and takes it away after.
+
+Every graph build also warns, over several lines, about parameters outside conv/linear layers
+("Unwrapped parameters detected", e.g. ConvNeXt's `layer_scale`), and one `prune()` builds
+dozens of graphs. `unwrapped_parameters_summarised()` catches those warnings where they arise
+and prints one line per call instead; other warnings pass through unchanged.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +26,10 @@ from typing import Any
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping, shape_infer
 
+from edgeprune.console import info
+
 _SIZED = (ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE)
+_UNWRAPPED = re.compile(r"Unwrapped parameters detected: (\[.*?\])")
 
 
 class _SizedGradFn:
@@ -54,11 +66,16 @@ def _with_sizes(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
+def _inside() -> bool:
+    """Whether a `sizes_as_torch_pruning_expects()` block is already active."""
+    return hasattr(shape_infer.init_shape_information, "__wrapped__")
+
+
 @contextmanager
 def sizes_as_torch_pruning_expects() -> Iterator[None]:
     """Within the block, Torch-Pruning's graph builds see `_saved_self_sizes` again."""
     originals = (shape_infer.init_shape_information, index_mapping.update_index_mapping)
-    if hasattr(originals[0], "__wrapped__"):  # already inside (nested use)
+    if _inside():  # nested use
         yield
         return
     shape_infer.init_shape_information = _with_sizes(originals[0])
@@ -69,13 +86,43 @@ def sizes_as_torch_pruning_expects() -> Iterator[None]:
         shape_infer.init_shape_information, index_mapping.update_index_mapping = originals
 
 
+@contextmanager
+def unwrapped_parameters_summarised() -> Iterator[None]:
+    """Within the block, Torch-Pruning's "Unwrapped parameters detected" warnings are
+    collected; on exit one line names how many parameters they covered (Torch-Pruning prunes
+    their last non-singleton dimension with the channels). Other warnings are re-issued."""
+    names: set[str] = set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    shown: dict = {}
+    for w in caught:
+        match = _UNWRAPPED.search(str(w.message))
+        if match is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=shown)
+            continue
+        try:
+            names.update(ast.literal_eval(match[1]))
+        except (ValueError, SyntaxError):
+            names.add(match[1])
+    if names:
+        first = ", ".join(sorted(names)[:2])
+        n = len(names)
+        info(f"prune: {n} parameter{'s' if n > 1 else ''} outside conv/linear layers (e.g. "
+             f"{first}) cut with the channels along the last non-singleton dimension "
+             "(Torch-Pruning)")
+
+
 def torch_pruning_compat(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: run `fn` inside `sizes_as_torch_pruning_expects()` (every group query of
-    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing)."""
+    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing);
+    the outermost call also summarises Torch-Pruning's warnings in one line."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with sizes_as_torch_pruning_expects():
+        if _inside():
+            return fn(*args, **kwargs)
+        with unwrapped_parameters_summarised(), sizes_as_torch_pruning_expects():
             return fn(*args, **kwargs)
 
     return run

@@ -5,6 +5,7 @@ figures meet it; the search finds the smallest channel ratio that does."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edgeprune.devices.targets import TargetProfile
 from edgeprune.errors import EdgepruneError
@@ -21,47 +22,47 @@ class Figures:
     filters: int = 0
 
 
-def _fraction(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise EdgepruneError(f"{name} {value} must be in [0, 1)")
+@dataclass(frozen=True)
+class _Reduction:
+    """Remove at least `fraction` of one of the candidate's `Figures` (`figure`)."""
+
+    fraction: float = 0.5
+    figure: ClassVar[str]
+    option: ClassVar[str]
+    noun: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise EdgepruneError(f"{self.option} {self.fraction} must be in [0, 1)")
+
+    def met(self, before: Figures, after: Figures) -> bool:
+        total = getattr(before, self.figure)
+        return 1.0 - getattr(after, self.figure) / total >= self.fraction if total else True
+
+    def describe(self) -> str:
+        return f"-{self.fraction:.0%} {self.noun}"
+
+    def shortfall(self, before: Figures, best: Figures) -> str:
+        share = 1 - getattr(best, self.figure) / getattr(before, self.figure)
+        return f"at most {share:.1%} of the {self.noun} can be removed"
 
 
 @dataclass(frozen=True)
-class FlopsReduction:
+class FlopsReduction(_Reduction):
     """Remove at least `fraction` of the MACs (FLOPs = 2 x MACs, so the same share)."""
 
-    fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        _fraction("flops_reduction", self.fraction)
-
-    def met(self, before: Figures, after: Figures) -> bool:
-        return 1.0 - after.macs / before.macs >= self.fraction if before.macs else True
-
-    def describe(self) -> str:
-        return f"-{self.fraction:.0%} FLOPs"
-
-    def shortfall(self, before: Figures, best: Figures) -> str:
-        return f"at most {1 - best.macs / before.macs:.1%} of the MACs can be removed"
+    figure: ClassVar[str] = "macs"
+    option: ClassVar[str] = "flops_reduction"
+    noun: ClassVar[str] = "FLOPs"
 
 
 @dataclass(frozen=True)
-class ParamsReduction:
+class ParamsReduction(_Reduction):
     """Remove at least `fraction` of the parameters."""
 
-    fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        _fraction("params_reduction", self.fraction)
-
-    def met(self, before: Figures, after: Figures) -> bool:
-        return 1.0 - after.params / before.params >= self.fraction if before.params else True
-
-    def describe(self) -> str:
-        return f"-{self.fraction:.0%} parameters"
-
-    def shortfall(self, before: Figures, best: Figures) -> str:
-        return f"at most {1 - best.params / before.params:.1%} of the parameters can be removed"
+    figure: ClassVar[str] = "params"
+    option: ClassVar[str] = "params_reduction"
+    noun: ClassVar[str] = "parameters"
 
 
 @dataclass(frozen=True)
