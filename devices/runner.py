@@ -41,8 +41,8 @@ class RunnerError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
-class Loaded(NamedTuple):
-    """A model ready to run: `invoke()` runs one inference on fixed random inputs;
+class RuntimeSession(NamedTuple):
+    """A model file loaded in its runtime: `invoke()` runs one inference on fixed random inputs;
     `predict(x)` runs one batch of real inputs through the first input and returns the first
     output as float (quantized tensors are converted with their scale and zero point)."""
 
@@ -117,7 +117,7 @@ def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
+def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> RuntimeSession:
     """Create a TFLite interpreter with `threads` threads and set random inputs once."""
     interpreter_class, runtime, version = _tflite_interpreter()
     t0 = time.perf_counter_ns()
@@ -137,7 +137,7 @@ def load_tflite(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
         interpreter.invoke()
         return _dequantize(interpreter.get_tensor(first_out["index"]), first_out)
 
-    return Loaded(runtime, version, interpreter.invoke, inputs, load_ms, predict)
+    return RuntimeSession(runtime, version, interpreter.invoke, inputs, load_ms, predict)
 
 
 def _ort_dtype(name: str, ort_type: str) -> Any:
@@ -146,7 +146,7 @@ def _ort_dtype(name: str, ort_type: str) -> Any:
     return ORT_DTYPES[ort_type]
 
 
-def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
+def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> RuntimeSession:
     """Create an onnxruntime CPU session (intra-op `threads`, inter-op 1) with random inputs."""
     try:
         import onnxruntime as ort
@@ -168,7 +168,7 @@ def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> Loaded:
         out = session.run([first_out], {first_in.name: _quantize(x, in_detail)})[0]
         return np.asarray(out, dtype=np.float32)
 
-    return Loaded("onnxruntime", ort.__version__, lambda: session.run(None, feeds), inputs,
+    return RuntimeSession("onnxruntime", ort.__version__, lambda: session.run(None, feeds), inputs,
                   load_ms, predict)
 
 
@@ -180,7 +180,7 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def load_model(path: Path, threads: int, seed: int) -> Loaded:
+def load_model(path: Path, threads: int, seed: int) -> RuntimeSession:
     """Pick the runtime from the file suffix and load the model; load failures are one line."""
     if not path.is_file():
         raise RunnerError(f"model file not found: {path}")
@@ -298,7 +298,7 @@ def to_model_layout(x: np.ndarray, input_shape: list[Any], hint: str = "NCHW") -
     return (x.transpose(0, 2, 3, 1) if layout == "NHWC" else x), layout
 
 
-def evaluate(model: Loaded, samples: Path, hint: str) -> dict[str, Any]:
+def evaluate(model: RuntimeSession, samples: Path, hint: str) -> dict[str, Any]:
     """Top-1 accuracy over the sample batch, one image per inference (batch 1)."""
     if len(model.inputs) != 1:
         raise RunnerError(f"--eval needs a model with one input, this one has "
