@@ -63,3 +63,16 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     if min(c, h, w) <= 0:
         raise EdgepruneError(f"--input-size {text!r} has a non-positive dimension")
     return c, h, w
+
+
+def parse_floats(text: str | tuple | list, what: str) -> tuple[float, ...]:
+    """'0.5,0.5,0.5' (or a sequence of numbers) -> (0.5, 0.5, 0.5); an error naming `what`."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise EdgepruneError(f"{what} {text!r} is not a comma-separated list of numbers, e.g. "
+                             "0.485,0.456,0.406") from None
+    if not values or not all(v == v and abs(v) != float("inf") for v in values):
+        raise EdgepruneError(f"{what} {text!r} needs finite numbers, one per input channel")
+    return values

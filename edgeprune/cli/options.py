@@ -51,6 +51,17 @@ def model_data_options(
     dataset: DatasetOpt = "auto",
     data_dir: DataDirOpt = None,
     input_size: InputSizeOpt = None,
+    mean: Annotated[str | None, typer.Option(
+        help="per-channel normalization mean, e.g. 0.485,0.456,0.406 (default: the "
+        "checkpoint's, else the dataset's; imagefolder: computed from its training images)")
+    ] = None,
+    std: Annotated[str | None, typer.Option(
+        help="per-channel normalization std, with --mean")] = None,
+    skip_bad_images: Annotated[bool, typer.Option(
+        help="imagefolder: decode every file first and leave out (and record) the ones that "
+        "fail, instead of stopping at the first")] = False,
+    workers: Annotated[int | None, typer.Option(
+        help="processes decoding image files (imagefolder) [default: up to 4]")] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """The options that say which weights and data a model is loaded with, named as every job

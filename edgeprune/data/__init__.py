@@ -46,14 +46,28 @@ __all__ = [
 
 
 def load_dataset(name: str = "auto", data_dir: Path | str | None = None,
-                 input_size: tuple[int, int, int] | None = None,
-                 download: bool = True) -> DataBundle:
+                 input_size: tuple[int, int, int] | None = None, download: bool = True, *,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 skip_bad_images: bool = False, workers: int = 0, seed: int = 0) -> DataBundle:
     """Load a dataset by name.
 
     'auto' is the full Fashion-MNIST when its files are found (data_dir or the Debian
-    location) and otherwise the embedded demo subset; it never downloads.
+    location) and otherwise the embedded demo subset; it never downloads. `mean`/`std`
+    replace the dataset's normalization (an ImageFolder tree's default is computed from its
+    training images); `skip_bad_images`, `workers` and `seed` (the split of a tree without
+    val/) apply to ImageFolder trees, which are read from files.
     """
     data_dir = Path(data_dir) if data_dir else None
+    if name == "imagefolder":
+        if data_dir is None:
+            raise EdgepruneError("dataset 'imagefolder' needs --data-dir pointing at its files")
+        return load_imagefolder(data_dir, input_size, mean, std, skip_bad_images, seed, workers)
+    data = _in_memory(name, data_dir, input_size, download)
+    return data.with_normalization(mean, std) if mean is not None and std is not None else data
+
+
+def _in_memory(name: str, data_dir: Path | None, input_size: tuple[int, int, int] | None,
+               download: bool) -> DataBundle:
     if name == "auto":
         fm_dir = data_dir or FASHION_MNIST_DIR
         if all((fm_dir / f).exists() for f in FASHION_MNIST_FILES.values()):
@@ -65,10 +79,8 @@ def load_dataset(name: str = "auto", data_dir: Path | str | None = None,
         return load_demo_subset()
     if name == "synthetic":
         return make_synthetic(shape=input_size or (1, 16, 16))
-    if name in ("cifar10", "imagefolder") and data_dir is None:
-        raise EdgepruneError(f"dataset {name!r} needs --data-dir pointing at its files")
     if name == "cifar10":
+        if data_dir is None:
+            raise EdgepruneError("dataset 'cifar10' needs --data-dir pointing at its files")
         return load_cifar10(data_dir)
-    if name == "imagefolder":
-        return load_imagefolder(data_dir, input_size)
     raise EdgepruneError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

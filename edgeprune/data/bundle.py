@@ -3,8 +3,11 @@ InputSpec a model trained on them carries, with seeded class-balanced sampling."
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +47,11 @@ class ArrayImageDataset(Dataset):
         return ArrayImageDataset(self.images[idx], self.labels[idx], self.mean.flatten().tolist(),
                                  self.std.flatten().tolist())
 
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
+                           ) -> ArrayImageDataset:
+        """The same images normalized with another mean/std."""
+        return ArrayImageDataset(self.images, self.labels, mean, std)
+
 
 def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Indices of n samples spread evenly over classes, in a seeded random order."""
@@ -60,18 +68,42 @@ def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tenso
     return torch.tensor(take, dtype=torch.long)
 
 
+def check_normalization(mean: Sequence[float], std: Sequence[float], channels: int
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) as float tuples, or an error unless each has one value per channel and
+    std is positive."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != channels or len(std) != channels:
+        raise EdgepruneError(f"--mean/--std need {channels} values (one per input channel), "
+                             f"got {len(mean)} and {len(std)}")
+    if min(std) <= 0:
+        raise EdgepruneError(f"--std {','.join(map(str, std))} must be positive")
+    return mean, std
+
+
+def worker_start(workers: int) -> str | None:
+    """How DataLoader worker processes start: forked (fast) unless JAX is loaded (the TFLite
+    converter imports it), whose threads make a fork unsafe; then from a fresh server."""
+    return "forkserver" if workers > 0 and "jax" in sys.modules else None
+
+
 def _identity_collate(batch):
     return batch
 
 
 @dataclass
 class DataBundle:
-    """A dataset's train and test splits plus the InputSpec models trained on it carry."""
+    """A dataset's train and test splits plus the InputSpec models trained on it carry.
+
+    `record` says what the dataset is made of (written to a run folder as dataset.json);
+    `workers` DataLoader processes decode files-backed datasets (in-memory ones need none)."""
 
     name: str
     train: Dataset
     test: Dataset
     spec: InputSpec
+    record: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool = False,
                limit: int | None = None, seed: int = 0) -> DataLoader:
@@ -81,9 +113,27 @@ class DataBundle:
         if limit is not None and limit < len(ds):
             ds = _limited(ds, limit, seed)
         g = torch.Generator().manual_seed(seed)
-        batched = hasattr(ds, "__getitems__")
+        if isinstance(ds, ArrayImageDataset):  # whole batches at once, in memory
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                              collate_fn=_identity_collate)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=_identity_collate if batched else None)
+                          num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+                          multiprocessing_context=worker_start(self.workers))
+
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
+                           ) -> DataBundle:
+        """The same data normalized with another mean/std (a model's own), spec updated."""
+        mean, std = check_normalization(mean, std, self.spec.channels)
+        if (mean, std) == (self.spec.mean, self.spec.std):
+            return self
+        spec = dataclasses.replace(self.spec, mean=mean, std=std)
+        return dataclasses.replace(self, train=self.train.with_normalization(mean, std),
+                                   test=self.test.with_normalization(mean, std), spec=spec)
+
+    def describe(self) -> dict[str, Any]:
+        """What the data is: name, split sizes, input spec, and the loader's record."""
+        return {"name": self.name, "train_images": len(self.train),
+                "test_images": len(self.test), "spec": self.spec.to_dict(), **self.record}
 
     def reference(self, samples: int, per_class: int | None = None, seed: int = 0,
                   batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -116,15 +166,33 @@ def first_per_class(batches: list[tuple[torch.Tensor, ...]], n: int
 def _limited(ds: Dataset, n: int, seed: int) -> Dataset:
     if isinstance(ds, ArrayImageDataset):
         return ds.subset(n, seed)
+    targets = getattr(ds, "targets", None)
+    if targets is not None:  # class-balanced, like the in-memory datasets
+        return torch.utils.data.Subset(ds, balanced_indices(torch.as_tensor(targets), n,
+                                                            seed).tolist())
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
 
 
 def iterate_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, labels) whatever collate the loader uses."""
-    for batch in loader:
-        x, y = batch
+    """Yield (images, labels) whatever collate the loader uses. A user error raised in a
+    worker process (an unreadable image) arrives as its own one line, not the worker's
+    traceback."""
+    batches = iter(loader)
+    while True:
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            return
+        except EdgepruneError as e:
+            raise EdgepruneError(_worker_message(str(e))) from None
         yield x, torch.as_tensor(y)
+
+
+def _worker_message(text: str) -> str:
+    """The original message inside a DataLoader worker's re-raised traceback text."""
+    last = text.strip().splitlines()[-1] if text.strip() else text
+    return last.split("EdgepruneError: ", 1)[-1]
 
 
 def bundle_from_arrays(name: str, arr: dict[str, np.ndarray], mean, std, labels) -> DataBundle:

@@ -3,10 +3,10 @@
 Convention: for an image at ROOT/<relative path> (ROOT is the `--data-dir` folder, e.g.
 ROOT/train/cat/001.jpg), its mask is ROOT/masks/<relative path with the suffix .png>
 (ROOT/masks/train/cat/001.png): a grayscale PNG of any size where non-zero pixels mark the
-concept (object part or segmentation). Masks are resized to the model input with
-nearest-neighbour sampling. Either every sampled image has a mask or none does (then `concept`
-falls back to Grad-CAM masks). With the flat layout (class folders directly under ROOT),
-ImageFolder would read masks/ as a class: use the train/ + val/ layout when providing masks.
+concept (object part or segmentation). Masks are resized and center-cropped exactly like
+their image (nearest-neighbour sampling). Either every sampled image has a mask or none does
+(then `concept` falls back to Grad-CAM masks). A top-level masks/ folder is never read as a
+class, so both the flat and the train/ + val/ layouts can carry masks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from edgeprune.data.preprocess import resize_and_crop
 from edgeprune.errors import EdgepruneError
 
 
@@ -28,11 +29,12 @@ def mask_path(root: Path, image: Path) -> Path:
 
 
 def load_mask(path: Path, size: tuple[int, int]) -> Tensor:
-    """A mask PNG as a (H, W) bool tensor of the given size (nearest-neighbour resize)."""
+    """A mask PNG as a (H, W) bool tensor of the given size, resized and cropped exactly as
+    its image is (nearest-neighbour)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("L").resize((size[1], size[0]), Image.NEAREST)
+        im = resize_and_crop(im.convert("L"), size[0], size[1], nearest=True)
         return torch.from_numpy(np.asarray(im) > 0)
 
 

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 
 from edgeprune.console import info, progress_bar
-from edgeprune.data import DataBundle, load_dataset
+from edgeprune.data import DataBundle
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_text
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
-from edgeprune.jobs.loading import check_outputs, load_model_for, reference_batches, take
+from edgeprune.jobs.loading import check_outputs, load_model_and_data, reference_batches, take
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.models import LoadedModel, parameter_shapes, save_checkpoint
 from edgeprune.pruning.search import count
-from edgeprune.spec import InputSpec, parse_input_size
+from edgeprune.spec import InputSpec
 from edgeprune.training import TrainConfig, TrainResult, evaluate, train
 
 FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIST epochs
@@ -58,13 +58,6 @@ class CompressResult:
         d = asdict(self)
         d["run_dir"] = str(self.run_dir)
         return d
-
-
-def _resolve_model(cfg: CompressConfig, data: DataBundle) -> tuple[LoadedModel, InputSpec]:
-    size = parse_input_size(cfg.input_size) if cfg.input_size else None
-    loaded, spec = load_model_for(cfg.model, cfg.weights, data, size)
-    check_outputs(loaded.model, spec, data.spec.num_classes)
-    return loaded, spec
 
 
 def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
@@ -165,15 +158,18 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
 
     target = load_target(cfg.target)
     get_criterion(cfg.criterion)  # an unknown name fails before any data is read
-    data = load_dataset(cfg.dataset, cfg.data_dir,
-                        parse_input_size(cfg.input_size) if cfg.input_size else None)
-    loaded, spec = _resolve_model(cfg, data)
+    md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
+                             cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed)
+    loaded, data, spec = md.loaded, md.data, md.spec
+    check_outputs(loaded.model, spec, data.spec.num_classes)
     run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
     info(f"run folder {run.final} (target {target.name}: {target.cpu}); data {data.name} "
          f"({len(data.train)} train / {len(data.test)} test)")
     atomic_write_text(run.path("config.toml"), dump_config(cfg))
     run.record(run.work / "config.toml", "config", "compress")
+    atomic_write_text(run.path("dataset.json"), json.dumps(data.describe(), indent=1))
+    run.record(run.work / "dataset.json", "dataset", "compress")
     try:
         result = _run_stages(cfg, run, loaded, spec, data, target, scores)
     except EdgepruneError:

@@ -37,6 +37,10 @@ class CompressConfig:
     input_size: str | None = None
     dataset: str = "auto"
     data_dir: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    skip_bad_images: bool = False
+    workers: int | None = None
     target: str = "rpi4"
     criterion: str = "lrp"
     flops_reduction: float = 0.5
@@ -177,6 +181,11 @@ def check_ranges(cfg: CompressConfig) -> None:
     """The values that have the right type but cannot work, refused before any work starts."""
     if cfg.epochs is not None and cfg.epochs < 0:
         raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise EdgepruneError(f"--workers {cfg.workers} must be 0 (decode in the main process) "
+                             "or more")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise EdgepruneError("pass --mean and --std together (one value per input channel)")
     if cfg.bn_recalibration < 0:
         raise EdgepruneError(f"--bn-recalibration {cfg.bn_recalibration} must be 0 (off) or a "
                              "number of training images, e.g. 2000")

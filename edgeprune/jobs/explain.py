@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -159,17 +160,16 @@ def build_atlas(model: nn.Module, input_shape: tuple[int, int, int], out_dir: Pa
 
 
 def explain_model(model: str = "demo", out: Path | str = "atlas", *,
-                  weights: Path | str | None = None, dataset: str = "auto",
-                  data_dir: Path | str | None = None, input_size: str | None = None,
-                  layers: list[str] | None = None, criterion: str = "actmax",
-                  flops_reduction: float | None = 0.5, keep_ratio: float | None = None,
-                  am_steps: int = AMConfig.steps, samples: int = 256,
-                  samples_per_class: int | None = None, seed: int = 0,
-                  overwrite: bool = False) -> AtlasResult:
-    """Load `model` (any --model reference) and its reference data, then `build_atlas`."""
+                  weights: Path | str | None = None, layers: list[str] | None = None,
+                  criterion: str = "actmax", flops_reduction: float | None = 0.5,
+                  keep_ratio: float | None = None, am_steps: int = AMConfig.steps,
+                  samples: int = 256, samples_per_class: int | None = None, seed: int = 0,
+                  overwrite: bool = False, **data: Any) -> AtlasResult:
+    """Load `model` (any --model reference) and its reference data, then `build_atlas`.
+    `data`: the data options of `jobs.loading.load_data`."""
     get_criterion(criterion)  # an unknown name fails before anything is loaded
-    loaded = load_reference(model, weights, dataset, data_dir, input_size, samples, seed,
-                            samples_per_class=samples_per_class)
+    loaded = load_reference(model, weights, samples, seed, samples_per_class=samples_per_class,
+                            **data)
     return build_atlas(loaded.model, loaded.spec.shape, out, layers=layers, criterion=criterion,
                        batches=loaded.batches or None, flops_reduction=flops_reduction,
                        keep_ratio=keep_ratio, am=AMConfig(steps=am_steps, seed=seed),

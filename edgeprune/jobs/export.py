@@ -21,25 +21,24 @@ SUMMARY_KEYS = ("pruned_from", "criterion", "flops_reduction", "params", "macs",
 def export_files(model: str = "demo", weights: Path | None = None,
                  formats: str = "onnx,tflite", precisions: str = "fp32",
                  out: Path = Path("exported"), stem: str | None = None,
-                 dataset: str = "auto", data_dir: Path | None = None,
-                 input_size: str | None = None, calibration_samples: int = 512,
-                 eval_samples: int = 2000, verify: bool = True, nhwc: bool = False,
-                 int8_io: bool = False, opset: int | None = None, dynamic_batch: bool = False,
-                 seed: int = 0) -> list[ExportResult]:
+                 calibration_samples: int = 512, eval_samples: int = 2000, verify: bool = True,
+                 nhwc: bool = False, int8_io: bool = False, opset: int | None = None,
+                 dynamic_batch: bool = False, seed: int = 0, **data: Any) -> list[ExportResult]:
     """Export `model` (a --model reference) in each format and precision into `out`.
 
     Files are named `<stem>[.<precision>].<format>` (stem: the model's name). Verification uses
     the first VERIFY_SAMPLES of `eval_samples` test images, accuracy all of them (0: no
     accuracy check), int8 calibration `calibration_samples` training images; all seeded.
+    `data`: the data options of `jobs.loading.load_data` (dataset, data_dir, ...).
     """
     select_exporters(formats)
     precs = parse_precisions(precisions)
-    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
-    loaded, data, spec = md.loaded, md.data, md.spec
-    x, y = take(data, "test", max(eval_samples, VERIFY_SAMPLES), seed)
+    md = load_model_and_data(model, weights, seed=seed, **data)
+    loaded, spec = md.loaded, md.spec
+    x, y = take(md.data, "test", max(eval_samples, VERIFY_SAMPLES), seed)
     calibration = None
     if CALIBRATED.intersection(precs):
-        calibration = take(data, "train", calibration_samples, seed)[0]
+        calibration = take(md.data, "train", calibration_samples, seed)[0]
     options = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, nhwc=nhwc,
                             int8_io=int8_io)
     return export_model(

@@ -4,8 +4,12 @@ which never see a name or a path."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +18,7 @@ from edgeprune.data import DataBundle, first_per_class, iterate_batches, load_da
 from edgeprune.data.concept_masks import mask_batches
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import LoadedModel, load_model
-from edgeprune.spec import InputSpec, parse_input_size
+from edgeprune.spec import InputSpec, parse_floats, parse_input_size
 
 
 @dataclass
@@ -31,14 +35,46 @@ class ModelAndData:
         return self.loaded.model
 
 
+def default_workers() -> int:
+    """DataLoader processes for file-backed data: enough to keep image decoding off the
+    critical path on a small machine, never more than its cores."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def load_data(dataset: str = "auto", data_dir: Path | str | None = None,
+              input_size: str | None = None, mean: str | Sequence[float] | None = None,
+              std: str | Sequence[float] | None = None, skip_bad_images: bool = False,
+              workers: int | None = None, seed: int = 0) -> DataBundle:
+    """Dataset `dataset` as the data options name it (--input-size 'CxHxW', --mean/--std
+    'a,b,c', --skip-bad-images, --workers; `seed` splits a tree without val/)."""
+    size = parse_input_size(input_size) if input_size else None
+    if (mean is None) != (std is None):
+        raise EdgepruneError("pass --mean and --std together (one value per input channel)")
+    norm = (parse_floats(mean, "--mean"), parse_floats(std, "--std")) if mean is not None \
+        else (None, None)
+    if workers is not None and workers < 0:
+        raise EdgepruneError(f"--workers {workers} must be 0 (decode in the main process) or "
+                             "more")
+    return load_dataset(dataset, data_dir, size, mean=norm[0], std=norm[1],
+                        skip_bad_images=skip_bad_images,
+                        workers=default_workers() if workers is None else workers, seed=seed)
+
+
 def load_model_and_data(model: str | None = "demo", weights: Path | str | None = None,
                         dataset: str = "auto", data_dir: Path | str | None = None,
-                        input_size: str | None = None) -> ModelAndData:
-    """Load dataset `dataset` (with --input-size `input_size`, 'CxHxW') and the model `model`
-    (any --model reference, with `weights`) sized for it, checked to agree on the input shape."""
+                        input_size: str | None = None, mean: str | Sequence[float] | None = None,
+                        std: str | Sequence[float] | None = None, skip_bad_images: bool = False,
+                        workers: int | None = None, seed: int = 0) -> ModelAndData:
+    """The data (see `load_data`) and the model `model` (any --model reference, with
+    `weights`) sized for it, checked to agree on the input shape. A checkpoint that carries
+    its own normalization gets its data normalized that way, unless --mean/--std are given."""
+    data = load_data(dataset, data_dir, input_size, mean, std, skip_bad_images, workers, seed)
     size = parse_input_size(input_size) if input_size else None
-    data = load_dataset(dataset, data_dir, size)
     loaded, spec = load_model_for(model, weights, data, size)
+    if loaded.spec is not None and mean is None:
+        data = data.with_normalization(spec.mean, spec.std)
+    elif loaded.spec is not None:
+        spec = dataclasses.replace(spec, mean=data.spec.mean, std=data.spec.std)
     return ModelAndData(loaded, data, spec)
 
 
@@ -105,13 +141,14 @@ class Reference:
     batches: list[tuple[Tensor, ...]] = field(default_factory=list)
 
 
-def load_reference(model: str = "demo", weights: Path | str | None = None,
-                   dataset: str = "auto", data_dir: Path | str | None = None,
-                   input_size: str | None = None, samples: int = 500, seed: int = 0,
-                   batch_size: int = 64, samples_per_class: int | None = None) -> Reference:
+def load_reference(model: str = "demo", weights: Path | str | None = None, samples: int = 500,
+                   seed: int = 0, batch_size: int = 64, samples_per_class: int | None = None,
+                   **data: Any) -> Reference:
     """The model and `samples` class-balanced training images (or `samples_per_class` of
     each class) in batches, with real concept masks when an ImageFolder `data_dir` has a
-    masks/ folder (see `edgeprune.data.concept_masks`)."""
-    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
-    batches = reference_batches(md.data, data_dir, samples, samples_per_class, seed, batch_size)
+    masks/ folder (see `edgeprune.data.concept_masks`). `data`: the data options of
+    `load_data` (dataset, data_dir, input_size, mean, std, skip_bad_images, workers)."""
+    md = load_model_and_data(model, weights, seed=seed, **data)
+    batches = reference_batches(md.data, data.get("data_dir"), samples, samples_per_class, seed,
+                                batch_size)
     return Reference(md.model.eval(), md.spec, batches)

@@ -100,8 +100,7 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
         return get_backend(device).bench(results[0].path, BenchOptions(threads=threads)).p50_ms
 
 
-def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = "auto",
-               data_dir: Path | None = None, input_size: str | None = None,
+def prune_file(model: str = "demo", weights: Path | None = None,
                criterion: str = "lrp", score_samples: int = 500,
                samples_per_class: int | None = None, target: str = "rpi4",
                flops_reduction: float | None = None, params_reduction: float | None = None,
@@ -111,19 +110,21 @@ def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = 
                schedule: str = "one-shot", step: float = 0.05, step_epochs: float = 0.0,
                lr: float = 0.01, reestimate: bool = False, measure_on: str | None = None,
                out: Path = Path("pruned.pt"), overwrite: bool = False,
-               seed: int = 0) -> dict[str, Any]:
-    """Prune a model file for a target and save it; returns the summary the CLI prints."""
+               seed: int = 0, **data: Any) -> dict[str, Any]:
+    """Prune a model file for a target and save it; returns the summary the CLI prints.
+    `data`: the data options of `jobs.loading.load_data` (dataset, data_dir, ...)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgepruneError(f"{out} exists; pass --overwrite to replace it")
     profile = load_target(target)
     crit = get_criterion(criterion)
-    md = load_model_and_data(model, weights, dataset, data_dir, input_size)
-    loaded, data, spec = md.loaded, md.data, md.spec
+    md = load_model_and_data(model, weights, seed=seed, **data)
+    loaded, spec = md.loaded, md.spec
     x = torch.zeros(1, *spec.shape)
     threads = threads or profile.threads
     fmt = profile.formats[0]
-    samples = reference_batches(data, data_dir, max(score_samples, 64), samples_per_class,
+    samples = reference_batches(md.data, data.get("data_dir"), max(score_samples, 64),
+                                samples_per_class,
                                 seed)
     measured_dense = None
     if measure_on:
@@ -132,7 +133,7 @@ def prune_file(model: str = "demo", weights: Path | None = None, dataset: str = 
              f"{threads} threads")
     goal = choose_goal(flops_reduction, params_reduction, latency_ms, layer_ratios, target,
                        threads, measured_dense)
-    between = fine_tune_between(loaded.model, data, step_epochs, lr, seed)
+    between = fine_tune_between(loaded.model, md.data, step_epochs, lr, seed)
     plan = choose_schedule(schedule, step, between)
     t0 = time.perf_counter()
     result = prune(loaded.model, x, criterion=crit, batches=samples if crit.needs_data or

@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,11 +66,12 @@ def score_loaded(loaded: Reference, criterion: str, **options: object) -> ScoreR
 
 
 def score_model(model: str = "demo", criterion: str = "lrp", weights: Path | str | None = None,
-                dataset: str = "auto", data_dir: Path | str | None = None,
-                input_size: str | None = None, samples: int = 500, seed: int = 0,
-                samples_per_class: int | None = None, **options: object) -> ScoreResult:
-    """Load `model` with its reference data and score it with `criterion`."""
+                samples: int = 500, seed: int = 0, samples_per_class: int | None = None,
+                criterion_options: dict[str, object] | None = None, **data: Any) -> ScoreResult:
+    """Load `model` with its reference data and score it with `criterion` (built with
+    `criterion_options`). `data`: the data options of `jobs.loading.load_data`."""
+    options = criterion_options or {}
     get_criterion(criterion, **options)  # an unknown name or option fails before loading
-    loaded = load_reference(model, weights, dataset, data_dir, input_size, samples, seed,
-                            samples_per_class=samples_per_class)
+    loaded = load_reference(model, weights, samples, seed, samples_per_class=samples_per_class,
+                            **data)
     return score_loaded(loaded, criterion, **options)

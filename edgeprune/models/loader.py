@@ -4,6 +4,8 @@ edgeprune checkpoints and pickled modules all go through `load_model`."""
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,10 +54,24 @@ def _first_conv_to(model: nn.Module, in_channels: int) -> None:
                 return
 
 
+def _import_here_too(module_name: str):
+    """Import `module_name` from the installed packages or, as `python -m` would, from the
+    current directory (a console script does not search it by itself)."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 def _import_factory(ref: str):
     module_name, _, attr = ref.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_here_too(module_name)
     except ImportError as e:
         raise EdgepruneError(f"cannot import {module_name!r} from --model {ref!r} ({e}); check "
                              "the module path and that its package is installed") from None
