@@ -1,11 +1,13 @@
 """What a benchmark run is and returns, shared by every backend: the runner's options
-(`BenchOptions`), its report typed (`BenchResult`, labelled with where it was measured), and
-the parsing of the runner's output and failures."""
+(`BenchOptions`), its report typed (`BenchResult`, one per file, labelled with where it was
+measured), the parsing of the runner's output and failures, and `Ratio`, the ratio of two
+files measured interleaved with its spread over the rounds."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,7 @@ class BenchOptions:
     runs: int = 50
     min_seconds: float = 1.0
     seed: int = 0
+    rounds: int = 10
     timeout_s: float = 600
     eval: bool = False
     samples: Path | None = None
@@ -37,7 +40,7 @@ class BenchOptions:
         """The runner's flags; `samples` is the eval batch's path as the runner sees it."""
         args = ["--threads", str(self.threads), "--warmup", str(self.warmup),
                 "--runs", str(self.runs), "--min-seconds", str(self.min_seconds),
-                "--seed", str(self.seed)]
+                "--seed", str(self.seed), "--rounds", str(self.rounds)]
         if self.eval:
             args.append("--eval")
             if samples:
@@ -79,6 +82,7 @@ class BenchResult:
     python: str
     precision: str | None = None
     eval: dict[str, Any] | None = None
+    rounds_p50_ms: list[float] = field(default_factory=list)
     label: Label = "host"
     device: str = "local"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -102,10 +106,7 @@ class BenchResult:
     @classmethod
     def from_runner_json(cls, raw: dict[str, Any], label: Label,
                          device: str = "local") -> BenchResult:
-        """Type the runner's report; a report of another schema version is an error."""
-        if raw.get("schema") != SCHEMA:
-            raise EdgepruneError(f"runner report has schema {raw.get('schema')!r}, expected "
-                                 f"{SCHEMA!r}: copy the runner.py of this edgeprune version")
+        """Type one file's entry of the runner's report."""
         ours = ("label", "device", "raw")
         required = [f.name for f in fields(cls) if f.name not in ours and f.default is MISSING]
         optional = [f.name for f in fields(cls) if f.name not in ours and f.name not in required]
@@ -122,8 +123,9 @@ class BenchResult:
         return d
 
 
-def parse_runner_output(stdout: str, label: Label, device: str = "local") -> BenchResult:
-    """The BenchResult in the runner's stdout: its last line that is a JSON object."""
+def parse_runner_output(stdout: str, label: Label, device: str = "local") -> list[BenchResult]:
+    """The BenchResults in the runner's stdout (its last line that is a JSON object), one per
+    model file in the order given; a report of another schema version is an error."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise EdgepruneError("the runner printed no JSON report")
@@ -131,10 +133,39 @@ def parse_runner_output(stdout: str, label: Label, device: str = "local") -> Ben
         raw = json.loads(lines[-1])
     except json.JSONDecodeError as e:
         raise EdgepruneError(f"the runner's report is not valid JSON ({e})") from None
-    return BenchResult.from_runner_json(raw, label, device)
+    if raw.get("schema") != SCHEMA or not isinstance(raw.get("results"), list):
+        raise EdgepruneError(f"runner report has schema {raw.get('schema')!r}, expected "
+                             f"{SCHEMA!r}: copy the runner.py of this edgeprune version")
+    return [BenchResult.from_runner_json(r, label, device) for r in raw["results"]]
 
 
-def runner_failure(model_path: Path, stderr: str, returncode: int | None = None,
+@dataclass(frozen=True)
+class Ratio:
+    """`value` = a / b for two files timed in the same rounds: the median over rounds of the
+    per-round ratio of medians, and its lowest and highest round (`low`, `high`)."""
+
+    value: float
+    low: float
+    high: float
+    rounds: int
+
+    @classmethod
+    def of(cls, a: BenchResult, b: BenchResult) -> Ratio:
+        pairs = [(x, y) for x, y in zip(a.rounds_p50_ms, b.rounds_p50_ms, strict=False)
+                 if x > 0 and y > 0]
+        if not pairs:  # no rounds recorded: the whole runs' medians
+            value = a.p50_ms / b.p50_ms if b.p50_ms > 0 else float("nan")
+            return cls(value, value, value, 0)
+        ratios = sorted(x / y for x, y in pairs)
+        n = len(ratios)
+        median = ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+        return cls(median, ratios[0], ratios[-1], n)
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f}x ({self.low:.2f}-{self.high:.2f})"
+
+
+def runner_failure(model_paths: Sequence[Path], stderr: str, returncode: int | None = None,
                    where: str = "") -> EdgepruneError:
     """A one-line error from the runner's stderr (its last line, without 'error: '); a
     crash without a message names the exit status instead."""
@@ -147,13 +178,14 @@ def runner_failure(model_path: Path, stderr: str, returncode: int | None = None,
     else:
         reason = f"the runner exited with status {returncode} and no message"
     on = f" on {where}" if where else ""
-    return EdgepruneError(f"benchmark of {model_path.name}{on} failed: {reason}")
+    names = ", ".join(p.name for p in model_paths)
+    return EdgepruneError(f"benchmark of {names}{on} failed: {reason}")
 
 
-def runner_report(model_path: Path, proc: subprocess.CompletedProcess, label: Label,
-                  device: str = "local", where: str = "") -> BenchResult:
-    """The BenchResult of a finished runner process, or its failure as one EdgepruneError
-    (`where` names the device in the message)."""
+def runner_report(model_paths: Sequence[Path], proc: subprocess.CompletedProcess, label: Label,
+                  device: str = "local", where: str = "") -> list[BenchResult]:
+    """The BenchResults of a finished runner process, or its failure as one EdgepruneError
+    naming the files and `where` (the device)."""
     if proc.returncode != 0:
-        raise runner_failure(model_path, proc.stderr, proc.returncode, where)
+        raise runner_failure(model_paths, proc.stderr, proc.returncode, where)
     return parse_runner_output(proc.stdout, label, device)

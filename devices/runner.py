@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Standalone on-device benchmark runner for one .tflite or .onnx model.
+"""Standalone on-device benchmark runner for .tflite, .onnx and .ort models.
 
-Copy this one file to a device and run `python3 runner.py MODEL [--threads N] [--eval]`. It
-needs only the Python standard library (3.8+), numpy and one runtime: ai-edge-litert (or the
-older tflite-runtime) for .tflite, onnxruntime for .onnx. It never imports torch or edgeprune.
-It prints one JSON object on stdout; errors are one line on stderr with exit code 2.
-Timed runs continue until both --runs runs and --min-seconds have passed, as TFLite's
+Copy this one file to a device and run `python3 runner.py MODEL [MODEL ...] [--threads N]
+[--eval]`. It needs only the Python standard library (3.8+), numpy and one runtime:
+ai-edge-litert (or the older tflite-runtime) for .tflite, onnxruntime for .onnx and .ort. It
+never imports torch or edgeprune. It prints one JSON object on stdout; errors are one line on
+stderr with exit code 2.
+
+Several files are measured interleaved in one process: every file is loaded and warmed up,
+then `--rounds` rounds each time every file in turn (the order rotates each round), so a load
+from other processes slows every file alike and the ratios between files hold; each file's
+per-round medians are reported, so a ratio's spread over rounds can be given. Timed runs
+continue until both --runs runs and --min-seconds have passed per file, as TFLite's
 benchmark_model does. With --eval it also measures top-1 accuracy (batch 1) on the sample
-batch shipped beside the model as `<stem>.samples.npz` (arrays `x`: float32 NCHW, already
+batch shipped beside each model as `<stem>.samples.npz` (arrays `x`: float32 NCHW, already
 normalized; `y`: int64 labels), transposed to NHWC when the model's input is NHWC.
 """
 
@@ -29,7 +35,7 @@ except ImportError:
     print("error: numpy is not installed: pip install numpy", file=sys.stderr)
     sys.exit(2)
 
-SCHEMA = "edgeprune.runner/1"
+SCHEMA = "edgeprune.runner/2"
 ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
@@ -60,9 +66,20 @@ def sidecar_path(model: Path) -> Path:
     return model.with_name(model.name + ".json")
 
 
+PRECISION_TAGS = (".int8-qat", ".int8-dynamic", ".int8", ".fp16")
+"""What an exported file name carries after the model's stem (`pruned.int8.tflite`)."""
+
+
 def default_samples_path(model: Path) -> Path:
-    """Where --eval looks for the sample batch by default: `<stem>.samples.npz` beside it."""
-    return model.with_name(model.stem + ".samples.npz")
+    """Where --eval looks for the sample batch by default: `<stem>.samples.npz` beside the
+    model, the stem without a precision tag, so every file of one model shares one batch
+    (`pruned.tflite` and `pruned.int8.tflite` both read `pruned.samples.npz`)."""
+    stem = model.stem
+    for tag in PRECISION_TAGS:
+        if stem.endswith(tag):
+            stem = stem[: -len(tag)]
+            break
+    return model.with_name(stem + ".samples.npz")
 
 
 def random_input(shape: Any, dtype: Any, rng: np.random.Generator) -> np.ndarray:
@@ -172,7 +189,7 @@ def load_onnx(path: Path, threads: int, rng: np.random.Generator) -> RuntimeSess
                   load_ms, predict)
 
 
-LOADERS = {".tflite": load_tflite, ".onnx": load_onnx}
+LOADERS = {".tflite": load_tflite, ".onnx": load_onnx, ".ort": load_onnx}
 
 
 def first_line(e: BaseException) -> str:
@@ -186,7 +203,7 @@ def load_model(path: Path, threads: int, seed: int) -> RuntimeSession:
         raise RunnerError(f"model file not found: {path}")
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
-        raise RunnerError(f"unsupported model file {path.name}: expected .tflite or .onnx")
+        raise RunnerError(f"unsupported model file {path.name}: expected .tflite, .onnx or .ort")
     try:
         return loader(path, threads, np.random.default_rng(seed))
     except RunnerError:
@@ -319,49 +336,77 @@ def evaluate(model: RuntimeSession, samples: Path, hint: str) -> dict[str, Any]:
             "samples_file": str(samples), "wall_ms": (time.perf_counter_ns() - t0) / 1e6}
 
 
+def interleaved(sessions: list[RuntimeSession], rounds: int, runs: int,
+                min_seconds: float) -> list[tuple[list[float], list[float], float]]:
+    """Time the sessions in rounds, each round every session in turn (rotating the order);
+    per session: (all latencies in ms, the median of each round, the timed seconds)."""
+    per_round_runs = -(-runs // rounds)
+    per_round_seconds = min_seconds / rounds
+    out: list[tuple[list[float], list[float], float]] = [([], [], 0.0) for _ in sessions]
+    for r in range(rounds):
+        for k in range(len(sessions)):
+            i = (r + k) % len(sessions)
+            samples, seconds = timed_runs(sessions[i].invoke, per_round_runs, per_round_seconds)
+            latencies, medians, total = out[i]
+            out[i] = (latencies + samples, medians + [float(np.median(samples))], total + seconds)
+    return out
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Load, run once, warm up, time, then evaluate if asked; everything the JSON report
-    holds. Peak RSS is read before the evaluation so the sample batch does not count."""
-    path = Path(args.model)
-    model = load_model(path, args.threads, args.seed)
-    sidecar = read_sidecar(path)
-    first_ms = time_ms(model.invoke)
+    """Load every file, run each once, warm them up, time them interleaved, then evaluate if
+    asked; everything the JSON report holds. Peak RSS (of this process, with every file
+    loaded) is read before the evaluation so the sample batches do not count."""
+    paths = [Path(m) for m in args.models]
+    sessions = [load_model(path, args.threads, args.seed) for path in paths]
+    sidecars = [read_sidecar(path) for path in paths]
+    first_ms = [time_ms(session.invoke) for session in sessions]
     for _ in range(args.warmup):
-        model.invoke()
-    samples, timed_seconds = timed_runs(model.invoke, args.runs, args.min_seconds)
-    rss = peak_rss_mb()
-    accuracy = None
-    if args.eval:
-        samples_file = Path(args.samples) if args.samples else default_samples_path(path)
-        layout = (sidecar.get("input_spec") or {}).get("layout", "NCHW")
-        accuracy = evaluate(model, samples_file, layout)
-    return {
-        "schema": SCHEMA, "model": str(path), "file_size_bytes": path.stat().st_size,
-        "format": path.suffix.lower().lstrip("."), "precision": sidecar.get("precision"),
-        "runtime": model.runtime,
-        "runtime_version": model.version, "threads": args.threads, "warmup": args.warmup,
-        "runs": len(samples), "min_seconds": args.min_seconds, "seed": args.seed,
-        "timed_seconds": timed_seconds, "inputs": model.inputs,
-        "load_ms": model.load_ms, "first_inference_ms": first_ms,
-        "latency_ms": latency_stats(samples), "peak_rss_mb": rss,
-        "host": host_info(), "python": platform.python_version(), "eval": accuracy,
-    }
+        for session in sessions:
+            session.invoke()
+    timings = interleaved(sessions, args.rounds, args.runs, args.min_seconds)
+    rss, host = peak_rss_mb(), host_info()
+    results = []
+    for i, path in enumerate(paths):  # (no zip(strict=): the runner supports Python 3.8)
+        session, sidecar, (latencies, medians, seconds) = sessions[i], sidecars[i], timings[i]
+        accuracy = None
+        if args.eval:
+            samples_file = Path(args.samples) if args.samples else default_samples_path(path)
+            layout = (sidecar.get("input_spec") or {}).get("layout", "NCHW")
+            accuracy = evaluate(session, samples_file, layout)
+        results.append({
+            "model": str(path), "file_size_bytes": path.stat().st_size,
+            "format": path.suffix.lower().lstrip("."), "precision": sidecar.get("precision"),
+            "runtime": session.runtime, "runtime_version": session.version,
+            "threads": args.threads, "warmup": args.warmup, "runs": len(latencies),
+            "min_seconds": args.min_seconds, "seed": args.seed, "timed_seconds": seconds,
+            "inputs": session.inputs, "load_ms": session.load_ms, "first_inference_ms": first_ms[i],
+            "latency_ms": latency_stats(latencies), "rounds_p50_ms": medians,
+            "peak_rss_mb": rss, "host": host, "python": platform.python_version(),
+            "eval": accuracy})
+    return {"schema": SCHEMA, "rounds": args.rounds, "interleaved": len(paths) > 1,
+            "results": results}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a .tflite or .onnx file")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help=".tflite, .onnx or .ort files, measured interleaved")
     p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs after the first")
     p.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
     p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="rounds the timed runs are split into, every file in each (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     p.add_argument("--eval", action="store_true", help="also measure top-1 accuracy on the "
                    "sample batch (default file: <stem>.samples.npz beside the model)")
-    p.add_argument("--samples", help="the .npz sample batch for --eval (arrays x and y)")
+    p.add_argument("--samples", help="the .npz sample batch for --eval (arrays x and y), for "
+                   "every model")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.warmup < 0 or args.runs < 1 or args.min_seconds < 0:
-        p.error("need --threads >= 1, --warmup >= 0, --runs >= 1, --min-seconds >= 0")
+    if (args.threads < 1 or args.warmup < 0 or args.runs < 1 or args.min_seconds < 0
+            or args.rounds < 1):
+        p.error("need --threads >= 1, --warmup >= 0, --runs >= 1, --min-seconds >= 0, "
+                "--rounds >= 1")
     return args
 
 

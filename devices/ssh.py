@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,7 +30,8 @@ ENV_OPTIONS = "EDGEPRUNE_SSH_OPTIONS"
 MIN_PYTHON = (3, 8)
 RUNTIMES = {".tflite": (("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
                         "pip install ai-edge-litert"),
-            ".onnx": (("onnxruntime",), "pip install onnxruntime")}
+            ".onnx": (("onnxruntime",), "pip install onnxruntime"),
+            ".ort": (("onnxruntime",), "pip install onnxruntime")}
 CHECK_TAG = "EDGEPRUNE_CHECK "
 DIR_TAG = "EDGEPRUNE_DIR "
 # Runs under any python (2.7 and 3.x syntax): reports versions, exits 3 if something is missing.
@@ -142,6 +144,8 @@ class SshBackend:
         self.options = (options or SshOptions()).with_environment()
         check_options(self.options.options)
         self.device = device.url
+        self.found: dict | None = None
+        """What the last check found on the device: Python and module versions."""
 
     @classmethod
     def from_device(cls, device: str, ssh: SshOptions | None = None) -> SshBackend:
@@ -201,9 +205,11 @@ class SshBackend:
 
     # ---------------------------------------------------------------- steps
 
-    def prepare(self, suffix: str, timeout_s: float) -> str:
-        """Check Python, numpy and the runtime for `suffix`, then make the temporary folder."""
-        modules, pip_line = RUNTIMES[suffix]
+    def prepare(self, suffixes: Sequence[str], timeout_s: float) -> str:
+        """Check Python, numpy and the runtime of every file suffix, then make the temporary
+        folder."""
+        needed = [RUNTIMES[s] for s in dict.fromkeys(suffixes)]
+        modules = [m for group, _ in needed for m in group]
         python = _remote_path(self.options.remote_python)
         script = (f"{python} -c {shlex.quote(CHECK_SNIPPET)} {' '.join(modules)} || exit $?\n"
                   'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
@@ -214,7 +220,10 @@ class SshBackend:
         tagged = _tagged_lines(proc.stdout)
         if CHECK_TAG not in tagged:
             raise self._no_python(proc)
-        self._check_report(json.loads(tagged[CHECK_TAG]), modules, pip_line)
+        report = json.loads(tagged[CHECK_TAG])
+        self.found = report
+        for group, pip_line in needed:
+            self._check_report(report, group, pip_line)
         if proc.returncode != 0 or DIR_TAG not in tagged:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise EdgepruneError(f"cannot make a temporary folder on {self.device}: {last}")
@@ -241,62 +250,81 @@ class SshBackend:
             runtime = modules[0].split(".")[0].replace("_", "-")
             raise EdgepruneError(f"no {runtime} runtime on {where}: {pip_line}")
 
-    def bench(self, model_path: Path, options: BenchOptions) -> BenchResult:
-        """Copy, run and clean up; the result is the device's report, labelled 'device'."""
-        model_path = Path(model_path)
-        suffix = model_path.suffix.lower()
-        if suffix not in RUNTIMES:
-            raise EdgepruneError(f"unsupported model file {model_path.name}: expected .tflite "
-                                 "or .onnx")
-        files = self._files(model_path, options)
-        step_timeout = options.timeout_s + self.options.connect_timeout_s
-        folder = self.prepare(suffix, step_timeout)
+    def check(self, suffixes: Sequence[str], timeout_s: float | None = None) -> str:
+        """Reach the device and check Python, numpy and the runtimes for `suffixes` (one
+        connection, a temporary folder made and removed); a line saying what was found."""
+        timeout_s = timeout_s or self.options.connect_timeout_s + 30
+        folder = self.prepare(suffixes, timeout_s)
+        self.remove(folder)
+        found = self.found or {}
+        runtimes = ", ".join(f"{m.split('.')[0]} {v}" for m, v in found.get("modules", {}).items()
+                             if v and m != "numpy")
+        return (f"{self.device} reachable, Python {found.get('python', '?')}, numpy "
+                f"{found.get('modules', {}).get('numpy', '?')}, {runtimes}")
+
+    def bench(self, model_paths: Sequence[Path], options: BenchOptions) -> list[BenchResult]:
+        """Copy, run (the files interleaved in one runner) and clean up; the results are the
+        device's report, labelled 'device'."""
+        paths = [Path(p) for p in model_paths]
+        for path in paths:
+            if path.suffix.lower() not in RUNTIMES:
+                raise EdgepruneError(f"unsupported model file {path.name}: expected .tflite, "
+                                     ".onnx or .ort")
+        files = self._files(paths, options)
+        what = f"benchmark of {', '.join(p.name for p in paths)}"
+        step_timeout = options.timeout_s * len(paths) + self.options.connect_timeout_s
+        folder = self.prepare([p.suffix.lower() for p in paths], step_timeout)
         cleaned = False
         try:
             proc = self._run(self.scp_command(files, folder), step_timeout, "copying the model")
             if proc.returncode != 0:
                 raise self.ssh_error(proc.stderr, "copying the model")
-            proc = self._run(self.ssh_command(self._run_script(folder, model_path, options)),
-                             step_timeout + 15, f"benchmark of {model_path.name}")
+            proc = self._run(self.ssh_command(self._run_script(folder, paths, options)),
+                             step_timeout + 15, what)
             if proc.returncode == 255:
-                raise self.ssh_error(proc.stderr, f"benchmark of {model_path.name}")
+                raise self.ssh_error(proc.stderr, what)
             cleaned = True  # the run script removed the folder itself
             if proc.returncode == 124:  # timeout(1) stopped the runner
-                raise EdgepruneError(f"benchmark of {model_path.name} on {self.device} did not "
-                                     f"finish in {options.timeout_s:g} s; lower --runs or "
+                raise EdgepruneError(f"{what} on {self.device} did not finish in "
+                                     f"{options.timeout_s * len(paths):g} s; lower --runs or "
                                      "--min-seconds")
-            result = runner_report(model_path, proc, self.label, self.device, self.device)
+            results = runner_report(paths, proc, self.label, self.device, self.device)
         finally:
             if not cleaned:
                 self.remove(folder)
-        result.model = str(model_path)
-        return result
+        for path, result in zip(paths, results, strict=True):
+            result.model = str(path)
+        return results
 
-    def _files(self, model_path: Path, options: BenchOptions) -> list[Path]:
-        """Runner, model, its sidecar if any and, with --eval, the sample batch."""
-        if not model_path.is_file():
-            raise EdgepruneError(f"model file not found: {model_path}")
-        files = [RUNNER, model_path]
-        if sidecar_path(model_path).is_file():
-            files.append(sidecar_path(model_path))
-        if options.eval:
-            samples = options.samples_for(model_path)
-            if not samples.is_file():
-                raise EdgepruneError(f"eval samples not found: {samples} (write them with "
-                                     "edgeprune.devices.write_eval_samples, or pass --samples)")
-            files.append(samples)
+    def _files(self, paths: list[Path], options: BenchOptions) -> list[Path]:
+        """Runner, models, their sidecars if any and, with --eval, the sample batches."""
+        files = [RUNNER]
+        for path in paths:
+            if not path.is_file():
+                raise EdgepruneError(f"model file not found: {path}")
+            files.append(path)
+            if sidecar_path(path).is_file():
+                files.append(sidecar_path(path))
+            if options.eval:
+                samples = options.samples_for(path)
+                if not samples.is_file():
+                    raise EdgepruneError(f"eval samples not found: {samples} (write them with "
+                                         "edgeprune.devices.write_eval_samples, or pass "
+                                         "--samples)")
+                if samples not in files:
+                    files.append(samples)
         names = [f.name for f in files]
         if len(set(names)) != len(names):
             raise EdgepruneError(f"cannot copy files with the same name to one folder: {names}")
         return files
 
-    def _run_script(self, folder: str, model_path: Path, options: BenchOptions) -> str:
+    def _run_script(self, folder: str, paths: list[Path], options: BenchOptions) -> str:
         """cd into the folder, run the runner under `timeout` when the device has it, remove
         the folder, exit with the runner's status."""
-        samples = options.samples_for(model_path).name if options.eval else None
-        args = " ".join(shlex.quote(a) for a in [model_path.name,
+        samples = Path(options.samples).name if options.eval and options.samples else None
+        args = " ".join(shlex.quote(a) for a in [*(p.name for p in paths),
                                                   *options.runner_args(samples)])
-        limit = f"timeout -k 5 {max(1, round(options.timeout_s))}"
+        limit = f"timeout -k 5 {max(1, round(options.timeout_s * len(paths)))}"
         return (f"cd {shlex.quote(folder)} || exit 96\n"
                 f"if command -v timeout >/dev/null 2>&1; then t='{limit}'; else t=''; fi\n"
                 f"$t {_remote_path(self.options.remote_python)} runner.py {args}\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,15 +76,19 @@ class Job:
     eval_set: EvalSet | None
     summary: dict[str, Any] | None
     options: ExportOptions
-    verify: bool
+    verify: bool | frozenset[str]
     program: torch.export.ExportedProgram | None = None
     results: list[ExportResult] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
+    def strict(self, precision: str) -> bool:
+        """Whether a file of `precision` that misses its thresholds fails the call."""
+        return self.verify if isinstance(self.verify, bool) else precision in self.verify
+
 
 def export_model(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: torch.Tensor,
                  formats: Sequence[str] = ("onnx", "tflite"), stem: str = "model",
-                 verify: bool = True, precisions: Sequence[str] = ("fp32",),
+                 verify: bool | Collection[str] = True, precisions: Sequence[str] = ("fp32",),
                  calibration: torch.Tensor | None = None,
                  eval_samples: tuple[torch.Tensor, torch.Tensor] | None = None,
                  summary: dict[str, Any] | None = None,
@@ -99,7 +103,9 @@ def export_model(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples
     and int8 files are judged by. `summary` (the compression summary) goes into each file's
     metadata. A file that fails a check raises ExportError with the numbers and nothing of the
     call is published (with `verify=False` the numbers are still measured and logged, but do
-    not fail). `model` itself is left untouched: a CPU copy in eval mode is exported.
+    not fail; `verify` may also name the precisions that must pass, e.g. {"fp32"}, when a
+    caller judges the others itself). `model` itself is left untouched: a CPU copy in eval
+    mode is exported.
     """
     exporters = select_exporters(formats)
     job = prepare(model, spec, Path(out_dir), samples, stem, verify, precisions, calibration,
@@ -113,7 +119,7 @@ def export_model(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples
 
 
 def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: torch.Tensor,
-            stem: str, verify: bool, precisions: Sequence[str],
+            stem: str, verify: bool | Collection[str], precisions: Sequence[str],
             calibration: torch.Tensor | None,
             eval_samples: tuple[torch.Tensor, torch.Tensor] | None,
             summary: dict[str, Any] | None, options: ExportOptions,
@@ -134,8 +140,9 @@ def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: tor
     net = copy.deepcopy(model).cpu().eval().requires_grad_(False)
     reference = reference_logits(net, inputs, spec)
     eval_set = None if eval_samples is None else make_eval_set(net, eval_samples, spec)
+    strict = verify if isinstance(verify, bool) else frozenset(verify)
     job = Job(net, spec, out_dir, stem, precs, inputs, reference, calib, eval_set, summary,
-              options, verify)
+              options, strict)
     job.program = trace(net, inputs[:1])
     return job
 
@@ -272,14 +279,14 @@ def verify_file(exporter: Exporter, precision: str, path: Path, layout: str,
     x = job.inputs.numpy()
     with export_step(label, "run"):
         metrics = validate_outputs(job.reference, runner, x, check, label=label,
-                                   strict=job.verify, eval_set=job.eval_set)
+                                   strict=job.strict(precision), eval_set=job.eval_set)
         if details.get("dynamic_batch") and len(x) > 1:
             batched = compare(job.reference, np.asarray(runner(x)), check)
             if batched.failures:
                 failures = tuple(f"as one batch of {len(x)}: {f}" for f in batched.failures)
                 metrics = Metrics(**{**asdict(metrics),
                                      "failures": metrics.failures + failures})
-                if job.verify:
+                if job.strict(precision):
                     raise ExportError(f"{label} failed verification: {'; '.join(failures)}")
     return metrics, (runner.input_name, runner.output_name)
 

@@ -95,7 +95,7 @@ def reports(models: dict[str, Path]) -> dict[str, tuple[dict, str]]:
     for fmt, path in models.items():
         proc = run_runner(str(path), *FAST, python_flags=("-X", "importtime"))
         assert proc.returncode == 0, proc.stderr[-2000:]
-        out[fmt] = json.loads(proc.stdout), proc.stderr
+        out[fmt] = json.loads(proc.stdout)["results"][0], proc.stderr
     return out
 
 
@@ -135,8 +135,8 @@ def test_runner_imports_neither_torch_nor_edgeprune(reports: dict[str, tuple[dic
 def test_runner_times_at_least_runs_and_min_seconds(models: dict[str, Path], runs: int,
                                                     min_seconds: float) -> None:
     proc = run_runner(str(models["tflite"]), "--warmup", "0", "--runs", str(runs),
-                      "--min-seconds", str(min_seconds))
-    report = json.loads(proc.stdout)
+                      "--min-seconds", str(min_seconds), "--rounds", "1")
+    report = json.loads(proc.stdout)["results"][0]
     assert report["timed_seconds"] >= min_seconds
     if min_seconds == 0.0:
         assert report["runs"] == runs
@@ -154,7 +154,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> 
 
 @pytest.mark.parametrize(("name", "content", "expected"), [
     ("missing.tflite", None, "model file not found"),
-    ("model.pt", b"x", "expected .tflite or .onnx"),
+    ("model.pt", b"x", "expected .tflite, .onnx or .ort"),
     ("corrupt.onnx", b"not a protobuf", "cannot load corrupt.onnx"),
     ("corrupt.tflite", b"not a flatbuffer", "cannot load corrupt.tflite"),
 ])
@@ -394,7 +394,10 @@ def test_bench_models_compares_files_and_estimates_on_host(models: dict[str, Pat
     assert [r.path for r in rows] == [models["onnx"], models["tflite"]]
     assert all(r.label == "host" and r.result.threads == 1 for r in rows)
     assert rows[0].p50_ratio == 1.0 and rows[0].size_ratio == 1.0
-    assert rows[1].p50_ratio == pytest.approx(rows[1].result.p50_ms / rows[0].result.p50_ms)
+    per_round = sorted(a / b for a, b in zip(rows[1].result.rounds_p50_ms,
+                                            rows[0].result.rounds_p50_ms, strict=True))
+    assert rows[1].p50_ratio == pytest.approx(np.median(per_round))
+    assert rows[1].p50_spread == pytest.approx((per_round[0], per_round[-1]))
     assert rows[1].size_ratio == pytest.approx(rows[1].result.file_size_bytes /
                                                rows[0].result.file_size_bytes)
     for r in rows:  # the estimate sits beside the measurement, never inside it
@@ -453,7 +456,7 @@ def test_cli_bench_failure_leaves_results_untouched(models: dict[str, Path],
     result = CliRunner().invoke(_cli(), ["bench", str(models["onnx"]), str(bad), "--runs", "1",
                                          "--min-seconds", "0", "--json", str(out), "-q"])
     assert isinstance(result.exception, EdgepruneError)
-    assert "bad.onnx failed: cannot load bad.onnx" in str(result.exception)
+    assert "bad.onnx failed: cannot load bad.onnx" in str(result.exception)  # names the file
     assert out.read_text() == "earlier results"
     result = CliRunner().invoke(_cli(), ["bench", str(models["onnx"]), "--run", str(tmp_path)])
     assert isinstance(result.exception, EdgepruneError)
@@ -466,3 +469,113 @@ def test_append_to_run_keeps_the_manifest(tmp_path: Path) -> None:
     append_to_run(tmp_path, {"new": True})
     assert json.loads(manifest.read_text()) == {"config": {"a": 1},
                                                 "bench": [{"old": True}, {"new": True}]}
+
+
+# ------------------------------------------------------------------ interleaved measurement
+
+def test_runner_times_files_in_rotating_rounds() -> None:
+    """Every round times every file in turn, starting one file later each round, so a burst
+    of load from other work hits each file alike."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("runner_module", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    calls: list[str] = []
+    sessions = [SimpleNamespace(invoke=lambda n=n: calls.append(n)) for n in "abc"]
+    out = runner.interleaved(sessions, rounds=3, runs=6, min_seconds=0)
+    assert calls == list("aabbcc" "bbccaa" "ccaabb")  # 2 runs per file per round
+    assert [len(latencies) for latencies, _, _ in out] == [6, 6, 6]
+    assert [len(medians) for _, medians, _ in out] == [3, 3, 3]
+
+
+def test_ratios_come_from_rounds_and_hold_under_load() -> None:
+    """Two files slowed alike by load in some rounds keep their ratio; the spread is over
+    the rounds."""
+    from edgeprune.devices.results import Ratio
+
+    load = [1.0, 3.0, 1.0, 2.5, 1.0]
+    fast = BenchResult.from_runner_json(
+        {"model": "f", "file_size_bytes": 1, "format": "tflite", "runtime": "x",
+         "runtime_version": "1", "threads": 1, "warmup": 0, "runs": 5, "min_seconds": 0,
+         "seed": 0, "timed_seconds": 1, "inputs": [], "load_ms": 1,
+         "first_inference_ms": 1, "latency_ms": {"p50": 0.3}, "peak_rss_mb": None,
+         "host": {}, "python": "3", "rounds_p50_ms": [0.1 * f for f in load]}, "host")
+    slow = dataclasses.replace(fast, rounds_p50_ms=[0.4 * f for f in load],
+                               latency_ms={"p50": 1.0})
+    ratio = Ratio.of(slow, fast)
+    assert ratio.value == pytest.approx(4.0) and ratio.rounds == 5
+    assert (ratio.low, ratio.high) == (pytest.approx(4.0), pytest.approx(4.0))
+    assert str(ratio) == "4.00x (4.00-4.00)"  # while slow/fast p50 over all runs says 3.3x
+
+
+def test_runner_measures_several_files_in_one_report(models: dict[str, Path]) -> None:
+    from edgeprune.export.ort import convert_to_ort
+
+    ort = models["onnx"].with_name("tiny_copy.ort")
+    ort.write_bytes(convert_to_ort(models["onnx"]))
+    proc = run_runner(str(models["onnx"]), str(models["tflite"]), str(ort), "--rounds", "4",
+                      "--runs", "8", "--min-seconds", "0", "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["schema"] == "edgeprune.runner/2" and report["interleaved"] is True
+    formats = [r["format"] for r in report["results"]]
+    assert formats == ["onnx", "tflite", "ort"]
+    for r in report["results"]:
+        assert len(r["rounds_p50_ms"]) == 4 and r["runs"] >= 8
+    assert report["results"][2]["runtime"] == "onnxruntime"
+
+
+def test_every_precision_of_a_model_shares_its_sample_batch() -> None:
+    for name in ("pruned.tflite", "pruned.int8.tflite", "pruned.fp16.onnx",
+                 "pruned.int8-qat.tflite", "pruned.ort"):
+        assert default_samples_path(Path("run/models") / name) == Path(
+            "run/models/pruned.samples.npz")
+
+
+# ------------------------------------------------------------------ a user's own board
+
+def _profile_toml(path: Path, **changes) -> Path:
+    from edgeprune.tomlfile import dumps
+
+    data = {k: v for k, v in asdict(load_target("rpi4")).items() if k != "source"}
+    data.update(name="myboard", calibration=[], **changes)
+    data = {k: v for k, v in data.items() if v is not None}
+    path.write_text(dumps(data))
+    return path
+
+
+def test_a_profile_file_is_a_target(tmp_path: Path) -> None:
+    (tmp_path / "boards").mkdir()
+    path = _profile_toml(tmp_path / "boards" / "myboard.toml", cores=2, threads=2)
+    profile = load_target(str(path))
+    assert profile.name == "myboard" and profile.cores == 2 and profile.source == str(path)
+    assert profile.precisions == ("int8", "fp32") and profile.ship_format == "tflite"
+    as_json = tmp_path / "myboard.json"
+    as_json.write_text(json.dumps({k: v for k, v in asdict(profile).items() if k != "source"}))
+    assert load_target(str(as_json)).cores == 2
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"cores": 0}, "cores must be a positive integer"),
+    ({"runtime": "tensorrt"}, "runtime must be one of tflite, onnxruntime"),
+    ({"efficiency": {"fp32": 2.0, "int8": 0.5}}, "shares of the peak in (0, 1]"),
+    ({"precisions": ["int4"]}, "precisions must be a list of int8, fp16, fp32"),
+    ({"peak_gflops": "fast"}, "peak_gflops must be a positive number"),
+    ({"cpu": "4x Cortex-A72"}, "@ <clock> GHz"),
+    ({"simd_widht": 8}, "unknown keys ['simd_widht']"),
+])
+def test_profile_file_mistakes_are_one_line_naming_the_key(tmp_path: Path, changes: dict,
+                                                           message: str) -> None:
+    path = _profile_toml(tmp_path / "bad.toml", **changes)
+    with pytest.raises(EdgepruneError, match=re.escape(message)):
+        load_target(str(path))
+
+
+def test_missing_profile_file_says_what_a_target_is(tmp_path: Path) -> None:
+    with pytest.raises(EdgepruneError, match="does not exist; pass a shipped name"):
+        load_target(str(tmp_path / "nope.toml"))
+    (tmp_path / "broken.toml").write_text("name = [")
+    with pytest.raises(EdgepruneError, match="is not valid TOML"):
+        load_target(str(tmp_path / "broken.toml"))

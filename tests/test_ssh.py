@@ -218,7 +218,7 @@ def test_ssh_bench_runs_on_the_device_and_cleans_up(sshd: Sshd, models: dict[str
                                                     fmt: str) -> None:
     options = BenchOptions(threads=1, warmup=0, runs=3, min_seconds=0, eval=True,
                            samples=default_samples_path(models["onnx"]))
-    result = sshd.backend().bench(models[fmt], options)
+    result, = sshd.backend().bench([models[fmt]], options)
     assert result.label == "device" and result.device == sshd.url
     assert result.model == str(models[fmt]) and result.raw["model"] == models[fmt].name
     assert result.runtime == {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}[fmt]
@@ -261,14 +261,14 @@ def test_host_down(sshd: Sshd, models: dict[str, Path]) -> None:
     backend = SshBackend(parse_ssh_url(f"ssh://{sshd.user}@127.0.0.1:{_free_port()}"),
                          sshd.options())
     with pytest.raises(EdgepruneError, match=r"cannot reach ssh://.*Connection refused"):
-        backend.bench(models["onnx"], FAST)
+        backend.bench([models["onnx"]], FAST)
 
 
 @needs_sshd
 def test_auth_refused(sshd: Sshd, models: dict[str, Path]) -> None:
     with pytest.raises(EdgepruneError, match=r"refused the login \(.*Permission denied.*\): "
                                              "install your key with ssh-copy-id"):
-        sshd.backend(key=sshd.other_key).bench(models["onnx"], FAST)
+        sshd.backend(key=sshd.other_key).bench([models["onnx"]], FAST)
 
 
 @needs_sshd
@@ -284,7 +284,7 @@ def test_runtime_missing_names_the_pip_line(sshd: Sshd, models: dict[str, Path],
         (fake / package / "__init__.py").write_text("raise ImportError('not installed')\n")
     python = _python_wrapper(tmp_path, "python3", f'PYTHONPATH={fake} exec {sys.executable} "$@"')
     with pytest.raises(EdgepruneError) as err:
-        sshd.backend(python=python).bench(models[fmt], FAST)
+        sshd.backend(python=python).bench([models[fmt]], FAST)
     message = str(err.value)
     assert message == (f"no {runtime} runtime on {sshd.url} ({python} "
                        f"{'.'.join(map(str, sys.version_info[:3]))}): {pip_line}")
@@ -295,7 +295,7 @@ def test_runtime_missing_names_the_pip_line(sshd: Sshd, models: dict[str, Path],
 def test_python_missing(sshd: Sshd, models: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(EdgepruneError, match=r"nope/python3 not found on ssh://.*: install "
                                              r"Python 3\.8\+ there, or pass --remote-python"):
-        sshd.backend(python=str(tmp_path / "nope" / "python3")).bench(models["onnx"], FAST)
+        sshd.backend(python=str(tmp_path / "nope" / "python3")).bench([models["onnx"]], FAST)
 
 
 @needs_sshd
@@ -304,12 +304,12 @@ def test_runner_failure_and_crash(sshd: Sshd, models: dict[str, Path], tmp_path:
     bad.write_bytes(b"not a model")
     with pytest.raises(EdgepruneError, match=rf"benchmark of bad.onnx on {sshd.url} failed: "
                                              "cannot load bad.onnx"):
-        sshd.backend().bench(bad, FAST)
+        sshd.backend().bench([bad], FAST)
     crash = _python_wrapper(tmp_path, "crashing-python",
                             f'[ "$1" = runner.py ] && kill -SEGV $$\nexec {sys.executable} "$@"')
     with pytest.raises(EdgepruneError, match=r"benchmark of m.onnx on .* failed: .*"
                                              r"(Segmentation fault|signal 11)"):
-        sshd.backend(python=crash).bench(models["onnx"], FAST)
+        sshd.backend(python=crash).bench([models["onnx"]], FAST)
     assert sshd.leftovers() == []
 
 
@@ -318,7 +318,7 @@ def test_timeout_stops_the_remote_runner(sshd: Sshd, models: dict[str, Path]) ->
     slow = BenchOptions(threads=1, warmup=0, runs=1, min_seconds=60, timeout_s=1)
     t0 = time.monotonic()
     with pytest.raises(EdgepruneError, match=rf"m.onnx on {sshd.url} did not finish in 1 s"):
-        sshd.backend().bench(models["onnx"], slow)
+        sshd.backend().bench([models["onnx"]], slow)
     assert time.monotonic() - t0 < 20
     assert sshd.leftovers() == []
 

@@ -37,6 +37,9 @@ def bench(
     min_seconds: Annotated[float, typer.Option(
         min=0, help="timed seconds per file (at least)")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="untimed runs before timing")] = 10,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="the files are timed in turn in this many rounds (ratios hold under load; "
+        "their spread is over the rounds)")] = 10,
     eval_: Annotated[bool, typer.Option("--eval", help="also top-1 accuracy on the sample "
                                         "batch shipped with each model")] = False,
     samples: Annotated[Path | None, typer.Option(
@@ -68,7 +71,8 @@ def bench(
     if run is not None:
         check_run_dir(run)
     options = BenchOptions(threads=threads or default_threads(profile, device), warmup=warmup,
-                           runs=runs, min_seconds=min_seconds, timeout_s=timeout, eval=eval_,
+                           runs=runs, min_seconds=min_seconds, rounds=rounds, timeout_s=timeout,
+                           eval=eval_,
                            samples=samples)
     ssh = SshOptions(options=tuple(ssh_option or ()), remote_python=remote_python)
     rows = bench_models(models, profile, device, options, ssh)
@@ -98,7 +102,8 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
                "profile, not a measurement" if estimates else None)
     table = Table(title=f"latency in ms, measured on {escape(first.device)} ({first.label}), "
                   f"{options.threads} threads, warm-up {options.warmup}, >= {options.runs} "
-                  f"runs and >= {options.min_seconds:g} s per file; x: ratio to the first file",
+                  f"runs and >= {options.min_seconds:g} s per file, interleaved in "
+                  f"{options.rounds} rounds; x: ratio to the first file (lowest-highest round)",
                   caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
                   collapse_padding=True, show_edge=False)
     table.add_column("model", overflow="fold")
@@ -114,7 +119,8 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
         res = r.result
         cells = [escape(r.path.name), res.format + (f" {res.precision}" if res.precision else ""),
                  _size(res.file_size_bytes), f"{r.size_ratio:.2f}", f"{res.p50_ms:.3f}",
-                 f"{res.p90_ms:.3f}", f"{res.p99_ms:.3f}", f"{r.p50_ratio:.2f}", res.label]
+                 f"{res.p90_ms:.3f}", f"{res.p99_ms:.3f}",
+                 f"{r.p50_ratio:.2f} ({r.p50_spread[0]:.2f}-{r.p50_spread[1]:.2f})", res.label]
         if with_eval:
             cells.append(f"{res.top1 * 100:.1f}%" if res.eval else "-")
         if estimates:

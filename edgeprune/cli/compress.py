@@ -19,8 +19,10 @@ from edgeprune.cli.options import (
     start,
     with_options,
 )
+from edgeprune.errors import EdgepruneError
 
 if TYPE_CHECKING:
+    from rich.console import Group
     from rich.table import Table
 
     from edgeprune.jobs.compress import CompressResult
@@ -36,6 +38,10 @@ def compress(
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")] = False,
+    latency_ms: Annotated[float | None, typer.Option(
+        help="instead of --flops-reduction: prune until the shipped precision meets this "
+        "latency on the target (measured with --device, else the target's roofline "
+        "estimate)")] = None,
     name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"
                                               "CRITERION-PERCENT)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,
@@ -52,7 +58,10 @@ def compress(
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
-        console.stdout.print(summary_table(result))
+        console.stdout.print(summary(result))
+    if result.shipped is None:
+        raise EdgepruneError(f"nothing shipped: {result.reason}; every file and figure is in "
+                             f"{result.run_dir}")
 
 
 @with_options(compress_options, model_data_options, output_options)
@@ -89,8 +98,45 @@ def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "-"
 
 
+def summary(result: CompressResult) -> Group:
+    """What compress prints: dense vs pruned, every candidate file, and what was shipped."""
+    from rich.console import Group
+
+    shipped = result.shipped
+    line = (f"[bold]shipped:[/] {shipped['path']} ({shipped['name']}): {result.reason}"
+            if shipped else f"[bold red]nothing shipped:[/] {result.reason}")
+    return Group(summary_table(result), candidates_table(result), line)
+
+
+def candidates_table(result: CompressResult) -> Table:
+    """One row per candidate file: accuracy, size, p50 latency, speedup over dense fp32 (with
+    its lowest-highest round, the files timed interleaved) and the target estimate; '*' marks
+    the shipped one."""
+    from rich.table import Table
+
+    budget = f", budget {result.latency_budget_ms:g} ms" if result.latency_budget_ms else ""
+    where = result.candidates[0]["latency_label"] if result.candidates else ""
+    table = Table("", "candidate", "top-1", "vs dense", "MB", "p50 ms", "speedup",
+                  f"{result.target} est.", "verdict",
+                  title=f"candidates: p50 {where}, interleaved; tolerance "
+                  f"{result.max_drop:g} points{budget}")
+    for c in result.candidates:
+        mark = "*" if result.shipped and c["path"] == result.shipped["path"] else ""
+        verdict = "ok" if c["within_tolerance"] else "inaccurate"
+        if c.get("meets_budget") is False:
+            verdict += ", slow"
+        sp = c["speedup"]
+        table.add_row(mark, c["name"], f"{c['accuracy'] * 100:.2f}%",
+                      f"{-c['drop_points']:+.2f}", f"{c['size_bytes'] / 1e6:.2f}",
+                      f"{c['latency_ms']['p50']:.3f}",
+                      f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
+                      f"~{c['estimate_ms']:.2f} ms", verdict)
+    return table
+
+
 def summary_table(result: CompressResult) -> Table:
-    """Accuracy, params, MACs and, per format, file size and host latency: dense vs pruned."""
+    """Accuracy, params, MACs and, per format, the fp32 file's size and latency: dense vs
+    pruned."""
     from rich.table import Table
 
     d, p = result.dense, result.pruned

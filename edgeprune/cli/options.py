@@ -37,7 +37,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or st
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
 
 DeviceOpt = Annotated[str | None, typer.Option(
-    help="ssh://user@host:port to measure on the device (default: this machine, plus an "
+    help="ssh://user@host[:port] to measure on the device (default: this machine, plus an "
     "estimate for --target)")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
@@ -87,9 +87,25 @@ def compress_options(
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
     verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
+    precision: Annotated[str, typer.Option(
+        help="auto | fp32 | fp16 | int8: the precisions tried (auto: the target's list, e.g. "
+        "int8 then fp32); the fastest file within --max-drop ships")] = "auto",
+    max_drop: Annotated[float, typer.Option(
+        help="accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
+    ] = 1.0,
+    qat_epochs: Annotated[float, typer.Option(
+        help="when int8 post-training quantization loses more than --max-drop, this many "
+        "epochs of quantization-aware training recover it (0 = off; TFLite targets)")] = 1.0,
+    device: DeviceOpt = None,
+    threads: Annotated[int | None, typer.Option(
+        help="inference threads [default: the target's; on this machine at most its cores]")
+    ] = None,
     bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
     bench_seconds: Annotated[float, typer.Option(
         help="timed seconds per model file (at least)")] = 1.0,
+    bench_rounds: Annotated[int, typer.Option(
+        help="the files are timed in turn in this many rounds, so ratios hold under load")
+    ] = 10,
     eval_limit: Annotated[int | None, typer.Option(
         help="evaluate on this many test images only")] = None,
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),

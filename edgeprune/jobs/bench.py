@@ -22,6 +22,7 @@ from rich.markup import escape
 from edgeprune.console import info, progress_bar
 from edgeprune.devices.bench import BenchOptions, BenchResult, get_backend
 from edgeprune.devices.estimate import Estimate, ModelCost, estimate_model
+from edgeprune.devices.results import Ratio
 from edgeprune.devices.ssh import SshOptions
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
@@ -34,7 +35,8 @@ MANIFEST = "manifest.json"
 @dataclass
 class BenchRow:
     """One model file: its measurement, the target estimate (host runs only) and its ratios
-    to the first file (ratio < 1: smaller / faster than the first)."""
+    to the first file (ratio < 1: smaller / faster than the first). The latency ratio comes
+    from rounds in which both files ran in turn (`p50_spread`: its lowest and highest round)."""
 
     path: Path
     result: BenchResult
@@ -42,6 +44,7 @@ class BenchRow:
     cost: ModelCost | None = None
     p50_ratio: float = 1.0
     size_ratio: float = 1.0
+    p50_spread: tuple[float, float] = (1.0, 1.0)
 
     @property
     def label(self) -> str:
@@ -58,7 +61,8 @@ class BenchRow:
             "measurement": self.result.to_dict(),
             "estimate": self.estimate.to_dict() if self.estimate else None,
             "cost": self.cost.to_dict() if self.cost else None,
-            "ratios": {"p50": self.p50_ratio, "size": self.size_ratio},
+            "ratios": {"p50": self.p50_ratio, "p50_spread": list(self.p50_spread),
+                       "size": self.size_ratio},
         }
 
 
@@ -72,10 +76,12 @@ def default_threads(target: TargetProfile, device: str | None) -> int:
 def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi4",
                  device: str | None = None, options: BenchOptions | None = None,
                  ssh: SshOptions | None = None) -> list[BenchRow]:
-    """Benchmark every file in `paths` with the same options; one row per file, in order.
+    """Benchmark every file in `paths` with the same options, interleaved in one runner
+    process (rounds of every file in turn), so load from other work hits each file alike;
+    one row per file, in order.
 
     `device` None or 'local' measures here and adds target estimates; 'ssh://user@host[:port]'
-    measures on the device. The first failure raises (one line) and nothing is returned.
+    measures on the device. A failure raises (one line) and nothing is returned.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -86,26 +92,26 @@ def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi
     for p in paths:  # fail before connecting or measuring anything
         if not p.is_file():
             raise EdgepruneError(f"model file not found: {p}")
+    with progress_bar(None, f"bench {len(paths)} files on {escape(backend.device)}"):
+        results = backend.bench(paths, options)
     rows = []
-    with progress_bar(len(paths), f"bench on {escape(backend.device)}") as advance:
-        for p in paths:
-            advance(0, status=escape(p.name))
-            result = backend.bench(p, options)
-            cost, estimate = (estimate_model(p, profile) if backend.label == "host"
-                              else (None, None))
-            rows.append(BenchRow(p, result, estimate, cost))
-            advance(1, status=escape(p.name))
+    for p, result in zip(paths, results, strict=True):
+        cost, estimate = (estimate_model(p, profile) if backend.label == "host"
+                          else (None, None))
+        rows.append(BenchRow(p, result, estimate, cost))
     _set_ratios(rows)
     info(f"bench: {len(rows)} model file{'s' if len(rows) > 1 else ''} on {escape(backend.device)} "
          f"({backend.label}), {options.threads} thread{'s' if options.threads > 1 else ''}, "
-         f"warm-up {options.warmup}, >= {options.runs} runs and >= {options.min_seconds:g} s")
+         f"warm-up {options.warmup}, >= {options.runs} runs and >= {options.min_seconds:g} s "
+         f"each, interleaved in {options.rounds} rounds")
     return rows
 
 
 def _set_ratios(rows: list[BenchRow]) -> None:
     first = rows[0].result
     for row in rows:
-        row.p50_ratio = row.result.p50_ms / first.p50_ms if first.p50_ms > 0 else float("nan")
+        ratio = Ratio.of(row.result, first)
+        row.p50_ratio, row.p50_spread = ratio.value, (ratio.low, ratio.high)
         row.size_ratio = row.result.file_size_bytes / first.file_size_bytes
 
 

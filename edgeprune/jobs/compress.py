@@ -1,7 +1,12 @@
-"""`compress`: score -> prune -> fine-tune -> export -> bench -> report, one run folder per call.
+"""`compress`: score -> prune -> fine-tune -> export -> bench -> choose -> report, one run
+folder per call.
 
 Every stage is a public function of its own package; this module only chains them, writes
-their outputs into the run folder and records them in the manifest.
+their outputs into the run folder and records them in the manifest. The target is a contract:
+its profile gives the channel rounding, the threads, the runtime (so the format shipped) and
+the precisions tried; compress exports each candidate (dense and pruned, at each precision),
+measures their accuracy on the test images and their latency side by side, and ships the
+fastest within the accuracy tolerance (see `candidates`).
 """
 
 from __future__ import annotations
@@ -17,25 +22,47 @@ from typing import Any
 
 import torch
 
-from edgeprune.console import info, progress_bar
+from edgeprune.console import info
 from edgeprune.data import DataBundle
+from edgeprune.devices.bench import get_backend
+from edgeprune.devices.estimate import estimate_model
+from edgeprune.devices.results import BenchOptions
+from edgeprune.devices.samples import default_samples_path, write_eval_samples
+from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
+from edgeprune.export import EvalSet, ExportResult, export_model
 from edgeprune.files import atomic_write_text
+from edgeprune.jobs.candidates import (
+    Candidate,
+    Choice,
+    candidate_precisions,
+    choose,
+    judge,
+    latency_fields,
+    measure,
+    speedup,
+)
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
 from edgeprune.jobs.loading import check_outputs, load_model_and_data, reference_batches, take
 from edgeprune.jobs.runs import RunFolder
+from edgeprune.jobs.ship import write_ship
 from edgeprune.models import LoadedModel, parameter_shapes, save_checkpoint
+from edgeprune.pruning import FlopsReduction, Goal, LatencyBudget, prune
 from edgeprune.pruning.search import count
 from edgeprune.spec import InputSpec
 from edgeprune.training import TrainConfig, TrainResult, evaluate, train
 
 FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIST epochs
-EVAL_SAMPLES = 100  # shipped beside each export for the on-device runner's --eval
+EVAL_SAMPLES = 100  # shipped beside each model for the on-device runner's --eval ...
+EVAL_SAMPLES_BYTES = 8_000_000  # ... fewer when 100 would make the batch larger than this
+CALIBRATION_SAMPLES = 512  # training images int8 activation ranges are calibrated on
+VERIFY_SAMPLES = 32  # test images every file's logits are compared with PyTorch's on
 
 
 @dataclass
 class ModelFigures:
-    """What the summary compares between the dense and the pruned model."""
+    """What the summary compares between the dense and the pruned model: PyTorch's figures
+    and, per format, the fp32 file."""
 
     accuracy: float
     params: int
@@ -45,7 +72,8 @@ class ModelFigures:
 
 @dataclass
 class CompressResult:
-    """The outcome of a compress run: where it is and the before/after figures."""
+    """The outcome of a compress run: where it is, the before/after figures, every candidate
+    file and the one shipped (None when none was within the tolerance) with the reason."""
 
     run_dir: Path
     target: str
@@ -53,6 +81,11 @@ class CompressResult:
     pruned: ModelFigures
     wall_s: float
     stages: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    shipped: dict[str, Any] | None = None
+    reason: str = ""
+    max_drop: float = 1.0
+    latency_budget_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,85 +93,19 @@ class CompressResult:
         return d
 
 
-def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
-    """Enough epochs for fine-tuning to see about FINETUNE_SAMPLES images, at most 10.
+@dataclass
+class Inputs:
+    """Everything a run works on, resolved and checked before any work starts."""
 
-    On the demo model at -50% FLOPs, 1 epoch of Fashion-MNIST left a 1.28-point drop."""
-    if cfg.epochs is not None:
-        return cfg.epochs
-    return float(min(10, max(1, math.ceil(FINETUNE_SAMPLES / len(data.train)))))
-
-
-def _score_and_prune(cfg: CompressConfig, model: torch.nn.Module, spec: InputSpec,
-                     data: DataBundle, round_to: int,
-                     scores: dict[str, torch.Tensor] | None = None):
-    from edgeprune.criteria import get_criterion
-    from edgeprune.pruning import prune
-
-    t0 = time.perf_counter()
-    seen = 0
-    if scores is None:
-        criterion = get_criterion(cfg.criterion)
-        batches = reference_batches(data, cfg.data_dir, cfg.score_samples,
-                                    cfg.samples_per_class, cfg.seed)
-        scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
-        seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
-        info(f"score: {cfg.criterion} on {seen} samples, {len(scores)} layers, "
-             f"{time.perf_counter() - t0:.1f} s")
-    else:
-        info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
-    score_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = prune(model, torch.zeros(1, *spec.shape), scores=scores,
-                   flops_reduction=cfg.flops_reduction, round_to=round_to,
-                   global_ranking=cfg.global_ranking)
-    prune_s = time.perf_counter() - t0
-    info(f"prune: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
-         f"(-{result.flops_reduction * 100:.1f}%), params {result.params_before / 1e3:.0f}k -> "
-         f"{result.params_after / 1e3:.0f}k, channels rounded to {round_to}, {prune_s:.1f} s")
-    return scores, result, score_s, prune_s, seen
-
-
-def _export(cfg: CompressConfig, run: RunFolder, tag: str, model: torch.nn.Module,
-            spec: InputSpec, samples: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict]:
-    """Export one model to every requested format, verified on the first 32 samples, and
-    record the files; all samples are saved for the on-device runner's --eval."""
-    from edgeprune.devices.samples import default_samples_path, write_eval_samples
-    from edgeprune.export import export_model
-
-    files: dict[str, dict] = {}
-    x, y = samples
-    for r in export_model(model, spec, run.path("models"), x[:32], formats=cfg.formats,
-                          stem=tag, verify=cfg.verify):
-        run.record(r.path, r.format, "export", model=tag, precision=r.precision)
-        run.record(r.sidecar, "sidecar", "export", model=tag)
-        eval_path = default_samples_path(r.path)
-        if not eval_path.exists():  # the runner's --eval batch, shared by a model's formats
-            write_eval_samples(eval_path, x.numpy(), y.numpy())
-            run.record(eval_path, "eval-samples", "export", model=tag, count=len(y))
-        files[r.format] = {
-            "path": r.path.relative_to(run.work).as_posix(), "precision": r.precision,
-            "size_bytes": r.size_bytes, "max_abs_diff": r.max_abs_diff,
-            "top1_agreement": r.top1_agreement, "export_s": r.wall_s}
-    return files
-
-
-def _bench(cfg: CompressConfig, run: RunFolder, models: dict[str, dict[str, dict]],
-           threads: int) -> None:
-    """Measure every exported file on this machine (labelled host) and add the figures."""
-    from edgeprune.devices.bench import bench_local
-
-    jobs = [(tag, fmt, f) for tag, files in models.items() for fmt, f in files.items()]
-    with progress_bar(len(jobs), "benchmarking") as advance:
-        for tag, fmt, f in jobs:
-            b = bench_local(run.work / f["path"], threads=threads, runs=cfg.bench_runs,
-                            min_seconds=cfg.bench_seconds)
-            f["latency_ms"] = {"p50": b.p50_ms, "p90": b.p90_ms, "mean": b.latency_ms["mean"]}
-            f["latency_label"] = f"host, {threads} thread{'s' if threads > 1 else ''}"
-            f["runtime"] = f"{b.runtime} {b.runtime_version}"
-            advance()
-            info(f"bench: {tag}.{fmt} p50 {b.p50_ms:.3f} ms, p90 {b.p90_ms:.3f} ms "
-                 f"(host, {threads} threads, {b.runs} runs)")
+    cfg: CompressConfig
+    target: TargetProfile
+    loaded: LoadedModel
+    data: DataBundle
+    spec: InputSpec
+    precisions: list[str]
+    threads: int
+    """The target's threads (or --threads): for the device and the estimates; this machine
+    runs at most as many threads as it has cores."""
 
 
 def compress(config: CompressConfig | None = None, overwrite: bool = False,
@@ -149,29 +116,23 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     file is only read. An interrupted run resumes fine-tuning when the same command is run
     again; a finished run is replaced only with `overwrite`. `scores` ({layer: per-channel
     tensor} of `config.criterion`, as in scores.pt) skips scoring, e.g. when a sweep prunes one
-    model to several FLOPs levels."""
-    from edgeprune.devices.targets import load_target
-
+    model to several FLOPs levels. When no candidate is within `max_drop`, the run is still
+    published, with `shipped` None and the reason."""
     cfg = merge({}, options, base=config, override_source="compress option")
     t_start = time.perf_counter()
-    from edgeprune.criteria import get_criterion
-
-    target = load_target(cfg.target)
-    get_criterion(cfg.criterion)  # an unknown name fails before any data is read
-    md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
-                             cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed)
-    loaded, data, spec = md.loaded, md.data, md.spec
-    check_outputs(loaded.model, spec, data.spec.num_classes)
+    inputs = _resolve(cfg)
     run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
-    info(f"run folder {run.final} (target {target.name}: {target.cpu}); data {data.name} "
-         f"({len(data.train)} train / {len(data.test)} test)")
+    data, target = inputs.data, inputs.target
+    info(f"run folder {run.final} (target {target.name}: {target.cpu}, {target.ship_format} "
+         f"{'/'.join(inputs.precisions)}); data {data.name} ({len(data.train)} train / "
+         f"{len(data.test)} test)")
     atomic_write_text(run.path("config.toml"), dump_config(cfg))
     run.record(run.work / "config.toml", "config", "compress")
     atomic_write_text(run.path("dataset.json"), json.dumps(data.describe(), indent=1))
     run.record(run.work / "dataset.json", "dataset", "compress")
     try:
-        result = _run_stages(cfg, run, loaded, spec, data, target, scores)
+        result = _run_stages(inputs, run, scores)
     except EdgepruneError:
         run.discard()
         raise
@@ -179,9 +140,33 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     run.stage_done("total", wall_s=result.wall_s)
     atomic_write_text(run.path("summary.json"), json.dumps(result.to_dict(), indent=2,
                                                            default=str))
+    run.record(run.work / "summary.json", "summary", "compress")
     _report(run)
     result.run_dir = run.publish()
     return result
+
+
+def _resolve(cfg: CompressConfig) -> Inputs:
+    """Load and check every input named by the options, before any work."""
+    from edgeprune.criteria import get_criterion
+
+    target = load_target(cfg.target)
+    get_criterion(cfg.criterion)  # an unknown name fails before any data is read
+    if target.ship_format not in cfg.formats:
+        raise EdgepruneError(f"--formats {','.join(cfg.formats)} lacks {target.ship_format}, "
+                             f"the format target {target.name}'s runtime ({target.runtime}) "
+                             "loads; add it")
+    if cfg.device:
+        backend = get_backend(cfg.device)  # a malformed URL fails here
+        check = getattr(backend, "check", None)
+        if check is not None:  # reachable, with Python, numpy and the runtime, before work
+            info(f"device: {check(['.' + target.ship_format])}")
+    md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
+                             cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed)
+    check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
+    threads = cfg.threads or target.threads
+    return Inputs(cfg, target, md.loaded, md.data, md.spec,
+                  candidate_precisions(cfg.precision, target.precisions), threads)
 
 
 def _report(run: RunFolder) -> None:
@@ -202,69 +187,307 @@ def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
     return d
 
 
-def _run_stages(cfg: CompressConfig, run: RunFolder, loaded: LoadedModel, spec: InputSpec,
-                data: DataBundle, target,
-                scores: dict[str, torch.Tensor] | None = None) -> CompressResult:
-    dense = loaded.model.eval()
+def _auto_epochs(cfg: CompressConfig, data: DataBundle) -> float:
+    """Enough epochs for fine-tuning to see about FINETUNE_SAMPLES images, at most 10.
+
+    On the demo model at -50% FLOPs, 1 epoch of Fashion-MNIST left a 1.28-point drop."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return float(min(10, max(1, math.ceil(FINETUNE_SAMPLES / len(data.train)))))
+
+
+@dataclass
+class Samples:
+    """The images a run's files are checked on: labelled test images (accuracy, and the
+    first VERIFY_SAMPLES for parity), training images for int8 calibration, and the small
+    batch shipped for the runner's --eval."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    calibration: torch.Tensor | None
+    shipped: int
+
+    @classmethod
+    def draw(cls, inputs: Inputs) -> Samples:
+        cfg, data = inputs.cfg, inputs.data
+        x, y = take(data, "test", cfg.eval_limit or len(data.test), cfg.seed)
+        calibration = None
+        if {"int8"} & set(inputs.precisions):
+            calibration = take(data, "train", CALIBRATION_SAMPLES, cfg.seed)[0]
+        per_image = x[0].numel() * 4
+        shipped = max(8, min(EVAL_SAMPLES, len(y), EVAL_SAMPLES_BYTES // per_image))
+        return cls(x, y, calibration, shipped)
+
+
+def _run_stages(inputs: Inputs, run: RunFolder,
+                scores: dict[str, torch.Tensor] | None) -> CompressResult:
+    cfg, data, spec, target = inputs.cfg, inputs.data, inputs.spec, inputs.target
+    dense = inputs.loaded.model.eval()
     t0 = time.perf_counter()
     dense_acc = evaluate(dense, data, limit=cfg.eval_limit, description="evaluating dense")
     dense_macs, dense_params = count(dense, torch.zeros(1, *spec.shape))
-    info(f"dense: top-1 {dense_acc * 100:.2f}% on {len(data.test)} test images, "
+    shown = min(cfg.eval_limit or len(data.test), len(data.test))
+    info(f"dense: top-1 {dense_acc * 100:.2f}% on {shown} test images, "
          f"{dense_macs / 1e6:.1f}M MACs, {dense_params / 1e3:.0f}k params")
     run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
 
+    samples = Samples.draw(inputs)
+    t0 = time.perf_counter()
+    dense_files = _export(inputs, run, "dense", dense, samples, None)
+    run.stage_done("export-dense", wall_s=time.perf_counter() - t0)
+
+    goal = _goal(inputs, run, dense_files)
+    scores, pruned = _score_and_prune(inputs, run, dense, goal, scores)
+    model, pruned_acc, ft = _recover(inputs, run, pruned.model, dense)
+    _save(inputs, run, model, pruned, pruned_acc)
+
+    t0 = time.perf_counter()
+    summary = {"pruned_from": inputs.loaded.arch.ref, "criterion": cfg.criterion,
+               "flops_reduction": pruned.flops_reduction, "test_acc": pruned_acc}
+    pruned_files = _export(inputs, run, "pruned", model, samples, summary)
+    run.stage_done("export-pruned", wall_s=time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    candidates = _candidates(inputs, dense_files, pruned_files)
+    _bench(inputs, run, candidates, dense_files, pruned_files)
+    reference = next(c for c in candidates if (c.model, c.precision) == ("dense", "fp32"))
+    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, bool(cfg.device))
+    offered = [c for c in candidates if c.precision in inputs.precisions]
+    choice = choose(offered, cfg.max_drop, cfg.latency_ms,
+                    "measured on the device" if cfg.device else "roofline estimate")
+    run.stage_done("bench", wall_s=time.perf_counter() - t0, threads=inputs.threads,
+                   device=cfg.device or "local", rounds=cfg.bench_rounds)
+    _say_choice(choice, offered)
+    if choice.shipped is not None:
+        _ship(inputs, run, choice, samples)
+    return CompressResult(
+        run_dir=run.final, target=target.name,
+        dense=ModelFigures(dense_acc, dense_params, dense_macs, _by_format(dense_files)),
+        pruned=ModelFigures(pruned_acc, pruned.params_after, pruned.macs_after,
+                            _by_format(pruned_files)),
+        wall_s=0.0, stages=run.manifest["stages"],
+        candidates=[c.to_dict() for c in offered],
+        shipped=choice.shipped.to_dict() if choice.shipped else None, reason=choice.reason,
+        max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms)
+
+
+def _goal(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Goal:
+    """--flops-reduction, or with --latency-ms the budget for the first precision tried,
+    calibrated by measuring the dense file of that precision on the device when one is
+    given (else the target's roofline alone)."""
+    cfg, target = inputs.cfg, inputs.target
+    if cfg.latency_ms is None:
+        return FlopsReduction(cfg.flops_reduction)
+    precision = inputs.precisions[0]
+    measured = None
+    if cfg.device:
+        dense = next(r for r in dense_files
+                     if r.format == target.ship_format and r.precision == precision)
+        result = measure([dense.path], cfg.device,
+                         _bench_options(inputs, True))[dense.path]
+        measured = result.p50_ms
+        info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.device}; the "
+             "roofline is scaled to it")
+    run.stage_done("budget", ms=cfg.latency_ms, precision=precision,
+                   measured_dense_ms=measured, on=cfg.device or "estimate")
+    return LatencyBudget(cfg.latency_ms, target, inputs.threads, measured, precision)
+
+
+def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goal: Goal,
+                     scores: dict[str, torch.Tensor] | None):
+    from edgeprune.criteria import get_criterion
+
+    cfg, spec = inputs.cfg, inputs.spec
     reused = scores is not None
-    scores, pruned, score_s, prune_s, seen = _score_and_prune(cfg, dense, spec, data,
-                                                              target.simd_width, scores)
-    run.stage_done("score", wall_s=score_s, criterion=cfg.criterion, reused=reused,
-                   samples=seen)
-    run.stage_done("prune", wall_s=prune_s, flops_reduction=pruned.flops_reduction,
-                   channels={k: list(v) for k, v in pruned.channels.items()},
-                   kept=pruned.kept, protected=pruned.protected)
+    t0 = time.perf_counter()
+    seen = 0
+    if scores is None:
+        criterion = get_criterion(cfg.criterion)
+        batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
+                                    cfg.samples_per_class, cfg.seed)
+        scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
+        seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
+        info(f"score: {cfg.criterion} on {seen} samples, {len(scores)} layers, "
+             f"{time.perf_counter() - t0:.1f} s")
+    else:
+        info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
+    run.stage_done("score", wall_s=time.perf_counter() - t0, criterion=cfg.criterion,
+                   reused=reused, samples=seen)
     torch.save({k: v.cpu() for k, v in scores.items()}, run.path("scores.pt"))
     run.record(run.work / "scores.pt", "scores", "score")
+    t0 = time.perf_counter()
+    round_to = inputs.target.simd_width
+    result = prune(model, torch.zeros(1, *spec.shape), scores=scores, round_to=round_to,
+                   global_ranking=cfg.global_ranking, goal=goal)
+    prune_s = time.perf_counter() - t0
+    info(f"prune: {goal.describe()}: MACs {result.macs_before / 1e6:.1f}M -> "
+         f"{result.macs_after / 1e6:.1f}M (-{result.flops_reduction * 100:.1f}%), params "
+         f"{result.params_before / 1e3:.0f}k -> {result.params_after / 1e3:.0f}k, channels "
+         f"rounded to {round_to}, {prune_s:.1f} s")
+    run.stage_done("prune", wall_s=prune_s, goal=goal.describe(),
+                   flops_reduction=result.flops_reduction,
+                   channels={k: list(v) for k, v in result.channels.items()},
+                   kept=result.kept, protected=result.protected,
+                   latency=asdict(result.latency) if result.latency else None)
+    return scores, result
 
+
+def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
+             dense: torch.nn.Module) -> tuple[torch.nn.Module, float, TrainResult]:
+    """BatchNorm re-calibration (if asked) and fine-tuning by distillation from `dense`."""
+    cfg, data = inputs.cfg, inputs.data
     if cfg.bn_recalibration > 0:
         from edgeprune.pruning.bn_recalibration import recalibrate_bn
 
         t0 = time.perf_counter()
-        recalibrate_bn(pruned.model, data.reference(cfg.bn_recalibration, seed=cfg.seed + 1,
-                                                    batch_size=256))
+        recalibrate_bn(model, data.reference(cfg.bn_recalibration, seed=cfg.seed + 1,
+                                             batch_size=256))
         run.stage_done("bn-recalibration", wall_s=time.perf_counter() - t0,
                        samples=cfg.bn_recalibration)
         info(f"bn-recalibration: BatchNorm statistics re-estimated on {cfg.bn_recalibration} "
              f"training images, {time.perf_counter() - t0:.1f} s")
-
     epochs = _auto_epochs(cfg, data)
     ft = TrainResult()
     if epochs > 0:
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
-        ft = train(pruned.model, data, tcfg, teacher=dense,
-                   state_path=run.path("finetune.state"), description="fine-tuning")
-    model = pruned.model.cpu().eval()
-    pruned_acc = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
-    run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history)
+        ft = train(model, data, tcfg, teacher=dense, state_path=run.path("finetune.state"),
+                   description="fine-tuning")
+    model = model.cpu().eval()
+    accuracy = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
+    run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history,
+                   images_per_s=ft.images_per_s)
     done = f"{epochs:g} epochs with distillation" if epochs > 0 else "none (--epochs 0)"
-    info(f"fine-tune: {done}, top-1 {pruned_acc * 100:.2f}% "
-         f"({(pruned_acc - dense_acc) * 100:+.2f} points), {ft.wall_s:.0f} s")
+    info(f"fine-tune: {done}, top-1 {accuracy * 100:.2f}%, {ft.wall_s:.0f} s")
+    return model, accuracy, ft
 
-    meta = {"pruned_from": loaded.arch.ref, "criterion": cfg.criterion,
-            "flops_reduction": pruned.flops_reduction, "test_acc": pruned_acc}
-    save_checkpoint(run.path("model.pt"), model, loaded.arch, spec, meta)
+
+def _save(inputs: Inputs, run: RunFolder, model: torch.nn.Module, pruned: Any,
+          accuracy: float) -> None:
+    meta = {"pruned_from": inputs.loaded.arch.ref, "criterion": inputs.cfg.criterion,
+            "flops_reduction": pruned.flops_reduction, "test_acc": accuracy}
+    save_checkpoint(run.path("model.pt"), model, inputs.loaded.arch, inputs.spec, meta)
     run.record(run.work / "model.pt", "checkpoint", "finetune")
     atomic_write_text(run.path("architecture.json"),
                       json.dumps(parameter_shapes(model), indent=1))
     run.record(run.work / "architecture.json", "architecture", "finetune")
 
+
+def _export(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Module,
+            samples: Samples, summary: dict[str, Any] | None) -> list[ExportResult]:
+    """Export one model: in the target's format at fp32 and every precision tried, each file's
+    top-1 measured on the test images (fp32 must reproduce PyTorch; the others are judged
+    later, against the tolerance); in every other requested format at fp32. The runner's
+    --eval batch is written once per model."""
+    cfg, spec, ship = inputs.cfg, inputs.spec, inputs.target.ship_format
+    verify_x = samples.x[:VERIFY_SAMPLES]
+    precisions = list(dict.fromkeys(["fp32", *inputs.precisions]))
+    results = export_model(model, spec, run.path("models"), verify_x, formats=[ship], stem=tag,
+                           verify={"fp32"} if cfg.verify else False, precisions=precisions,
+                           calibration=samples.calibration,
+                           eval_samples=(samples.x, samples.y), summary=summary)
+    others = [f for f in cfg.formats if f != ship]
+    if others:
+        results += export_model(model, spec, run.path("models"), verify_x, formats=others,
+                                stem=tag, verify=cfg.verify, summary=summary)
+    for r in results:
+        run.record(r.path, r.format, "export", model=tag, precision=r.precision)
+        run.record(r.sidecar, "sidecar", "export", model=tag)
+    eval_path = default_samples_path(results[0].path)
+    n = samples.shipped
+    write_eval_samples(eval_path, samples.x[:n].numpy(), samples.y[:n].numpy())
+    run.record(eval_path, "eval-samples", "export", model=tag, count=n)
+    return results
+
+
+def _candidates(inputs: Inputs, dense: list[ExportResult],
+                pruned: list[ExportResult]) -> list[Candidate]:
+    """Every file in the target's format, dense fp32 (the reference) first."""
+    ship = inputs.target.ship_format
+    out = []
+    for tag, results in (("dense", dense), ("pruned", pruned)):
+        for r in results:
+            if r.format == ship:
+                out.append(Candidate(
+                    tag, r.precision, r.format, str(r.path), r.size_bytes, r.accuracy,
+                    quantization="none" if r.precision == "fp32" else "ptq"))
+    return out
+
+
+def _bench_options(inputs: Inputs, on_device: bool) -> BenchOptions:
+    cfg = inputs.cfg
+    threads = inputs.threads if on_device else max(1, min(inputs.threads, os.cpu_count() or 1))
+    return BenchOptions(threads=threads, runs=cfg.bench_runs, min_seconds=cfg.bench_seconds,
+                        rounds=cfg.bench_rounds)
+
+
+def _bench(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
+           dense: list[ExportResult], pruned: list[ExportResult]) -> None:
+    """Measure the candidates interleaved in one runner process (on the device when one is
+    given) and the other formats' fp32 files on this machine; add the target's estimates."""
+    cfg, target = inputs.cfg, inputs.target
+    paths = [Path(c.path) for c in candidates]
+    others = [r.path for r in dense + pruned if r.format != target.ship_format]
+    if cfg.device:
+        results = measure(paths, cfg.device, _bench_options(inputs, True))
+        if others:
+            results |= measure(others, None, _bench_options(inputs, False))
+    else:
+        results = measure(paths + others, None, _bench_options(inputs, False))
+    reference = results[paths[0]]
+    for c, path in zip(candidates, paths, strict=True):
+        measured = latency_fields(results[path])
+        c.latency_ms, c.latency_label = measured["latency_ms"], measured["latency_label"]
+        c.speedup = speedup(reference, results[path])
+        c.size_ratio = candidates[0].size_bytes / c.size_bytes
+        c.estimate_ms = estimate_model(path, target, inputs.threads)[1].latency_ms
+        c.path = path.relative_to(run.work).as_posix()
+    for r in dense + pruned:
+        r.details["bench"] = latency_fields(results[r.path])
+    for c in candidates:
+        info(f"bench: {c.name} p50 {c.p50:.3f} ms ({c.latency_label}), "
+             f"{c.speedup['value']:.2f}x dense fp32 ({c.speedup['low']:.2f}-"
+             f"{c.speedup['high']:.2f} over {c.speedup['rounds']} rounds), estimate "
+             f"{c.estimate_ms:.3f} ms on {target.name}")
+    run.stage_done("measurements", files={c.path: c.latency_ms for c in candidates})
+
+
+def _ship(inputs: Inputs, run: RunFolder, choice: Choice, samples: Samples) -> None:
+    """Write RUN/ship/ for the shipped candidate and record its files."""
     t0 = time.perf_counter()
-    samples = take(data, "test", EVAL_SAMPLES, cfg.seed)
-    threads = max(1, min(target.threads, os.cpu_count() or 1))
-    dense_files = _export(cfg, run, "dense", dense, spec, samples)
-    pruned_files = _export(cfg, run, "pruned", model, spec, samples)
-    _bench(cfg, run, {"dense": dense_files, "pruned": pruned_files}, threads)
-    run.stage_done("export+bench", wall_s=time.perf_counter() - t0, threads=threads)
-    return CompressResult(
-        run_dir=run.final, target=target.name,
-        dense=ModelFigures(dense_acc, dense_params, dense_macs, dense_files),
-        pruned=ModelFigures(pruned_acc, pruned.params_after, pruned.macs_after, pruned_files),
-        wall_s=0.0, stages=run.manifest["stages"])
+    shipped = choice.shipped.to_dict()
+    eval_set = EvalSet(samples.x.numpy(), samples.y.numpy(), choice.shipped.accuracy or 0.0)
+    files = write_ship(run.work, run.final, inputs.target, inputs.cfg.model, shipped,
+                       choice.reason, inputs.threads, samples.x[:VERIFY_SAMPLES].numpy(),
+                       eval_set)
+    for path in files:
+        run.record(path, "ship", "ship")
+    for path in run.work.joinpath("models").glob("*.ort*"):
+        run.record(path, "ort" if path.suffix == ".ort" else "sidecar", "ship")
+    run.stage_done("ship", wall_s=time.perf_counter() - t0, file=shipped["path"],
+                   files=len(files))
+    info(f"ship: {run.final / 'ship'} ({len(files)} files: the model, runner.py, predict.py, "
+         "requirements.txt, SHA256SUMS, README.md)")
+
+
+def _by_format(results: list[ExportResult]) -> dict[str, dict[str, Any]]:
+    """The fp32 file of each format with its measurement (the dense/pruned comparison)."""
+    out = {}
+    for r in results:
+        if r.precision == "fp32":
+            run_root = r.path.parent.parent
+            out[r.format] = {"path": r.path.relative_to(run_root).as_posix(),
+                             "precision": r.precision, "size_bytes": r.size_bytes,
+                             "max_abs_diff": r.max_abs_diff, "top1_agreement": r.top1_agreement,
+                             "accuracy": r.accuracy, "export_s": r.wall_s,
+                             **r.details.get("bench", {})}
+    return out
+
+
+def _say_choice(choice: Choice, candidates: list[Candidate]) -> None:
+    for c in candidates:
+        mark = "shipped" if c is choice.shipped else (
+            "within tolerance" if c.within_tolerance else "outside tolerance")
+        info(f"candidate: {c.name}: top-1 {c.accuracy * 100:.2f}% "
+             f"({-c.drop_points:+.2f} points), {c.size_bytes / 1e6:.2f} MB, p50 {c.p50:.3f} ms"
+             f" ({c.latency_label}), {mark}")
+    info(f"ship: {choice.shipped.name if choice.shipped else 'nothing'}: {choice.reason}")

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.tomlfile import dumps, read_toml
 
 if TYPE_CHECKING:
     import typer
 
 MAX_FLOPS_REDUCTION = 0.95
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
 
 
 @dataclass
@@ -53,8 +55,15 @@ class CompressConfig:
     batch_size: int = 128
     formats: tuple[str, ...] = ("onnx", "tflite")
     verify: bool = True
+    precision: str = "auto"
+    max_drop: float = 1.0
+    qat_epochs: float = 1.0
+    latency_ms: float | None = None
+    device: str | None = None
+    threads: int | None = None
     bench_runs: int = 50
     bench_seconds: float = 1.0
+    bench_rounds: int = 10
     eval_limit: int | None = None
     seed: int = 0
     name: str | None = None
@@ -62,10 +71,18 @@ class CompressConfig:
     runs_dir: str = "edgeprune-runs"
 
     def run_name(self) -> str:
-        model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
-        model = model.replace(":", "-").replace("/", "-")
         percent = round(self.flops_reduction * 100)
-        return self.name or f"{model}-{self.target}-{self.criterion}-{percent}"
+        return self.name or f"{self.model_tag()}-{self.target_tag()}-{self.criterion}-{percent}"
+
+    def model_tag(self) -> str:
+        """The model reference as a file-name part ('resnet20', 'torchvision-mobilenet_v2')."""
+        model = Path(self.model).stem if self.model.endswith((".pt", ".pth")) else self.model
+        return model.replace(":", "-").replace("/", "-")
+
+    def target_tag(self) -> str:
+        """The target as a file-name part: its name, or a profile file's stem."""
+        return Path(self.target).stem if self.target.lower().endswith((".toml", ".json")) \
+            else self.target
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
@@ -76,18 +93,6 @@ HINTS = typing.get_type_hints(CompressConfig)
 HEADER = ("# edgeprune compress config: keys are the option names of `edgeprune compress`.\n"
           "# Use with `edgeprune compress --config FILE`; flags given on the command line\n"
           "# override these values. Unset options are commented out.\n")
-
-
-def _toml():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise EdgepruneError("reading TOML needs Python 3.11+ or the tomli package "
-                                 "(pip install tomli)") from None
-    return tomllib
 
 
 def _type_name(value: Any) -> str:
@@ -151,17 +156,7 @@ def validate(options: Mapping[str, Any], source: str = "config") -> dict[str, An
 
 def load_config(path: Path | str) -> dict[str, Any]:
     """The options in TOML file `path`, validated; keys are CompressConfig field names."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise EdgepruneError(f"cannot read config {path}: {e.strerror or e}") from None
-    toml = _toml()
-    try:
-        data = toml.loads(text)
-    except toml.TOMLDecodeError as e:
-        raise EdgepruneError(f"{path} is not valid TOML: {e}") from None
-    return validate(data, str(path))
+    return validate(read_toml(path, "config"), str(path))
 
 
 def merge(config_dict: Mapping[str, Any], cli_overrides: Mapping[str, Any],
@@ -181,6 +176,7 @@ def check_ranges(cfg: CompressConfig) -> None:
     """The values that have the right type but cannot work, refused before any work starts."""
     if cfg.epochs is not None and cfg.epochs < 0:
         raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
+    _check_candidates(cfg)
     if cfg.workers is not None and cfg.workers < 0:
         raise EdgepruneError(f"--workers {cfg.workers} must be 0 (decode in the main process) "
                              "or more")
@@ -194,47 +190,35 @@ def check_ranges(cfg: CompressConfig) -> None:
                              f"{MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the FLOPs)")
 
 
+def _check_candidates(cfg: CompressConfig) -> None:
+    """The options of the shipped file: precision, tolerance, budget, measuring."""
+    if cfg.precision not in PRECISION_CHOICES:
+        raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
+                             f"{', '.join(PRECISION_CHOICES)}")
+    checks = [("--max-drop", cfg.max_drop, cfg.max_drop >= 0, "0 or more points, e.g. 1.0"),
+              ("--qat-epochs", cfg.qat_epochs, cfg.qat_epochs >= 0, "0 (off) or more"),
+              ("--bench-runs", cfg.bench_runs, cfg.bench_runs >= 1, "at least 1"),
+              ("--bench-seconds", cfg.bench_seconds, cfg.bench_seconds >= 0, "0 or more"),
+              ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1")]
+    if cfg.latency_ms is not None:
+        checks.append(("--latency-ms", cfg.latency_ms, cfg.latency_ms > 0,
+                       "a positive budget in milliseconds"))
+    if cfg.threads is not None:
+        checks.append(("--threads", cfg.threads, cfg.threads >= 1, "at least 1"))
+    for flag, value, ok, expected in checks:
+        if not ok or value != value:  # NaN fails every comparison
+            raise EdgepruneError(f"{flag} {value} must be {expected}")
+
+
 def config_from_dict(options: Mapping[str, Any]) -> CompressConfig:
     """A CompressConfig from a plain dict such as a run's config.json."""
     return merge(options, {})
 
 
-def _toml_str(s: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-               "\r": "\\r"}
-    return '"' + "".join(escapes.get(c, f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f"
-                                     else c) for c in s) + '"'
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return "nan"
-        if value in (float("inf"), float("-inf")):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
 def dump_config(cfg: CompressConfig) -> str:
     """`cfg` as a TOML file that `load_config` reads back to the same CompressConfig: one
     `key = value` line per option, in field order; unset (None) options commented out."""
-    lines = [HEADER]
-    for name in FIELDS:
-        value = getattr(cfg, name)
-        if value is None:
-            lines.append(f"# {name} =  (not set)")
-        else:
-            lines.append(f"{name} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    return dumps({name: getattr(cfg, name) for name in FIELDS}, HEADER)
 
 
 def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> CompressConfig:

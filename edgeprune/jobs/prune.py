@@ -97,7 +97,8 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
     with tempfile.TemporaryDirectory() as tmp:
         results = export_model(copy.deepcopy(model).eval(), spec, Path(tmp), samples[:8],
                                formats=(fmt,), stem="model")
-        return get_backend(device).bench(results[0].path, BenchOptions(threads=threads)).p50_ms
+        return get_backend(device).bench([results[0].path],
+                                         BenchOptions(threads=threads))[0].p50_ms
 
 
 def prune_file(model: str = "demo", weights: Path | None = None,

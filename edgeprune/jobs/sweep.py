@@ -103,8 +103,7 @@ def default_sweep_dir(base: CompressConfig) -> Path:
     """`out`, else RUNS_DIR/NAME, else RUNS_DIR/MODEL-TARGET-sweep."""
     if base.out:
         return Path(base.out)
-    model = Path(base.model).stem if base.model.endswith((".pt", ".pth")) else base.model
-    name = base.name or f"{model.replace(':', '-').replace('/', '-')}-{base.target}-sweep"
+    name = base.name or f"{base.model_tag()}-{base.target_tag()}-sweep"
     return Path(base.runs_dir) / name
 
 
@@ -278,7 +277,7 @@ def latency_format(base: CompressConfig, rows: Sequence[dict[str, Any]]) -> str 
     try:
         from edgeprune.devices.targets import load_target
 
-        preferred = "onnx" if load_target(base.target).runtime == "onnxruntime" else "tflite"
+        preferred = load_target(base.target).ship_format
     except EdgepruneError:
         preferred = None
     return preferred if preferred in measured else (measured[0] if measured else None)

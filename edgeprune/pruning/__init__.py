@@ -10,6 +10,7 @@ from edgeprune.pruning.api import LatencyReport, PruneResult, prune
 from edgeprune.pruning.goals import (
     Figures,
     FlopsReduction,
+    Goal,
     LatencyBudget,
     LayerRatios,
     ParamsReduction,
@@ -22,8 +23,8 @@ from edgeprune.pruning.schedule import Iterative, LayerByLayer, OneShot, StepInf
 from edgeprune.pruning.surgery import Policy, prune_at_ratio
 
 __all__ = [
-    "Figures", "FlopsReduction", "Iterative", "LatencyBudget", "LatencyModel", "LatencyReport",
-    "LayerByLayer", "LayerRatios", "OneShot", "ParamsReduction", "Policy",
+    "Figures", "FlopsReduction", "Goal", "Iterative", "LatencyBudget", "LatencyModel",
+    "LatencyReport", "LayerByLayer", "LayerRatios", "OneShot", "ParamsReduction", "Policy",
     "PrecomputedImportance", "PruneResult", "Reestimate", "Refit", "StepInfo", "model_cost",
     "parse_layer_ratios", "prune", "prune_at_ratio", "reestimate_kernels",
 ]

@@ -215,7 +215,7 @@ def _protected(base: nn.Module, expected: Any, example_inputs: Tensor,
 def _latency_model(goal: Goal, base: nn.Module, x: Tensor) -> LatencyModel | None:
     if not isinstance(goal, LatencyBudget):
         return None
-    model = LatencyModel.for_target(goal.target, goal.threads)
+    model = LatencyModel.for_target(goal.target, goal.threads, precision=goal.precision)
     if goal.measured_dense_ms is not None:
         model = model.calibrated(base, x, goal.measured_dense_ms)
     return model

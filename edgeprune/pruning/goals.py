@@ -72,12 +72,15 @@ class LatencyBudget:
     The prediction is the target profile's roofline (devices/estimate.py) applied to the
     PyTorch model's per-layer cost at `threads` threads (default: the profile's own). With
     `measured_dense_ms`, a measurement of the unpruned model on the target at those threads,
-    the roofline is scaled so that it predicts exactly that for the dense model."""
+    the roofline is scaled so that it predicts exactly that for the dense model. `precision`
+    is the precision the shipped file computes in ('int8' files use the profile's int8
+    efficiency)."""
 
     ms: float
     target: str | TargetProfile = "rpi4"
     threads: int | None = None
     measured_dense_ms: float | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.ms <= 0:
@@ -90,7 +93,7 @@ class LatencyBudget:
 
     def describe(self) -> str:
         name = self.target if isinstance(self.target, str) else self.target.name
-        return f"<= {self.ms:g} ms on {name}"
+        return f"<= {self.ms:g} ms on {name} ({self.precision})"
 
     def shortfall(self, before: Figures, best: Figures) -> str:
         return (f"the smallest model this policy allows is predicted at {best.latency_ms:.2f} "

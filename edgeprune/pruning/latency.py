@@ -26,10 +26,11 @@ def _conv_macs(m: nn.Conv2d, out: Tensor) -> int:
 
 
 @torch.no_grad()
-def model_cost(model: nn.Module, example_inputs: Tensor) -> ModelCost:
-    """MACs, weight and activation bytes (fp32) of one inference on `example_inputs[:1]`,
-    counted the way `estimate.count_onnx` counts an exported file: conv and linear MACs,
-    every parameter read once, every non-folded leaf layer's output written once."""
+def model_cost(model: nn.Module, example_inputs: Tensor, precision: str = "fp32") -> ModelCost:
+    """MACs, weight and activation bytes of one inference on `example_inputs[:1]` when the
+    model runs at `precision` ('fp32', or 'int8': one byte per value), counted the way
+    `estimate.count_onnx` counts an exported file: conv and linear MACs, every parameter read
+    once, every non-folded leaf layer's output written once."""
     x = example_inputs[:1]
     macs, activation = [0], [x.numel() * x.element_size()]
 
@@ -53,8 +54,10 @@ def model_cost(model: nn.Module, example_inputs: Tensor) -> ModelCost:
             h.remove()
         model.train(was_training)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if precision == "int8":  # int8 weights and activations: a quarter of the float32 bytes
+        weights, activation[0] = weights // 4, activation[0] // 4
     return ModelCost(macs=macs[0], weight_bytes=weights, activation_bytes=activation[0],
-                     precision="fp32", ops=len(leaves))
+                     precision="int8" if precision == "int8" else "fp32", ops=len(leaves))
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,18 @@ class LatencyModel:
     profile: TargetProfile
     threads: int | None = None
     scale: float = 1.0
+    precision: str = "fp32"
 
     @classmethod
     def for_target(cls, target: str | TargetProfile, threads: int | None = None,
-                   scale: float = 1.0) -> LatencyModel:
+                   scale: float = 1.0, precision: str = "fp32") -> LatencyModel:
         profile = load_target(target) if isinstance(target, str) else target
-        return cls(profile, threads, scale)
+        return cls(profile, threads, scale, precision)
 
     def estimate(self, model: nn.Module, example_inputs: Tensor) -> Estimate:
         """The roofline estimate before calibration."""
-        return estimate_latency(model_cost(model, example_inputs), self.profile, self.threads)
+        return estimate_latency(model_cost(model, example_inputs, self.precision),
+                                self.profile, self.threads)
 
     def predict_ms(self, model: nn.Module, example_inputs: Tensor) -> float:
         """Calibrated latency in milliseconds."""
@@ -83,4 +88,5 @@ class LatencyModel:
                    measured_ms: float) -> LatencyModel:
         """This model with `scale` set so `model` is predicted at `measured_ms`."""
         raw = self.estimate(model, example_inputs).latency_ms
-        return LatencyModel(self.profile, self.threads, measured_ms / raw if raw > 0 else 1.0)
+        return LatencyModel(self.profile, self.threads, measured_ms / raw if raw > 0 else 1.0,
+                            self.precision)

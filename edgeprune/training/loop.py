@@ -38,10 +38,18 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Per-epoch history (loss, test accuracy) and the wall time."""
+    """Per-epoch history (loss, test accuracy), the wall time, and the images trained on and
+    the seconds the training steps took (evaluation excluded)."""
 
     history: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    images: int = 0
+    train_s: float = 0.0
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Training throughput (forward, backward, step; data loading included)."""
+        return self.images / self.train_s if self.train_s > 0 else None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -148,6 +156,7 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
         model.train()
         total_loss = seen = 0.0
         n_batches = min(len(loader), steps_total - step)
+        t_epoch = time.perf_counter()
         with progress_bar(n_batches, f"{description} epoch {epoch + 1}/{n_epochs}") as advance:
             for b, (x, y) in enumerate(iterate_batches(loader)):
                 if b >= n_batches:
@@ -171,6 +180,8 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                 total_loss += float(loss.detach()) * len(y)
                 seen += len(y)
                 advance(status=f"loss {total_loss / seen:.3f}")
+        result.train_s += time.perf_counter() - t_epoch
+        result.images += int(seen)
         acc = evaluate(model, data, "test", description="  test accuracy")
         result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                                "test_acc": acc})

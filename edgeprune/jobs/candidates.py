@@ -1,0 +1,136 @@
+"""The files compress may ship and the choice between them.
+
+A candidate is one model (dense or pruned) at one precision in the format the target's
+runtime loads, with its top-1 accuracy on the test images (measured in that runtime), its size
+and its latency (measured with every other candidate interleaved in one runner process, on the
+device when one is given, else on this machine; plus the target's roofline estimate). compress
+ships the fastest candidate whose accuracy is within `max_drop` points of the dense fp32 file;
+with a latency budget, a candidate that meets it comes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from edgeprune.console import progress_bar
+from edgeprune.devices.bench import get_backend
+from edgeprune.devices.results import BenchOptions, BenchResult, Ratio
+from edgeprune.devices.ssh import SshOptions
+
+
+@dataclass
+class Candidate:
+    """One file compress may ship, and how it measured."""
+
+    model: str
+    precision: str
+    format: str
+    path: str
+    size_bytes: int
+    accuracy: float | None
+    quantization: str = "none"
+    """'none' (fp32), 'ptq' (post-training, calibrated) or 'qat' (quantization-aware)."""
+    latency_ms: dict[str, float] | None = None
+    latency_label: str = ""
+    speedup: dict[str, float] | None = None
+    """Dense fp32's p50 / this file's, per round: {"value", "low", "high", "rounds"}."""
+    size_ratio: float = 1.0
+    estimate_ms: float | None = None
+    drop_points: float | None = None
+    within_tolerance: bool = False
+    meets_budget: bool | None = None
+
+    @property
+    def name(self) -> str:
+        qat = " (QAT)" if self.quantization == "qat" else ""
+        return f"{self.model} {self.precision}{qat} {self.format}"
+
+    @property
+    def p50(self) -> float:
+        return self.latency_ms["p50"] if self.latency_ms else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"name": self.name}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The shipped candidate (None when none qualifies) and why, in one sentence."""
+
+    shipped: Candidate | None
+    reason: str
+
+
+def judge(candidates: list[Candidate], reference_accuracy: float, max_drop: float,
+          budget_ms: float | None, budget_on_device: bool) -> None:
+    """Fill in each candidate's accuracy drop (points below `reference_accuracy`), whether it
+    is within `max_drop`, and, with a budget, whether it meets it: measured p50 on a device,
+    else the roofline estimate."""
+    for c in candidates:
+        c.drop_points = None if c.accuracy is None else (reference_accuracy - c.accuracy) * 100
+        c.within_tolerance = c.drop_points is not None and c.drop_points <= max_drop + 1e-9
+        if budget_ms is not None:
+            latency = c.p50 if budget_on_device else c.estimate_ms
+            c.meets_budget = latency is not None and latency <= budget_ms
+
+
+def _points(n: float) -> str:
+    return f"{n:g} point{'' if n == 1 else 's'}"
+
+
+def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None,
+           budget_label: str) -> Choice:
+    """The fastest candidate within the tolerance (one that meets the budget first)."""
+    fit = sorted((c for c in candidates if c.within_tolerance), key=lambda c: c.p50)
+    if not fit:
+        best = max(candidates, key=lambda c: c.accuracy or 0.0)
+        return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32 (the "
+                      f"closest, {best.name}, loses {best.drop_points:.2f}); raise --max-drop "
+                      "or prune less")
+    within = [c for c in fit if c.meets_budget] if budget_ms is not None else fit
+    shipped = (within or fit)[0]
+    speed = (f", {shipped.speedup['value']:.2f}x faster than dense fp32 "
+             f"({shipped.latency_label})" if shipped.speedup else "")
+    reason = (f"fastest of {len(fit)} candidate{'s' if len(fit) > 1 else ''} within "
+              f"{_points(max_drop)} of dense fp32 (top-1 {-shipped.drop_points:+.2f} points"
+              f"{speed})")
+    if budget_ms is not None:
+        reason += (f"; meets the {budget_ms:g} ms budget ({budget_label})" if within else
+                   f"; none within the tolerance meets the {budget_ms:g} ms budget "
+                   f"({budget_label}): this is the fastest")
+    return Choice(shipped, reason)
+
+
+def candidate_precisions(requested: str, preferred: tuple[str, ...]) -> list[str]:
+    """The precisions compress tries: the target's preference list for 'auto', else the one
+    asked for."""
+    return list(preferred) if requested == "auto" else [requested]
+
+
+def speedup(reference: BenchResult, result: BenchResult) -> dict[str, float]:
+    """reference p50 / result p50 over the rounds they shared, with its spread."""
+    ratio = Ratio.of(reference, result)
+    return {"value": ratio.value, "low": ratio.low, "high": ratio.high, "rounds": ratio.rounds}
+
+
+def latency_fields(result: BenchResult) -> dict[str, Any]:
+    """What a file's measurement adds to its summary entry."""
+    threads = f"{result.threads} thread{'s' if result.threads > 1 else ''}"
+    where = result.device if result.label == "device" else "host"
+    return {"latency_ms": {"p50": result.p50_ms, "p90": result.p90_ms,
+                           "mean": result.latency_ms["mean"]},
+            "latency_label": f"{where}, {threads}",
+            "runtime": f"{result.runtime} {result.runtime_version}"}
+
+
+def measure(paths: list[Path], device: str | None, options: BenchOptions,
+            ssh: SshOptions | None = None) -> dict[Path, BenchResult]:
+    """Measure `paths` interleaved in one runner process on `device` (None: this machine)."""
+    backend = get_backend(device or "local", ssh)
+    with progress_bar(None, f"benchmarking {len(paths)} files on {escape(backend.device)}"):
+        results = backend.bench(paths, options)
+    return dict(zip(paths, results, strict=True))
