@@ -23,6 +23,7 @@ from edgeprune.export.metadata import as_strings, file_metadata
 from edgeprune.export.precision import (
     CALIBRATED,
     MIN_CALIBRATION_SAMPLES,
+    PREQUANTIZED,
     file_tag,
     parse_precisions,
 )
@@ -137,7 +138,10 @@ def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: tor
     calib = None
     if CALIBRATED.intersection(precs):
         calib = check_calibration(inputs if calibration is None else calibration, spec)
-    net = copy.deepcopy(model).cpu().eval().requires_grad_(False)
+    if PREQUANTIZED.intersection(precs) and len(precs) > 1:
+        raise EdgepruneError(f"{', '.join(sorted(PREQUANTIZED.intersection(precs)))} files "
+                             "come from an already quantized model: export them on their own")
+    net = inference_copy(model)
     reference = reference_logits(net, inputs, spec)
     eval_set = None if eval_samples is None else make_eval_set(net, eval_samples, spec)
     strict = verify if isinstance(verify, bool) else frozenset(verify)
@@ -145,6 +149,17 @@ def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: tor
               options, strict)
     job.program = trace(net, inputs[:1])
     return job
+
+
+def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of `model` in eval mode with frozen parameters (a converted PT2E graph is
+    already fixed in inference mode and refuses `eval()`)."""
+    net = copy.deepcopy(model).cpu().requires_grad_(False)
+    try:
+        net.eval()
+    except NotImplementedError:
+        net.training = False
+    return net
 
 
 def check_samples(samples: torch.Tensor, spec: InputSpec, what: str = "export samples",
@@ -221,17 +236,21 @@ def naming_layer(program: torch.export.ExportedProgram | None) -> Iterator[None]
 
 
 def export_format(exporter: Exporter, job: Job, stage: Staging) -> None:
-    """Convert once to fp32, derive each other precision from it, verify and stage each."""
+    """Convert once to fp32, derive each other precision from it, verify and stage each (a
+    prequantized model is converted as it is)."""
     start = time.perf_counter()
     with naming_layer(job.program):
-        fp32 = exporter.convert(job.net, job.inputs[:1], job.options)
+        if PREQUANTIZED.intersection(job.precisions):
+            base = exporter.convert_quantized(job.net, job.inputs[:1], job.options)
+        else:
+            base = exporter.convert(job.net, job.inputs[:1], job.options)
     convert_s = time.perf_counter() - start
     for precision in job.precisions:
         t0 = time.perf_counter()
-        converted = fp32
-        if precision != "fp32":
+        converted = base
+        if precision != "fp32" and precision not in PREQUANTIZED:
             with naming_layer(job.program):
-                converted = exporter.derive(fp32, precision, job.calibration, job.options)
+                converted = exporter.derive(base, precision, job.calibration, job.options)
         result, metrics = stage_file(exporter, precision, converted, job, stage)
         result.wall_s = convert_s + time.perf_counter() - t0
         job.results.append(result)

@@ -7,7 +7,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,12 +49,14 @@ class ExportOptions:
     `nhwc`: TFLite input in channels-last layout (N, H, W, C), as LiteRT kernels compute, so a
     device feeds camera frames without a transpose. `int8_io`: fully int8 TFLite files take
     and return int8 tensors (scale and zero point in the file and sidecar) instead of float.
+    `quantizer`: for `int8-qat`, the PT2E quantizer the model was prepared with.
     """
 
     opset: int | None = None
     dynamic_batch: bool = False
     nhwc: bool = False
     int8_io: bool = False
+    quantizer: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class Exporter(ABC):
     def convert(self, model: torch.nn.Module, example: torch.Tensor,
                 options: ExportOptions) -> Converted:
         """`model` traced at `example` (batch 1, NCHW) as an fp32 file with its details."""
+
+    def convert_quantized(self, model: torch.nn.Module, example: torch.Tensor,
+                          options: ExportOptions) -> Converted:
+        """A model already quantized (see precision.PREQUANTIZED) as a file of this format."""
+        raise NotImplementedError(f"{self.name} cannot convert a quantized model")
 
     def derive(self, fp32: Converted, precision: str, calibration: np.ndarray | None,
                options: ExportOptions) -> Converted:

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 
 from edgeprune.errors import EdgepruneError
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-qat")
 """fp32: as trained. fp16: weights stored in half precision. int8: weights and activations
 int8, activation ranges calibrated on real samples (static). int8-dynamic: int8 weights,
-activations quantized at run time from their observed range (no calibration)."""
+activations quantized at run time from their observed range (no calibration). int8-qat: a
+model already quantized by quantization-aware training (`edgeprune.training.qat`), converted
+as it is, int8 inputs and outputs included."""
+
+PREQUANTIZED = frozenset({"int8-qat"})
+"""Precisions whose model arrives quantized: converted directly, never derived from fp32."""
 
 CALIBRATED = frozenset({"int8"})
 """Precisions whose export needs calibration samples."""
@@ -48,6 +53,7 @@ DEFAULT_CHECKS: dict[str, Check] = {
     "fp16": Check(atol=None, rtol=0.0, min_agreement=0.97, max_accuracy_drop=0.5),
     "int8": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
     "int8-dynamic": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
+    "int8-qat": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
 }
 
 

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeprune.export.base import Converted, Exporter, ExportOptions, Runner, export_step
+from edgeprune.export.base import (
+    Converted,
+    Exporter,
+    ExportError,
+    ExportOptions,
+    Runner,
+    export_step,
+)
 from edgeprune.export.quiet import captured_stderr, quiet_loggers, set_quiet_env
 
 
@@ -78,7 +85,7 @@ class TFLiteExporter(Exporter):
 
     name = "tflite"
     suffix = ".tflite"
-    precisions = ("fp32", "fp16", "int8", "int8-dynamic")
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int8-qat")
 
     def convert(self, model: torch.nn.Module, example: torch.Tensor,
                 options: ExportOptions) -> Converted:
@@ -93,6 +100,26 @@ class TFLiteExporter(Exporter):
             data = bytes(edge_model.model_content())
         return Converted(data, {**op_facts(data), "layout": self.layout(options),
                                 "converter": f"litert-torch {litert_torch.__version__}"})
+
+    def convert_quantized(self, model: torch.nn.Module, example: torch.Tensor,
+                          options: ExportOptions) -> Converted:
+        """A PT2E-quantized model (quantization-aware training) as a fully int8 file, with
+        the quantizer it was prepared with; its inputs and outputs are int8."""
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        if options.quantizer is None:
+            raise ExportError("an int8-qat export needs the PT2E quantizer the model was "
+                              "prepared with (ExportOptions.quantizer)")
+        with export_step(self.label("int8-qat"), "litert_torch.convert"):
+            litert_torch = import_litert_torch()
+            config = QuantConfig(pt2e_quantizer=options.quantizer)
+            with captured_stderr():
+                edge = litert_torch.convert(model, (example,), quant_config=config)
+            data = bytes(edge.model_content())
+        return Converted(data, {**op_facts(data), "layout": "NCHW",
+                                "converter": f"litert-torch {litert_torch.__version__}",
+                                "quantization": "int8 from quantization-aware training (PT2E)",
+                                "int8_io": True})
 
     def derive(self, fp32: Converted, precision: str, calibration: np.ndarray | None,
                options: ExportOptions) -> Converted:

@@ -37,7 +37,8 @@ def test_compress_writes_a_complete_run(compressed):
     for art in manifest["artefacts"]:
         path = run / art["path"]
         assert path.stat().st_size == art["size_bytes"] and sha(path) == art["sha256"]
-    assert {"score", "prune", "finetune", "export+bench", "total"} <= set(manifest["stages"])
+    assert {"score", "prune", "finetune", "export-dense", "export-pruned", "bench", "ship",
+            "total"} <= set(manifest["stages"])
     assert json.loads((run / "config.json").read_text())["criterion"] == "lrp"
     assert not list(run.parent.glob(".tiny.partial"))
 
@@ -101,7 +102,8 @@ def test_existing_run_is_refused_then_overwritten(capsys, compressed):
     code, _, err = run_cli(capsys, *args)
     assert_one_line_error(code, err, "already holds a run; pass --overwrite")
     old_manifest = (run / "manifest.json").read_text()
-    code, out, err = run_cli(capsys, *args, "--overwrite", "--formats", "onnx")
+    code, out, err = run_cli(capsys, *args, "--overwrite", "--formats", "onnx", "--target",
+                             "x86-64")
     assert code == 0, err
     assert (run / "manifest.json").read_text() != old_manifest
     assert not (run / "models" / "pruned.tflite").exists()
@@ -143,7 +145,8 @@ def test_compress_without_fine_tuning_recalibrates_batchnorm_only(capsys, tmp_pa
     code, out, err = run_cli(capsys, "compress", *FAST, "--model", str(tiny_checkpoint),
                              "--runs-dir", str(tmp_path), "--name", "recal", "--epochs", "0",
                              "--bn-recalibration", "256", "--samples-per-class", "5",
-                             "--formats", "onnx", "--criterion", "actmax", "--json")
+                             "--formats", "onnx", "--target", "x86-64", "--criterion", "actmax",
+                             "--json")
     assert code == 0, err
     stages = json.loads((tmp_path / "recal" / "manifest.json").read_text())["stages"]
     assert stages["bn-recalibration"]["samples"] == 256

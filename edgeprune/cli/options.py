@@ -95,7 +95,7 @@ def compress_options(
     ] = 1.0,
     qat_epochs: Annotated[float, typer.Option(
         help="when int8 post-training quantization loses more than --max-drop, this many "
-        "epochs of quantization-aware training recover it (0 = off; TFLite targets)")] = 1.0,
+        "epochs of quantization-aware training recover it (0 = off; TFLite targets)")] = 0.25,
     device: DeviceOpt = None,
     threads: Annotated[int | None, typer.Option(
         help="inference threads [default: the target's; on this machine at most its cores]")

@@ -30,7 +30,8 @@ from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.samples import default_samples_path, write_eval_samples
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
-from edgeprune.export import EvalSet, ExportResult, export_model
+from edgeprune.export import EvalSet, ExportOptions, ExportResult, export_model
+from edgeprune.export.precision import MIN_CALIBRATION_SAMPLES
 from edgeprune.files import atomic_write_text
 from edgeprune.jobs.candidates import (
     Candidate,
@@ -51,6 +52,7 @@ from edgeprune.pruning import FlopsReduction, Goal, LatencyBudget, prune
 from edgeprune.pruning.search import count
 from edgeprune.spec import InputSpec
 from edgeprune.training import TrainConfig, TrainResult, evaluate, train
+from edgeprune.training.qat import train_qat
 
 FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIST epochs
 EVAL_SAMPLES = 100  # shipped beside each model for the on-device runner's --eval ...
@@ -166,7 +168,21 @@ def _resolve(cfg: CompressConfig) -> Inputs:
     check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
     threads = cfg.threads or target.threads
     return Inputs(cfg, target, md.loaded, md.data, md.spec,
-                  candidate_precisions(cfg.precision, target.precisions), threads)
+                  _precisions(cfg, target, len(md.data.train)), threads)
+
+
+def _precisions(cfg: CompressConfig, target: TargetProfile, train_images: int) -> list[str]:
+    """The precisions tried; int8 needs MIN_CALIBRATION_SAMPLES training images to calibrate
+    on (auto leaves it out with a note when there are fewer, an explicit int8 is an error)."""
+    precisions = candidate_precisions(cfg.precision, target.precisions)
+    if "int8" in precisions and train_images < MIN_CALIBRATION_SAMPLES:
+        why = (f"int8 needs at least {MIN_CALIBRATION_SAMPLES} training images to calibrate "
+               f"its activation ranges; the data has {train_images}")
+        if cfg.precision == "int8":
+            raise EdgepruneError(f"--precision int8: {why}")
+        info(f"precision: {why}, so int8 is not tried")
+        precisions = [p for p in precisions if p != "int8"] or ["fp32"]
+    return precisions
 
 
 def _report(run: RunFolder) -> None:
@@ -247,6 +263,8 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     pruned_files = _export(inputs, run, "pruned", model, samples, summary)
     run.stage_done("export-pruned", wall_s=time.perf_counter() - t0)
 
+    pruned_files += _qat_if_needed(inputs, run, model, dense, dense_files, pruned_files,
+                                   samples, summary)
     t0 = time.perf_counter()
     candidates = _candidates(inputs, dense_files, pruned_files)
     _bench(inputs, run, candidates, dense_files, pruned_files)
@@ -399,6 +417,43 @@ def _export(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Module,
     return results
 
 
+def _qat_if_needed(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
+                   dense: torch.nn.Module, dense_files: list[ExportResult],
+                   pruned_files: list[ExportResult], samples: Samples,
+                   summary: dict[str, Any]) -> list[ExportResult]:
+    """When the pruned int8 file (post-training quantization) is outside the tolerance while
+    the pruned fp32 file is within it, recover int8 by quantization-aware training and export
+    the result (TFLite targets, --qat-epochs > 0); returns the new file, if any."""
+    cfg, ship = inputs.cfg, inputs.target.ship_format
+    mine = {r.precision: r for r in pruned_files if r.format == ship}
+    reference = next(r.accuracy for r in dense_files
+                     if r.format == ship and r.precision == "fp32")
+    if cfg.qat_epochs <= 0 or ship != "tflite" or "int8" not in mine or reference is None:
+        return []
+    drop = {p: (reference - (mine[p].accuracy or 0.0)) * 100 for p in ("fp32", "int8")}
+    if drop["int8"] <= cfg.max_drop or drop["fp32"] > cfg.max_drop:
+        return []
+    info(f"qat: pruned int8 loses {drop['int8']:.2f} points (fp32: {drop['fp32']:.2f}), more "
+         f"than --max-drop {cfg.max_drop:g}: quantization-aware training for "
+         f"{cfg.qat_epochs:g} epochs")
+    t0 = time.perf_counter()
+    tcfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
+                       seed=cfg.seed)
+    qat = train_qat(model, inputs.data, tcfg, teacher=dense, eval_limit=cfg.eval_limit)
+    results = export_model(qat.model, inputs.spec, run.path("models"),
+                           samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
+                           verify=False, precisions=["int8-qat"],
+                           eval_samples=(samples.x, samples.y), summary=summary,
+                           options=ExportOptions(quantizer=qat.quantizer))
+    for r in results:
+        run.record(r.path, r.format, "qat", model="pruned", precision=r.precision)
+        run.record(r.sidecar, "sidecar", "qat", model="pruned")
+    run.stage_done("qat", wall_s=time.perf_counter() - t0, epochs=cfg.qat_epochs,
+                   images_per_s=qat.images_per_s, ptq_drop=drop["int8"],
+                   qat_accuracy=results[0].accuracy)
+    return results
+
+
 def _candidates(inputs: Inputs, dense: list[ExportResult],
                 pruned: list[ExportResult]) -> list[Candidate]:
     """Every file in the target's format, dense fp32 (the reference) first."""
@@ -407,9 +462,11 @@ def _candidates(inputs: Inputs, dense: list[ExportResult],
     for tag, results in (("dense", dense), ("pruned", pruned)):
         for r in results:
             if r.format == ship:
+                qat = r.precision == "int8-qat"
                 out.append(Candidate(
-                    tag, r.precision, r.format, str(r.path), r.size_bytes, r.accuracy,
-                    quantization="none" if r.precision == "fp32" else "ptq"))
+                    tag, "int8" if qat else r.precision, r.format, str(r.path), r.size_bytes,
+                    r.accuracy, quantization="qat" if qat else
+                    "none" if r.precision == "fp32" else "ptq"))
     return out
 
 

@@ -57,7 +57,7 @@ class CompressConfig:
     verify: bool = True
     precision: str = "auto"
     max_drop: float = 1.0
-    qat_epochs: float = 1.0
+    qat_epochs: float = 0.25
     latency_ms: float | None = None
     device: str | None = None
     threads: int | None = None
