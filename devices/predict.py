@@ -49,22 +49,24 @@ def classify(model_path: Path, images: list[str], top: int, threads: int) -> lis
     if not spec:
         raise runner.RunnerError(f"{runner.sidecar_path(model_path).name} (the model's sidecar) "
                                  "is missing or has no input_spec")
-    session = runner.load_model(model_path, threads, seed=0)
     labels = spec.get("labels") or [str(i) for i in range(10_000)]
     c, h, w = spec["channels"], spec["height"], spec["width"]
-    out = []
-    for image in images:
+    inputs = []
+    for image in images:  # every file is read before the model loads
         try:
-            x = preprocess.model_input(image, c, h, w, spec["mean"], spec["std"])
+            inputs.append(preprocess.model_input(image, c, h, w, spec["mean"], spec["std"]))
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise runner.RunnerError(f"cannot read image {image}: {runner.first_line(e)}"
                                      ) from None
+    session = runner.load_model(model_path, threads, seed=0)
+    out = []
+    for i, x in enumerate(inputs):  # (no zip(strict=): the script supports Python 3.8)
         batch, _ = runner.to_model_layout(x[None], session.inputs[0]["shape"],
                                           spec.get("layout", "NCHW"))
         probs = softmax(session.predict(np.ascontiguousarray(batch)).reshape(-1))
         best = np.argsort(-probs, kind="stable")[:top]
-        out.append({"image": image, "top": [{"label": labels[i], "index": int(i),
-                                             "probability": float(probs[i])} for i in best]})
+        out.append({"image": images[i], "top": [{"label": labels[k], "index": int(k),
+                                                 "probability": float(probs[k])} for k in best]})
     return out
 
 

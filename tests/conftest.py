@@ -42,3 +42,14 @@ def quiet_single_thread():
     yield
     torch.set_num_threads(threads)
     set_quiet(quiet)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (skipped where OpenSSH is not installed)."""
+    from sshd import needs_sshd_reason, running_sshd
+
+    if needs_sshd_reason():
+        pytest.skip(needs_sshd_reason())
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

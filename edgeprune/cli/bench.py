@@ -18,7 +18,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeprune import console
-from edgeprune.cli.options import DeviceOpt, JsonOpt, QuietOpt, SshOpt, TargetOpt, ThreadsOpt
+from edgeprune.cli.options import (
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    RemotePythonOpt,
+    SshOpt,
+    TargetOpt,
+    ThreadsOpt,
+)
 
 if TYPE_CHECKING:
     from edgeprune.devices.bench import BenchOptions
@@ -49,7 +57,7 @@ def bench(
     run: Annotated[Path | None, typer.Option(
         "--run", help="append the results to this run folder's manifest.json")] = None,
     ssh_option: SshOpt = None,
-    remote_python: Annotated[str, typer.Option(help="Python on the device")] = "python3",
+    remote_python: RemotePythonOpt = "python3",
     timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
     quiet: QuietOpt = False,
 ) -> None:

@@ -41,6 +41,7 @@ DeviceOpt = Annotated[str | None, typer.Option(
     "estimate for --target)")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
+RemotePythonOpt = Annotated[str, typer.Option(help="Python on the device")]
 SshOpt = Annotated[list[str] | None, typer.Option(
     "--ssh-option", help="extra ssh -o KEY=VALUE, repeatable (e.g. IdentityFile=~/.ssh/pi); "
     "also read from $EDGEPRUNE_SSH_OPTIONS")]
@@ -97,6 +98,8 @@ def compress_options(
         help="when int8 post-training quantization loses more than --max-drop, this many "
         "epochs of quantization-aware training recover it (0 = off; TFLite targets)")] = 0.25,
     device: DeviceOpt = None,
+    ssh_option: SshOpt = None,
+    remote_python: RemotePythonOpt = "python3",
     threads: Annotated[int | None, typer.Option(
         help="inference threads [default: the target's; on this machine at most its cores]")
     ] = None,

@@ -28,6 +28,7 @@ from edgeprune.devices.bench import get_backend
 from edgeprune.devices.estimate import estimate_model
 from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.samples import default_samples_path, write_eval_samples
+from edgeprune.devices.ssh import SshOptions
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import EvalSet, ExportOptions, ExportResult, export_model
@@ -159,7 +160,7 @@ def _resolve(cfg: CompressConfig) -> Inputs:
                              f"the format target {target.name}'s runtime ({target.runtime}) "
                              "loads; add it")
     if cfg.device:
-        backend = get_backend(cfg.device)  # a malformed URL fails here
+        backend = get_backend(cfg.device, _ssh(cfg))  # a malformed URL fails here
         check = getattr(backend, "check", None)
         if check is not None:  # reachable, with Python, numpy and the runtime, before work
             info(f"device: {check(['.' + target.ship_format])}")
@@ -301,8 +302,8 @@ def _goal(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Go
     if cfg.device:
         dense = next(r for r in dense_files
                      if r.format == target.ship_format and r.precision == precision)
-        result = measure([dense.path], cfg.device,
-                         _bench_options(inputs, True))[dense.path]
+        result = measure([dense.path], cfg.device, _bench_options(inputs, True),
+                         _ssh(cfg))[dense.path]
         measured = result.p50_ms
         info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.device}; the "
              "roofline is scaled to it")
@@ -470,6 +471,10 @@ def _candidates(inputs: Inputs, dense: list[ExportResult],
     return out
 
 
+def _ssh(cfg: CompressConfig) -> SshOptions:
+    return SshOptions(options=tuple(cfg.ssh_option or ()), remote_python=cfg.remote_python)
+
+
 def _bench_options(inputs: Inputs, on_device: bool) -> BenchOptions:
     cfg = inputs.cfg
     threads = inputs.threads if on_device else max(1, min(inputs.threads, os.cpu_count() or 1))
@@ -485,7 +490,7 @@ def _bench(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
     paths = [Path(c.path) for c in candidates]
     others = [r.path for r in dense + pruned if r.format != target.ship_format]
     if cfg.device:
-        results = measure(paths, cfg.device, _bench_options(inputs, True))
+        results = measure(paths, cfg.device, _bench_options(inputs, True), _ssh(cfg))
         if others:
             results |= measure(others, None, _bench_options(inputs, False))
     else:

@@ -60,6 +60,8 @@ class CompressConfig:
     qat_epochs: float = 0.25
     latency_ms: float | None = None
     device: str | None = None
+    ssh_option: tuple[str, ...] | None = None
+    remote_python: str = "python3"
     threads: int | None = None
     bench_runs: int = 50
     bench_seconds: float = 1.0

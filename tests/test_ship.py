@@ -1,0 +1,215 @@
+"""The target as a contract: compress exports candidates at the target's precisions, measures
+them side by side, ships the fastest within the tolerance into RUN/ship/, recovers int8 by
+quantization-aware training, aims at a latency budget, and measures on a device over ssh."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, run_cli
+
+from edgeprune.jobs.candidates import Candidate, choose, judge
+from edgeprune.jobs.compress import compress
+from edgeprune.models import load_model
+
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
+FAST = dict(dataset="synthetic", epochs=3, batch_size=32, lr=0.05, bench_runs=5,
+            bench_seconds=0, bench_rounds=4, score_samples=64, criterion="l1")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("ship") / "run"
+    return compress(model=str(tiny_checkpoint), out=str(out), **FAST)
+
+
+def test_candidates_are_every_model_at_every_precision_measured_side_by_side(run):
+    names = [c["name"] for c in run.candidates]
+    assert names == ["dense fp32 tflite", "dense int8 tflite", "pruned fp32 tflite",
+                     "pruned int8 tflite"]
+    for c in run.candidates:
+        assert 0 < c["accuracy"] <= 1 and c["size_bytes"] > 0
+        assert c["latency_label"].startswith("host")
+        sp = c["speedup"]
+        assert sp["rounds"] == 4 and sp["low"] <= sp["value"] <= sp["high"]
+        assert c["estimate_ms"] > 0
+    ints = {c["model"]: c for c in run.candidates if c["precision"] == "int8"}
+    floats = {c["model"]: c for c in run.candidates if c["precision"] == "fp32"}
+    assert all(ints[m]["size_bytes"] < 0.4 * floats[m]["size_bytes"] for m in ints)
+    assert floats["dense"]["speedup"]["value"] == 1.0
+
+
+def test_the_fastest_candidate_within_the_tolerance_ships(run):
+    fit = [c for c in run.candidates if c["drop_points"] <= run.max_drop]
+    assert run.shipped["path"] == min(fit, key=lambda c: c["latency_ms"]["p50"])["path"]
+    assert run.shipped["within_tolerance"] and "fastest of" in run.reason
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["shipped"]["path"] == run.shipped["path"]
+    assert len(summary["candidates"]) == 4
+
+
+def test_the_ship_folder_holds_what_a_device_needs_and_checks_out(run):
+    ship = run.run_dir / "ship"
+    model = Path(run.shipped["path"]).name
+    assert {model, f"{model}.json", "runner.py", "predict.py", "preprocess.py",
+            "requirements.txt", "SHA256SUMS", "README.md"} <= {p.name for p in ship.iterdir()}
+    for line in (ship / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((ship / name).read_bytes()).hexdigest() == digest
+    import importlib.metadata
+
+    pin = f"ai-edge-litert=={importlib.metadata.version('ai-edge-litert')}"
+    assert pin in (ship / "requirements.txt").read_text().splitlines()
+    assert model in (ship / "README.md").read_text()
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    listed = {a["path"] for a in manifest["artefacts"]}
+    assert {f"ship/{p.name}" for p in ship.iterdir()} <= listed
+    proc = subprocess.run([sys.executable, "runner.py", model, "--eval", "--runs", "2",
+                           "--min-seconds", "0", "--rounds", "1"], cwd=ship,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["eval"]["samples"] > 0
+
+
+def test_predict_classifies_image_files_as_pytorch_does(run, synthetic, tiny_checkpoint,
+                                                       tmp_path):
+    """predict.py reads PNG files with Pillow alone and agrees with the PyTorch model."""
+    from PIL import Image
+
+    x, y = synthetic.test.__getitems__(list(range(8)))
+    files = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(synthetic.test.images[i, 0].numpy()).save(path)
+        files.append(str(path))
+    proc = subprocess.run([sys.executable, "predict.py", *files, "--json"],
+                          cwd=run.run_dir / "ship", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    predicted = [r["top"][0]["index"] for r in json.loads(proc.stdout)]
+    source = run.run_dir / "model.pt" if run.shipped["model"] == "pruned" else tiny_checkpoint
+    model = load_model(str(source)).model
+    with torch.no_grad():
+        expected = model(x).argmax(1).tolist()
+    assert sum(p == e for p, e in zip(predicted, expected, strict=True)) >= 7  # int8 may flip 1
+    bad = subprocess.run([sys.executable, "predict.py", str(tmp_path / "nope.jpg")],
+                         cwd=run.run_dir / "ship", capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1  # one line, no TFLite log
+    assert bad.stderr.startswith(f"error: cannot read image {tmp_path / 'nope.jpg'}: [Errno 2]")
+
+
+def test_one_precision_can_be_forced(tiny_checkpoint, tmp_path):
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "fp32"), precision="fp32",
+                      **FAST)
+    assert {c["precision"] for c in result.candidates} == {"fp32"}
+    assert not list((tmp_path / "fp32" / "models").glob("*.int8.*"))
+
+
+def test_an_onnx_target_ships_a_verified_ort_twin(tiny_checkpoint, tmp_path):
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "x86"), target="x86-64",
+                      formats="onnx", **FAST)
+    ship = result.run_dir / "ship"
+    ort = next(ship.glob("*.ort"))
+    sidecar = json.loads((ship / f"{ort.name}.json").read_text())
+    assert sidecar["format"] == "ort" and sidecar["ort_verification"]["passed"]
+    assert sidecar["ort_verification"]["top1_agreement"] == 1.0
+    assert "onnxruntime==" in (ship / "requirements.txt").read_text()
+
+
+def test_int8_that_loses_too_much_is_recovered_by_quantization_aware_training(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Post-training int8 calibrated on ranges a thousand times too narrow loses its
+    accuracy; the pruned fp32 file is fine, so compress trains the int8 model
+    quantization-aware and offers it as a candidate."""
+    from edgeprune.export import tflite_quant
+
+    calibrate = tflite_quant.calibrate
+    monkeypatch.setattr(tflite_quant, "calibrate",
+                        lambda data, recipe, samples: calibrate(data, recipe, samples * 1e-3))
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "qat"), qat_epochs=1,
+                      **FAST)
+    by_name = {c["name"]: c for c in result.candidates}
+    assert not by_name["pruned int8 tflite"]["within_tolerance"]
+    qat = by_name["pruned int8 (QAT) tflite"]
+    assert qat["quantization"] == "qat" and qat["path"].endswith("pruned.int8-qat.tflite")
+    assert qat["accuracy"] > by_name["pruned int8 tflite"]["accuracy"] + 0.1
+    assert qat["within_tolerance"] and qat["speedup"]["rounds"] == 4  # measured with the rest
+    stages = json.loads((result.run_dir / "manifest.json").read_text())["stages"]
+    assert stages["qat"]["images_per_s"] > 0
+
+
+def test_a_latency_budget_prunes_until_the_estimate_meets_it(run, tiny_checkpoint, tmp_path):
+    dense = next(c for c in run.candidates if c["name"] == "dense int8 tflite")
+    budget = round(dense["estimate_ms"] * 0.6, 6)
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "budget"),
+                      latency_ms=budget, **FAST)
+    stages = json.loads((result.run_dir / "manifest.json").read_text())["stages"]
+    assert stages["budget"]["on"] == "estimate" and stages["budget"]["precision"] == "int8"
+    assert stages["prune"]["goal"].startswith(f"<= {budget:g} ms on rpi4 (int8)")
+    pruned = next(c for c in result.candidates if c["name"] == "pruned int8 tflite")
+    assert pruned["estimate_ms"] <= budget * 1.05  # the search predicts the PyTorch model
+    assert result.latency_budget_ms == budget and "budget (roofline estimate)" in result.reason
+
+
+def test_compress_measures_the_candidates_on_the_device(sshd, tiny_checkpoint, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "compress", "--model", str(tiny_checkpoint),
+                             "--dataset", "synthetic", "--epochs", "1", "--bench-runs", "3",
+                             "--bench-seconds", "0", "--bench-rounds", "3", "--criterion",
+                             "l1", "--score-samples", "64", "--latency-ms", "1000",
+                             "--out", str(tmp_path / "dev"), "--json", *sshd.cli_args())
+    assert code == 0, err
+    result = json.loads(out)
+    assert all(c["latency_label"].startswith(f"{sshd.url}, 4 threads")
+               for c in result["candidates"])
+    assert all(c["meets_budget"] for c in result["candidates"])
+    stages = json.loads((tmp_path / "dev" / "manifest.json").read_text())["stages"]
+    assert stages["budget"]["on"] == sshd.url and stages["budget"]["measured_dense_ms"] > 0
+    assert "budget (measured on the device)" in result["reason"]
+    assert sshd.leftovers() == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--precision", "int4"], "--precision 'int4'"),
+    (["--max-drop", "-1"], "--max-drop -1.0 must be 0 or more"),
+    (["--latency-ms", "0"], "--latency-ms 0.0 must be a positive budget"),
+    (["--bench-runs", "0"], "--bench-runs 0 must be at least 1"),
+    (["--formats", "onnx"], "lacks tflite"),
+    (["--device", "telnet://pi"], "unknown device kind 'telnet'"),
+    (["--target", "nope.toml"], "does not exist"),
+])
+def test_bad_contract_options_fail_before_any_work(tmp_path, capsys, extra, message):
+    code, _, err = run_cli(capsys, "compress", "--dataset", "synthetic", "--out",
+                           str(tmp_path / "run"), *extra)
+    assert_one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _candidate(name: str, accuracy: float, p50: float, estimate: float = 1.0) -> Candidate:
+    model, precision = name.split()
+    c = Candidate(model, precision, "tflite", f"models/{model}.{precision}.tflite", 1, accuracy)
+    c.latency_ms, c.estimate_ms, c.latency_label = {"p50": p50}, estimate, "host, 2 threads"
+    c.speedup = {"value": 1.0, "low": 1.0, "high": 1.0, "rounds": 1}
+    return c
+
+
+def test_choice_is_the_fastest_within_tolerance_and_a_budget_comes_first():
+    cands = [_candidate("dense fp32", 0.90, 1.0, 4.0), _candidate("dense int8", 0.90, 0.4, 2.0),
+             _candidate("pruned fp32", 0.895, 0.5, 1.5), _candidate("pruned int8", 0.87, 0.2)]
+    judge(cands, 0.90, 1.0, None, False)
+    assert [c.within_tolerance for c in cands] == [True, True, True, False]
+    assert choose(cands, 1.0, None, "").shipped.name == "dense int8 tflite"
+    judge(cands, 0.90, 1.0, 1.6, False)  # only pruned fp32's estimate meets 1.6 ms
+    choice = choose(cands, 1.0, 1.6, "roofline estimate")
+    assert choice.shipped.name == "pruned fp32 tflite" and "meets the 1.6 ms" in choice.reason
+    judge(cands, 0.90, 0.1, 1.6, False)
+    assert choose(cands, 0.1, 1.6, "").shipped.name == "dense int8 tflite"  # the budget yields
+    judge(cands, 0.95, 1.0, None, False)
+    nothing = choose(cands, 1.0, None, "")
+    assert nothing.shipped is None and "no candidate is within 1 point" in nothing.reason
+    assert np.isclose(cands[0].drop_points, 5.0)
