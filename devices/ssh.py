@@ -127,7 +127,7 @@ def _tagged_lines(stdout: str) -> dict[str, str]:
     return out
 
 
-def _remote_path(text: str) -> str:
+def remote_path(text: str) -> str:
     """Quote a remote path for sh, keeping a leading ~/ expandable."""
     if text.startswith("~/"):
         return '"$HOME"/' + shlex.quote(text[2:])
@@ -174,7 +174,9 @@ class SshBackend:
         return ["scp", "-q", *self._common(), "--", *map(str, files),
                 self.remote.scp_target(folder)]
 
-    def _run(self, command: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
+    def run_command(self, command: list[str], timeout_s: float,
+                    what: str) -> subprocess.CompletedProcess:
+        """Run ssh or scp; a missing client or a timeout is one EdgepruneError."""
         try:
             return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                                   stdin=subprocess.DEVNULL)
@@ -210,26 +212,27 @@ class SshBackend:
         folder."""
         needed = [RUNTIMES[s] for s in dict.fromkeys(suffixes)]
         modules = [m for group, _ in needed for m in group]
-        python = _remote_path(self.options.remote_python)
+        python = remote_path(self.options.remote_python)
         script = (f"{python} -c {shlex.quote(CHECK_SNIPPET)} {' '.join(modules)} || exit $?\n"
                   'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
                   f'echo "{DIR_TAG}$d"\n')
-        proc = self._run(self.ssh_command(script), timeout_s, "checking Python")
+        proc = self.run_command(self.ssh_command(script), timeout_s, "checking Python")
         if proc.returncode == 255:
             raise self.ssh_error(proc.stderr, "checking Python")
         tagged = _tagged_lines(proc.stdout)
         if CHECK_TAG not in tagged:
-            raise self._no_python(proc)
+            raise self.no_python_error(proc)
         report = json.loads(tagged[CHECK_TAG])
         self.found = report
         for group, pip_line in needed:
-            self._check_report(report, group, pip_line)
+            self.check_versions(report, group, pip_line)
         if proc.returncode != 0 or DIR_TAG not in tagged:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise EdgepruneError(f"cannot make a temporary folder on {self.device}: {last}")
         return tagged[DIR_TAG].strip()
 
-    def _no_python(self, proc: subprocess.CompletedProcess) -> EdgepruneError:
+    def no_python_error(self, proc: subprocess.CompletedProcess) -> EdgepruneError:
+        """Why the remote Python did not run (not installed, or it failed)."""
         name = self.options.remote_python
         if proc.returncode in (126, 127):
             return EdgepruneError(f"{name} not found on {self.device}: install Python "
@@ -238,7 +241,9 @@ class SshBackend:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         return EdgepruneError(f"{name} on {self.device} did not run the check: {last}")
 
-    def _check_report(self, report: dict, modules: tuple[str, ...], pip_line: str) -> None:
+    def check_versions(self, report: dict, modules: tuple[str, ...], pip_line: str) -> None:
+        """EdgepruneError unless the remote Python is new enough and has numpy and one of
+        `modules` (the runtime), naming `pip_line`."""
         python, found = report["python"], report["modules"]
         where = f"{self.device} ({self.options.remote_python} {python})"
         if tuple(int(p) for p in python.split(".")[:2]) < MIN_PYTHON:
@@ -276,10 +281,11 @@ class SshBackend:
         folder = self.prepare([p.suffix.lower() for p in paths], step_timeout)
         cleaned = False
         try:
-            proc = self._run(self.scp_command(files, folder), step_timeout, "copying the model")
+            proc = self.run_command(self.scp_command(files, folder), step_timeout,
+                                    "copying the model")
             if proc.returncode != 0:
                 raise self.ssh_error(proc.stderr, "copying the model")
-            proc = self._run(self.ssh_command(self._run_script(folder, paths, options)),
+            proc = self.run_command(self.ssh_command(self._run_script(folder, paths, options)),
                              step_timeout + 15, what)
             if proc.returncode == 255:
                 raise self.ssh_error(proc.stderr, what)
@@ -327,7 +333,7 @@ class SshBackend:
         limit = f"timeout -k 5 {max(1, round(options.timeout_s * len(paths)))}"
         return (f"cd {shlex.quote(folder)} || exit 96\n"
                 f"if command -v timeout >/dev/null 2>&1; then t='{limit}'; else t=''; fi\n"
-                f"$t {_remote_path(self.options.remote_python)} runner.py {args}\n"
+                f"$t {remote_path(self.options.remote_python)} runner.py {args}\n"
                 "rc=$?\ncd / && rm -rf " + shlex.quote(folder) + "\nexit $rc\n")
 
     def remove(self, folder: str) -> None:

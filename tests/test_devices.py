@@ -21,7 +21,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from edgeprune.cli.bench import bench
+from edgeprune.cli.devices import bench
 from edgeprune.devices import (
     BACKENDS,
     BenchOptions,

@@ -213,3 +213,44 @@ def test_choice_is_the_fastest_within_tolerance_and_a_budget_comes_first():
     nothing = choose(cands, 1.0, None, "")
     assert nothing.shipped is None and "no candidate is within 1 point" in nothing.reason
     assert np.isclose(cands[0].drop_points, 5.0)
+
+
+def test_deploy_copies_the_ship_folder_and_evaluates_it_on_the_device(run, sshd, tmp_path,
+                                                                     capsys):
+    remote = tmp_path / "on-device"
+    code, out, err = run_cli(capsys, "deploy", str(run.run_dir), "--remote-dir", str(remote),
+                             "--runs", "3", "--min-seconds", "0", *sshd.cli_args())
+    assert code == 0, err
+    assert sorted(p.name for p in remote.iterdir()) == sorted(
+        p.name for p in (run.run_dir / "ship").iterdir())
+    assert f"copied {len(list(remote.iterdir()))} files to {sshd.url}:{remote}" in out
+    top1 = float(out.split("top-1 ")[1].split("%")[0])
+    from edgeprune.devices import bench_local
+
+    here = bench_local(run.run_dir / "ship" / Path(run.shipped["path"]).name, runs=1,
+                       min_seconds=0, eval=True)
+    assert top1 == pytest.approx(here.top1 * 100, abs=0.051)  # the same file, the same batch
+    assert "at 4 threads" in out  # the target's threads
+
+
+def test_deploy_names_what_the_device_lacks_and_installs_nothing(run, sshd, tmp_path, capsys):
+    """A device whose Python has no TFLite runtime: the files are copied, the pip line is
+    printed, nothing is installed, exit 2."""
+    shadow = tmp_path / "shadow"
+    for package in ("ai_edge_litert", "tflite_runtime"):
+        (shadow / package).mkdir(parents=True)
+        (shadow / package / "__init__.py").write_text("raise ImportError('hidden')\n")
+    python = tmp_path / "python-without-runtime"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={shadow} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    args = [a if a != sys.executable else str(python) for a in sshd.cli_args()]
+    code, _, err = run_cli(capsys, "deploy", str(run.run_dir), "--remote-dir",
+                           str(tmp_path / "remote"), *args)
+    assert_one_line_error(code, err, "lacks ai-edge-litert==")
+    assert "pip install -r" in err and "nothing was installed" in err
+    assert (tmp_path / "remote" / "requirements.txt").is_file()
+
+
+def test_deploy_refuses_a_folder_without_a_shipped_file(sshd, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "deploy", str(tmp_path), *sshd.cli_args())
+    assert_one_line_error(code, err, "has no ship/ folder")

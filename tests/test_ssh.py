@@ -4,6 +4,8 @@ the `sshd` fixture in conftest.py)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import typer
 from sshd import FAST, Sshd, free_port, needs_sshd
 from typer.testing import CliRunner
 
-from edgeprune.cli.bench import bench
+from edgeprune.cli.devices import bench
 from edgeprune.devices import BenchOptions, default_samples_path, write_eval_samples
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.devices.ssh import SshBackend, SshOptions, parse_ssh_url
@@ -91,10 +93,10 @@ def test_old_remote_python_is_refused() -> None:
     backend = SshBackend(parse_ssh_url("ssh://pi@host"))
     report = {"python": "3.6.9", "modules": {"numpy": "1.19", "onnxruntime": "1.10"}}
     with pytest.raises(EdgepruneError, match=r"python3 3\.6\.9\): the runner needs Python 3\.8"):
-        backend._check_report(report, ("onnxruntime",), "pip install onnxruntime")
+        backend.check_versions(report, ("onnxruntime",), "pip install onnxruntime")
     report = {"python": "3.11.2", "modules": {"numpy": None, "onnxruntime": "1.20"}}
     with pytest.raises(EdgepruneError, match="numpy is missing .*: pip install numpy"):
-        backend._check_report(report, ("onnxruntime",), "pip install onnxruntime")
+        backend.check_versions(report, ("onnxruntime",), "pip install onnxruntime")
 
 
 # ------------------------------------------------------------------------------ with sshd
@@ -227,3 +229,36 @@ def test_failing_device_leaves_earlier_results_untouched(sshd: Sshd, models: dic
     assert "cannot reach" in str(result.exception)
     assert out.read_text() == "earlier"
     assert (run_dir / "manifest.json").read_text() == '{"bench": ["earlier"]}'
+
+
+@needs_sshd
+def test_targets_calibrate_writes_a_profile_that_reproduces_the_measurement(
+        sshd: Sshd, tmp_path: Path, capsys) -> None:
+    """The "board" is this machine: its profile names its cores and CPU, lists the faster
+    precision first, and its roofline predicts the reference model as measured."""
+    from helpers import run_cli
+
+    from edgeprune.devices import estimate_latency, load_target
+    from edgeprune.devices.estimate import ModelCost
+
+    out = tmp_path / "myboard.toml"
+    code, stdout, err = run_cli(capsys, "targets", "calibrate", "--name", "myboard", "--out",
+                                str(out), "--model", "mobilenetv2", "--input-size",
+                                "3x64x64", "--runs", "20", "--min-seconds", "0.2", "--json",
+                                *sshd.cli_args())
+    assert code == 0, err
+    report = json.loads(stdout)
+    profile = load_target(str(out))
+    assert profile.name == "myboard" and profile.cores == os.cpu_count()
+    assert profile.arch == platform.machine() and profile.threads == os.cpu_count()
+    measured = report["measured_p50_ms"]
+    assert list(profile.precisions) == sorted(measured, key=measured.get)
+    assert all(0 < v <= 0.95 for v in profile.efficiency.values())
+    for c in profile.calibration:
+        cost = ModelCost(macs=int(c.macs), weight_bytes=0, activation_bytes=0,
+                         precision=c.precision, ops=1)
+        assert estimate_latency(cost, profile).latency_ms == pytest.approx(
+            measured[c.precision], rel=0.02)
+    code, _, err = run_cli(capsys, "targets", "calibrate", "--name", "myboard", "--out",
+                           str(out), *sshd.cli_args())
+    assert code == 2 and "exists; pass --overwrite" in err

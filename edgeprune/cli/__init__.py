@@ -9,15 +9,16 @@ import sys
 import typer
 
 from edgeprune import console
-from edgeprune.cli import bench, compress, explain, export, prune, report, train
+from edgeprune.cli import compress, devices, explain, export, prune, report, train
 from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(help="Prune, export and benchmark PyTorch image classifiers for edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-for command in (train.train, compress.compress, bench.targets, export.export, bench.bench,
+for command in (train.train, compress.compress, export.export, devices.bench, devices.deploy,
                 prune.prune, report.report, compress.sweep, explain.score, explain.explain):
     app.command()(command)
+app.add_typer(devices.targets, name="targets")
 
 
 @app.callback()

@@ -137,8 +137,15 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
     return table
 
 
-def targets(json_out: JsonOpt = False) -> None:
-    """List the device profiles --target accepts."""
+targets = typer.Typer(help="The device profiles --target accepts, and calibrating your own.",
+                      no_args_is_help=False, invoke_without_command=True)
+
+
+@targets.callback()
+def list_profiles(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List the device profiles --target accepts (or a .toml/.json profile file of yours)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dataclasses import asdict
 
     from edgeprune.devices.targets import list_targets
@@ -148,8 +155,97 @@ def targets(json_out: JsonOpt = False) -> None:
         typer.echo(json.dumps([asdict(p) for p in profiles], indent=2))
         return
     table = Table("target", "cpu", "cores", "SIMD width", "RAM", "runtime", "threads",
-                  "formats", "peak GFLOPS", title="device profiles")
+                  "formats", "precisions", "peak GFLOPS", title="device profiles")
     for p in profiles:
         table.add_row(p.name, p.cpu, str(p.cores), str(p.simd_width), f"{p.ram_mb} MB",
-                      p.runtime, str(p.threads), ",".join(p.formats), f"{p.peak_gflops:g}")
+                      p.runtime, str(p.threads), ",".join(p.formats), ",".join(p.precisions),
+                      f"{p.peak_gflops:g}")
     console.stdout.print(table)
+
+
+@targets.command()
+def calibrate(
+    device: Annotated[str, typer.Option(help="ssh://user@host[:port] of the board",
+                                        show_default=False)],
+    name: Annotated[str, typer.Option(help="the profile's name", show_default=False)],
+    out: Annotated[Path, typer.Option(help="profile file to write (.toml or .json)",
+                                      show_default=False)],
+    base: Annotated[str, typer.Option(
+        help="shipped profile giving what a benchmark cannot measure (SIMD width, memory "
+        "bandwidth, FLOPs per cycle)")] = "rpi4",
+    runtime: Annotated[str | None, typer.Option(
+        help="tflite | onnxruntime [default: the base profile's]")] = None,
+    model: Annotated[str, typer.Option(help="reference model")] = "torchvision:mobilenet_v2",
+    input_size: Annotated[str, typer.Option(help="its input, CxHxW")] = "3x224x224",
+    runs: Annotated[int, typer.Option(min=1, help="timed runs per file (at least)")] = 50,
+    min_seconds: Annotated[float, typer.Option(
+        min=0, help="timed seconds per file (at least)")] = 1.0,
+    ssh_option: SshOpt = None,
+    remote_python: RemotePythonOpt = "python3",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure a reference model on your board (fp32 and int8) and write its profile."""
+    console.set_quiet(quiet)
+    from dataclasses import asdict
+
+    from edgeprune.devices.ssh import SshOptions
+    from edgeprune.jobs.calibrate import calibrate_target
+
+    result = calibrate_target(device, name, out, base, runtime, model, input_size, runs,
+                              min_seconds, SshOptions(tuple(ssh_option or ()), remote_python),
+                              overwrite)
+    if json_out:
+        typer.echo(json.dumps({"out": str(result.out), "profile": asdict(result.profile),
+                               "measured_p50_ms": {p: r.p50_ms for p, r in
+                                                   result.measured.items()}}, indent=2))
+        return
+    p = result.profile
+    typer.echo(f"wrote {result.out}: {p.cpu}, {p.runtime}, fp32 "
+               f"{result.measured['fp32'].p50_ms:.3f} ms and int8 "
+               f"{result.measured['int8'].p50_ms:.3f} ms at {p.threads} threads; use it with "
+               f"--target {result.out}")
+
+
+def deploy(
+    run_dir: Annotated[Path, typer.Argument(help="folder of an `edgeprune compress` run",
+                                            show_default=False)],
+    device: Annotated[str, typer.Option(help="ssh://user@host[:port]", show_default=False)],
+    remote_dir: Annotated[str | None, typer.Option(
+        help="folder on the device [default: ~/edgeprune/RUN_NAME]")] = None,
+    threads: ThreadsOpt = None,
+    runs: Annotated[int, typer.Option(min=1, help="timed runs (at least)")] = 50,
+    min_seconds: Annotated[float, typer.Option(min=0, help="timed seconds (at least)")] = 1.0,
+    ssh_option: SshOpt = None,
+    remote_python: RemotePythonOpt = "python3",
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy a run's ship/ folder to the device, check it, and run its --eval batch there."""
+    console.set_quiet(quiet)
+    from edgeprune.devices.ssh import SshOptions
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.jobs.deploy import deploy_run
+
+    d = deploy_run(run_dir, device, remote_dir, threads, runs, min_seconds,
+                   SshOptions(tuple(ssh_option or ()), remote_python))
+    if json_out:
+        typer.echo(json.dumps(d.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(f"copied {len(d.files)} files to {d.device}:{d.remote_dir} (SHA256SUMS "
+                   "match)")
+    runtime_missing = [m for m in d.missing if not m.lower().startswith("pillow")]
+    if d.missing and not runtime_missing:
+        console.info(f"note: predict.py needs {', '.join(d.missing)}, missing on the device: "
+                     f"pip install -r {d.remote_dir}/requirements.txt")
+    if runtime_missing:
+        raise EdgepruneError(f"{d.device} lacks {', '.join(d.missing)}; nothing was installed: "
+                             f"run `pip install -r {d.remote_dir}/requirements.txt` there, then "
+                             "deploy again")
+    if d.result is not None and not json_out:
+        r = d.result
+        typer.echo(f"on {d.device} ({d.facts.cpu_model or d.facts.machine}, {r.runtime} "
+                   f"{r.runtime_version}): top-1 {r.top1 * 100:.1f}% on {r.eval['samples']} "
+                   f"shipped samples, p50 {r.p50_ms:.3f} ms, p90 {r.p90_ms:.3f} ms at "
+                   f"{r.threads} threads, peak RSS {r.peak_rss_mb or 0:.0f} MB")
