@@ -25,7 +25,6 @@ from edgeprune.data import load_demo_subset
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import (
     EXPORTERS,
-    PRECISIONS,
     Check,
     EvalSet,
     ExportError,
@@ -35,12 +34,21 @@ from edgeprune.export import (
     export_model,
     validate_outputs,
 )
+from edgeprune.export import (
+    PRECISIONS as ALL_PRECISIONS,
+)
 from edgeprune.export.onnx import opset_for_onnxruntime
-from edgeprune.export.precision import MIN_CALIBRATION_SAMPLES
+from edgeprune.export.precision import (
+    MIN_CALIBRATION_SAMPLES,
+    PREQUANTIZED,
+)
 from edgeprune.export.quiet import captured_stderr
 from edgeprune.files import sha256_file
 from edgeprune.models import create_model, demo_checkpoint_path, load_model
 from edgeprune.spec import InputSpec
+
+PRECISIONS = tuple(p for p in ALL_PRECISIONS if p not in PREQUANTIZED)
+"""Precisions made from a float model (int8-qat needs a QAT model: see test_ship.py)."""
 
 FORMATS = sorted(EXPORTERS)
 TFLITE_RUNTIME_PYTHON = os.environ.get("EDGEPRUNE_TFLITE_RUNTIME_PYTHON")
@@ -632,3 +640,16 @@ def test_captured_stderr_replays_only_on_failure(capfd):
         os.write(2, b"native context\n")
         raise RuntimeError("boom")
     assert "native context" in capfd.readouterr().err
+
+
+def test_a_quantization_aware_model_is_exported_on_its_own(images, tmp_path):
+    x, spec = images
+    model = create_model("democnn", 1, 10)
+    with pytest.raises(EdgepruneError, match="int8-qat files come from an already quantized"):
+        export_model(model, spec, tmp_path, x[:4], formats=["tflite"],
+                     precisions=["fp32", "int8-qat"])
+    with pytest.raises(EdgepruneError, match="onnx cannot be exported at int8-qat"):
+        export_model(model, spec, tmp_path, x[:4], formats=["onnx"], precisions=["int8-qat"])
+    with pytest.raises(ExportError, match="needs the PT2E quantizer"):
+        export_model(model, spec, tmp_path, x[:4], formats=["tflite"], precisions=["int8-qat"])
+    assert listing(tmp_path) == []

@@ -53,6 +53,11 @@ def test_the_fastest_candidate_within_the_tolerance_ships(run):
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["shipped"]["path"] == run.shipped["path"]
     assert len(summary["candidates"]) == 4
+    report = json.loads((run.run_dir / "report.json").read_text())
+    assert report["shipped"]["file"]["path"] == run.shipped["path"]
+    assert len(report["candidates"]) == 4
+    page = (run.run_dir / "report.html").read_text()
+    assert f"<b>Shipped: {run.shipped['name']}</b>" in page
 
 
 def test_the_ship_folder_holds_what_a_device_needs_and_checks_out(run):

@@ -127,7 +127,7 @@ def candidates_table(result: CompressResult) -> Table:
             verdict += ", slow"
         sp = c["speedup"]
         table.add_row(mark, c["name"], f"{c['accuracy'] * 100:.2f}%",
-                      f"{-c['drop_points']:+.2f}", f"{c['size_bytes'] / 1e6:.2f}",
+                      f"{0.0 - c['drop_points']:+.2f}", f"{c['size_bytes'] / 1e6:.2f}",
                       f"{c['latency_ms']['p50']:.3f}",
                       f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
                       f"~{c['estimate_ms']:.2f} ms", verdict)

@@ -96,7 +96,7 @@ def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None
     speed = (f", {shipped.speedup['value']:.2f}x faster than dense fp32 "
              f"({shipped.latency_label})" if shipped.speedup else "")
     reason = (f"fastest of {len(fit)} candidate{'s' if len(fit) > 1 else ''} within "
-              f"{_points(max_drop)} of dense fp32 (top-1 {-shipped.drop_points:+.2f} points"
+              f"{_points(max_drop)} of dense fp32 (top-1 {0.0 - shipped.drop_points:+.2f} points"
               f"{speed})")
     if budget_ms is not None:
         reason += (f"; meets the {budget_ms:g} ms budget ({budget_label})" if within else

@@ -550,6 +550,6 @@ def _say_choice(choice: Choice, candidates: list[Candidate]) -> None:
         mark = "shipped" if c is choice.shipped else (
             "within tolerance" if c.within_tolerance else "outside tolerance")
         info(f"candidate: {c.name}: top-1 {c.accuracy * 100:.2f}% "
-             f"({-c.drop_points:+.2f} points), {c.size_bytes / 1e6:.2f} MB, p50 {c.p50:.3f} ms"
+             f"({0.0 - c.drop_points:+.2f} points), {c.size_bytes / 1e6:.2f} MB, p50 {c.p50:.3f} ms"
              f" ({c.latency_label}), {mark}")
     info(f"ship: {choice.shipped.name if choice.shipped else 'nothing'}: {choice.reason}")

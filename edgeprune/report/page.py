@@ -106,6 +106,44 @@ def _summary_table(report: dict[str, Any]) -> str:
     return _table(["", "dense", "pruned", "dense / pruned"], rows)
 
 
+def _shipped(report: dict[str, Any]) -> str:
+    """Which file was shipped and why, and every candidate beside it."""
+    shipped, candidates = report["shipped"], report["candidates"]
+    if not candidates:
+        return '<p class="note">This run made no candidate files (an older run).</p>'
+    chosen = shipped.get("file")
+    lead = (f"<p><b>Shipped: {escape(chosen['name'])}</b> (<code>ship/"
+            f"{escape(chosen['path'].rsplit('/', 1)[-1])}</code>): {escape(shipped['reason'])}."
+            "</p>" if chosen else
+            f'<p class="bad"><b>Nothing shipped:</b> {escape(shipped["reason"] or "")}.</p>')
+    rows = []
+    for c in candidates:
+        sp = c.get("speedup") or {}
+        drop = c.get("drop_points")
+        cls = "good" if c.get("within_tolerance") else "bad"
+        mark = "shipped" if chosen and c["path"] == chosen["path"] else ""
+        budget = "" if c.get("meets_budget") is None else (
+            "meets budget" if c["meets_budget"] else "over budget")
+        rows.append(_row([escape(c["name"]), pct(c.get("accuracy")),
+                          f'<span class="{cls}">{0.0 - drop:+.2f} points</span>'
+                          if drop is not None else "-", size(c["size_bytes"]),
+                          ms((c.get("latency_ms") or {}).get("p50")),
+                          f"{sp['value']:.2f}x ({sp['low']:.2f}-{sp['high']:.2f})"
+                          if sp else "-", ms(c.get("estimate_ms"), approx=True),
+                          escape(" ".join(x for x in (mark, budget) if x))],
+                         (1, 2, 3, 4, 5, 6)))
+    where = escape(candidates[0].get("latency_label", ""))
+    budget = (f", latency budget {shipped['latency_budget_ms']:g} ms"
+              if shipped.get("latency_budget_ms") else "")
+    note = (f'<p class="note">Accuracy: top-1 of each file in its runtime on the test images, '
+            f"against dense fp32 (tolerance {shipped.get('max_drop', 1.0):g} points{budget}). "
+            f"Latency: p50 measured on {where}, every file timed in turn in the same rounds; "
+            "speedup over dense fp32 with its lowest and highest round. Estimate: the "
+            "target's roofline, never a measurement.</p>")
+    return lead + _table(["candidate", "top-1", "vs dense fp32", "size", "p50",
+                          "speedup", "estimate", ""], rows) + note
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -230,7 +268,8 @@ def render(report: dict[str, Any], images: dict[str, Image], atlas: list[Image],
                + (_latency_table(report["latency"]) if report["latency"] else ""))
     atlas_html = ("<h2>Filter atlas</h2><div class=\"atlas\">"
                   + "".join(a.html() for a in atlas) + "</div>") if atlas else ""
-    body = (_header(report) + "<h2>Summary: dense vs pruned</h2>" + summary
+    body = (_header(report) + "<h2>Shipped file</h2>" + _shipped(report)
+            + "<h2>Summary: dense vs pruned</h2>" + summary
             + "<h2>Latency</h2>" + latency
             + "<h2>What was pruned</h2>"
             + _figure(images, "channels", "No channel counts recorded (no prune stage).")
