@@ -1,52 +1,20 @@
-"""What happens on a real device over ssh beyond one benchmark: reading what the device is
-(`device_facts`, for `targets calibrate`) and deploying a ship folder (`deploy_folder`, for
-`edgeprune deploy`): copy it, check the copy's checksums and what the device lacks, and run
+"""Deploying a ship folder to a device over ssh (`deploy_folder`, for `edgeprune deploy`): copy
+it, check the copy's checksums and what the device lacks, and run
 the shipped `--eval` batch there. Nothing is ever installed on the device: what is missing is
 named with the pip line that would install it.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeprune.devices.results import BenchOptions, BenchResult, runner_report
-from edgeprune.devices.ssh import RUNTIMES, SshBackend, remote_path
+from edgeprune.devices.ssh import RUNTIMES, DeviceFacts, SshBackend, remote_path
 from edgeprune.errors import EdgepruneError
 
-FACTS_TAG = "EDGEPRUNE_FACTS "
-# Python 3.8+, standard library only: the device's CPU, memory, Python and module versions.
-FACTS_SNIPPET = r"""
-import json, os, platform, sys
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-def version(name):
-    try:
-        module = __import__(name)
-        return str(getattr(module, "__version__", "unknown"))
-    except Exception:
-        return None
-cpu = {}
-for line in read("/proc/cpuinfo").splitlines():
-    key, _, value = line.partition(":")
-    cpu.setdefault(key.strip(), value.strip())
-mem = [l.split()[1] for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal:")]
-khz = read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
-mhz = int(khz) / 1000 if khz.isdigit() else (float(cpu["cpu MHz"]) if "cpu MHz" in cpu else None)
-facts = {"machine": platform.machine(), "cores": os.cpu_count(),
-         "cpu_model": cpu.get("model name") or cpu.get("Model") or cpu.get("Hardware"),
-         "max_mhz": mhz, "ram_mb": int(mem[0]) // 1024 if mem else None,
-         "python": "%d.%d.%d" % tuple(sys.version_info[:3]),
-         "modules": dict((m, version(m)) for m in ["numpy"] + sys.argv[1:])}
-print("EDGEPRUNE_FACTS " + json.dumps(facts))
-"""
 # Python 3.8+: check the copied files against SHA256SUMS; prints the names that differ.
 CHECKSUM_SNIPPET = r"""
 import hashlib, sys
@@ -61,36 +29,6 @@ for line in open("SHA256SUMS"):
         bad.append(name)
 print("EDGEPRUNE_BAD " + " ".join(bad))
 """
-
-
-@dataclass(frozen=True)
-class DeviceFacts:
-    """What the device says about itself."""
-
-    machine: str
-    cores: int
-    cpu_model: str | None
-    max_mhz: float | None
-    ram_mb: int | None
-    python: str
-    modules: dict[str, str | None] = field(default_factory=dict)
-
-    def has(self, module: str) -> bool:
-        return bool(self.modules.get(module))
-
-
-def device_facts(backend: SshBackend, modules: list[str], timeout_s: float = 60
-                 ) -> DeviceFacts:
-    """Run the facts snippet on the device (one connection) with the module names to look up."""
-    script = (f"{remote_path(backend.options.remote_python)} -c "
-              f"{shlex.quote(FACTS_SNIPPET)} {' '.join(modules)}")
-    proc = backend.run_command(backend.ssh_command(script), timeout_s, "reading the device")
-    if proc.returncode == 255:
-        raise backend.ssh_error(proc.stderr, "reading the device")
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(FACTS_TAG)), None)
-    if line is None:
-        raise backend.no_python_error(proc)
-    return DeviceFacts(**json.loads(line[len(FACTS_TAG):]))
 
 
 @dataclass
@@ -139,7 +77,7 @@ def deploy_folder(backend: SshBackend, folder: Path, remote_dir: str, model: Pat
         raise backend.ssh_error(proc.stderr, "copying the folder")
     _check_copy(backend, quoted, timeout_s)
     runtime_modules = list(RUNTIMES[model.suffix.lower()][0])
-    facts = device_facts(backend, [*runtime_modules, "PIL"], timeout_s)
+    facts = backend.facts([*runtime_modules, "PIL"], timeout_s)
     pins = _pip_names(model, folder / "requirements.txt")
     missing = [pins[k] for k, present in (
         ("numpy", facts.has("numpy")),

@@ -17,7 +17,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,23 +32,57 @@ RUNTIMES = {".tflite": (("ai_edge_litert.interpreter", "tflite_runtime.interpret
                         "pip install ai-edge-litert"),
             ".onnx": (("onnxruntime",), "pip install onnxruntime"),
             ".ort": (("onnxruntime",), "pip install onnxruntime")}
-CHECK_TAG = "EDGEPRUNE_CHECK "
+CHECK_TAG = "EDGEPRUNE_FACTS "
 DIR_TAG = "EDGEPRUNE_DIR "
-# Runs under any python (2.7 and 3.x syntax): reports versions, exits 3 if something is missing.
+# Runs under any python (2.7 and 3.x syntax), so an old Python still gets a clear message:
+# the device's CPU, memory, Python and the versions of numpy and the modules named in argv.
 CHECK_SNIPPET = r"""
-import json, sys
+import json, os, platform, sys
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except Exception:
+        return ""
 def version(name):
     try:
         module = __import__(name)
         return str(getattr(module, "__version__", "unknown"))
     except Exception:
         return None
-found = dict((m, version(m)) for m in ["numpy"] + sys.argv[1:])
-py = "%d.%d.%d" % tuple(sys.version_info[:3])
-print("EDGEPRUNE_CHECK " + json.dumps({"python": py, "modules": found}))
-ok = sys.version_info[:2] >= (3, 8) and found["numpy"] and any(found[m] for m in sys.argv[1:])
-sys.exit(0 if ok else 3)
+cpu = {}
+for line in read("/proc/cpuinfo").splitlines():
+    key, _, value = line.partition(":")
+    cpu.setdefault(key.strip(), value.strip())
+mem = [l.split()[1] for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal:")]
+khz = read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+mhz = int(khz) / 1000.0 if khz.isdigit() else (float(cpu["cpu MHz"]) if "cpu MHz" in cpu else None)
+cores = os.cpu_count() if hasattr(os, "cpu_count") else None
+facts = {"machine": platform.machine(), "cores": cores,
+         "cpu_model": cpu.get("model name") or cpu.get("Model") or cpu.get("Hardware"),
+         "max_mhz": mhz, "ram_mb": int(mem[0]) // 1024 if mem else None,
+         "python": "%d.%d.%d" % tuple(sys.version_info[:3]),
+         "modules": dict((m, version(m)) for m in ["numpy"] + sys.argv[1:])}
+print("EDGEPRUNE_FACTS " + json.dumps(facts))
 """
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the device says about itself (CHECK_SNIPPET)."""
+
+    machine: str
+    cores: int
+    cpu_model: str | None
+    max_mhz: float | None
+    ram_mb: int | None
+    python: str
+    modules: dict[str, str | None] = field(default_factory=dict)
+
+    def has(self, module: str) -> bool:
+        return bool(self.modules.get(module))
+
+
 REACH_ERRORS = ("Connection refused", "No route to host", "Connection timed out",
                 "Could not resolve hostname", "Network is unreachable", "Operation timed out",
                 "Connection reset", "Connection closed")
@@ -144,7 +178,7 @@ class SshBackend:
         self.options = (options or SshOptions()).with_environment()
         check_options(self.options.options)
         self.device = device.url
-        self.found: dict | None = None
+        self.found: DeviceFacts | None = None
         """What the last check found on the device: Python and module versions."""
 
     @classmethod
@@ -207,29 +241,47 @@ class SshBackend:
 
     # ---------------------------------------------------------------- steps
 
-    def prepare(self, suffixes: Sequence[str], timeout_s: float) -> str:
-        """Check Python, numpy and the runtime of every file suffix, then make the temporary
-        folder."""
-        needed = [RUNTIMES[s] for s in dict.fromkeys(suffixes)]
-        modules = [m for group, _ in needed for m in group]
-        python = remote_path(self.options.remote_python)
-        script = (f"{python} -c {shlex.quote(CHECK_SNIPPET)} {' '.join(modules)} || exit $?\n"
-                  'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
-                  f'echo "{DIR_TAG}$d"\n')
-        proc = self.run_command(self.ssh_command(script), timeout_s, "checking Python")
+    def _facts_script(self, modules: Sequence[str]) -> str:
+        return (f"{remote_path(self.options.remote_python)} -c {shlex.quote(CHECK_SNIPPET)} "
+                f"{' '.join(modules)} || exit $?\n")
+
+    def _parse_facts(self, proc: subprocess.CompletedProcess) -> DeviceFacts:
         if proc.returncode == 255:
-            raise self.ssh_error(proc.stderr, "checking Python")
+            raise self.ssh_error(proc.stderr, "reading the device")
         tagged = _tagged_lines(proc.stdout)
         if CHECK_TAG not in tagged:
             raise self.no_python_error(proc)
-        report = json.loads(tagged[CHECK_TAG])
-        self.found = report
-        for group, pip_line in needed:
-            self.check_versions(report, group, pip_line)
-        if proc.returncode != 0 or DIR_TAG not in tagged:
+        return DeviceFacts(**json.loads(tagged[CHECK_TAG]))
+
+    def facts(self, modules: Sequence[str], timeout_s: float | None = None) -> DeviceFacts:
+        """What the device is and has (one connection): CPU, memory, Python, and the
+        versions of numpy and `modules` (None where absent)."""
+        proc = self.run_command(self.ssh_command(self._facts_script(modules)),
+                                timeout_s or self.options.connect_timeout_s + 50,
+                                "reading the device")
+        return self._parse_facts(proc)
+
+    def prepare(self, suffixes: Sequence[str], timeout_s: float) -> str:
+        """Check Python, numpy and the runtime of every file suffix and make the temporary
+        folder, in one connection."""
+        needed = [RUNTIMES[s] for s in dict.fromkeys(suffixes)]
+        script = (self._facts_script([m for group, _ in needed for m in group])
+                  + 'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
+                  f'echo "{DIR_TAG}$d"\n')
+        proc = self.run_command(self.ssh_command(script), timeout_s, "checking Python")
+        self.found = self._parse_facts(proc)
+        folder = _tagged_lines(proc.stdout).get(DIR_TAG, "").strip()
+        try:
+            for group, pip_line in needed:
+                self.check_versions(self.found, group, pip_line)
+        except EdgepruneError:
+            if folder:
+                self.remove(folder)
+            raise
+        if proc.returncode != 0 or not folder:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise EdgepruneError(f"cannot make a temporary folder on {self.device}: {last}")
-        return tagged[DIR_TAG].strip()
+        return folder
 
     def no_python_error(self, proc: subprocess.CompletedProcess) -> EdgepruneError:
         """Why the remote Python did not run (not installed, or it failed)."""
@@ -241,10 +293,11 @@ class SshBackend:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         return EdgepruneError(f"{name} on {self.device} did not run the check: {last}")
 
-    def check_versions(self, report: dict, modules: tuple[str, ...], pip_line: str) -> None:
+    def check_versions(self, facts: DeviceFacts, modules: tuple[str, ...],
+                       pip_line: str) -> None:
         """EdgepruneError unless the remote Python is new enough and has numpy and one of
         `modules` (the runtime), naming `pip_line`."""
-        python, found = report["python"], report["modules"]
+        python, found = facts.python, facts.modules
         where = f"{self.device} ({self.options.remote_python} {python})"
         if tuple(int(p) for p in python.split(".")[:2]) < MIN_PYTHON:
             raise EdgepruneError(f"{where}: the runner needs Python {MIN_PYTHON[0]}."
@@ -261,11 +314,11 @@ class SshBackend:
         timeout_s = timeout_s or self.options.connect_timeout_s + 30
         folder = self.prepare(suffixes, timeout_s)
         self.remove(folder)
-        found = self.found or {}
-        runtimes = ", ".join(f"{m.split('.')[0]} {v}" for m, v in found.get("modules", {}).items()
+        found = self.found
+        runtimes = ", ".join(f"{m.split('.')[0]} {v}" for m, v in found.modules.items()
                              if v and m != "numpy")
-        return (f"{self.device} reachable, Python {found.get('python', '?')}, numpy "
-                f"{found.get('modules', {}).get('numpy', '?')}, {runtimes}")
+        return (f"{self.device} reachable, {found.cpu_model or found.machine}, Python "
+                f"{found.python}, numpy {found.modules.get('numpy')}, {runtimes}")
 
     def bench(self, model_paths: Sequence[Path], options: BenchOptions) -> list[BenchResult]:
         """Copy, run (the files interleaved in one runner) and clean up; the results are the

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from edgeprune.cli.devices import bench
 from edgeprune.devices import BenchOptions, default_samples_path, write_eval_samples
 from edgeprune.devices.runner import sidecar_path
-from edgeprune.devices.ssh import SshBackend, SshOptions, parse_ssh_url
+from edgeprune.devices.ssh import DeviceFacts, SshBackend, SshOptions, parse_ssh_url
 from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.bench import bench_models
 
@@ -91,10 +91,13 @@ def test_ssh_command_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_old_remote_python_is_refused() -> None:
     backend = SshBackend(parse_ssh_url("ssh://pi@host"))
-    report = {"python": "3.6.9", "modules": {"numpy": "1.19", "onnxruntime": "1.10"}}
+    def facts(python: str, modules: dict) -> DeviceFacts:
+        return DeviceFacts("aarch64", 4, "Cortex-A72", 1800.0, 4096, python, modules)
+
+    report = facts("3.6.9", {"numpy": "1.19", "onnxruntime": "1.10"})
     with pytest.raises(EdgepruneError, match=r"python3 3\.6\.9\): the runner needs Python 3\.8"):
         backend.check_versions(report, ("onnxruntime",), "pip install onnxruntime")
-    report = {"python": "3.11.2", "modules": {"numpy": None, "onnxruntime": "1.20"}}
+    report = facts("3.11.2", {"numpy": None, "onnxruntime": "1.20"})
     with pytest.raises(EdgepruneError, match="numpy is missing .*: pip install numpy"):
         backend.check_versions(report, ("onnxruntime",), "pip install onnxruntime")
 

@@ -82,7 +82,7 @@ def compress_options(
         help="re-estimate BatchNorm statistics on this many training images after pruning "
         "(no weight update; 0 = off); use it with --epochs 0")] = 0,
     epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: enough to see 120k images, at most 10; 0 = no "
+        help="fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
         "fine-tuning)")] = None,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
@@ -94,9 +94,10 @@ def compress_options(
     max_drop: Annotated[float, typer.Option(
         help="accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
     ] = 1.0,
-    qat_epochs: Annotated[float, typer.Option(
+    qat_epochs: Annotated[float | None, typer.Option(
         help="when int8 post-training quantization loses more than --max-drop, this many "
-        "epochs of quantization-aware training recover it (0 = off; TFLite targets)")] = 0.25,
+        "epochs of quantization-aware training recover it (default: enough to see 15k "
+        "images, at most 10; 0 = off; TFLite targets)")] = None,
     device: DeviceOpt = None,
     ssh_option: SshOpt = None,
     remote_python: RemotePythonOpt = "python3",

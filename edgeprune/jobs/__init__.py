@@ -6,12 +6,15 @@ modules, tensors and batches to the stages (`criteria`, `pruning`, `training`, `
 
 | command | job |
 |---|---|
-| compress | `compress.compress` (options: `config.CompressConfig`; run folder: `runs.RunFolder`) |
+| compress | `compress.compress` (options: `config.CompressConfig`; run folder: `runs.RunFolder`;
+  candidate files and the choice: `candidates`; RUN/ship/: `ship`) |
 | sweep | `sweep.run_sweep` |
 | train | `train.train_model` |
 | prune | `prune.prune_file` |
 | export | `export.export_files` |
 | bench | `bench.bench_models` |
+| deploy | `deploy.deploy_run` |
+| targets calibrate | `calibrate.calibrate_target` |
 | report | `report.report_run` |
 | score | `score.score_model` |
 | explain | `explain.explain_model` |

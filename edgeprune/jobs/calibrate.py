@@ -23,10 +23,9 @@ import torch
 
 from edgeprune.console import info
 from edgeprune.devices.bench import get_backend
-from edgeprune.devices.deploy import DeviceFacts, device_facts
 from edgeprune.devices.estimate import count_model
 from edgeprune.devices.results import BenchOptions, BenchResult
-from edgeprune.devices.ssh import RUNTIMES, SshBackend, SshOptions
+from edgeprune.devices.ssh import RUNTIMES, DeviceFacts, SshBackend, SshOptions
 from edgeprune.devices.targets import (
     ARCHES,
     PROFILE_SUFFIXES,
@@ -145,9 +144,8 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = "rpi4"
         raise EdgepruneError(f"--device {device!r}: calibration measures a device; write "
                              "ssh://user@host[:port]")
     modules, pip_line = RUNTIMES["." + fmt]
-    facts = device_facts(backend, list(modules))
-    backend.check_versions({"python": facts.python, "modules": facts.modules}, modules,
-                           pip_line)
+    facts = backend.facts(list(modules))
+    backend.check_versions(facts, modules, pip_line)
     if facts.machine not in ARCHES:
         raise EdgepruneError(f"{device} is a {facts.machine} machine; profiles describe "
                              f"{', '.join(ARCHES)}")

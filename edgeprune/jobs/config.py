@@ -57,7 +57,7 @@ class CompressConfig:
     verify: bool = True
     precision: str = "auto"
     max_drop: float = 1.0
-    qat_epochs: float = 0.25
+    qat_epochs: float | None = None
     latency_ms: float | None = None
     device: str | None = None
     ssh_option: tuple[str, ...] | None = None
@@ -198,7 +198,6 @@ def _check_candidates(cfg: CompressConfig) -> None:
         raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
                              f"{', '.join(PRECISION_CHOICES)}")
     checks = [("--max-drop", cfg.max_drop, cfg.max_drop >= 0, "0 or more points, e.g. 1.0"),
-              ("--qat-epochs", cfg.qat_epochs, cfg.qat_epochs >= 0, "0 (off) or more"),
               ("--bench-runs", cfg.bench_runs, cfg.bench_runs >= 1, "at least 1"),
               ("--bench-seconds", cfg.bench_seconds, cfg.bench_seconds >= 0, "0 or more"),
               ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1")]
@@ -207,6 +206,8 @@ def _check_candidates(cfg: CompressConfig) -> None:
                        "a positive budget in milliseconds"))
     if cfg.threads is not None:
         checks.append(("--threads", cfg.threads, cfg.threads >= 1, "at least 1"))
+    if cfg.qat_epochs is not None:
+        checks.append(("--qat-epochs", cfg.qat_epochs, cfg.qat_epochs >= 0, "0 (off) or more"))
     for flag, value, ok, expected in checks:
         if not ok or value != value:  # NaN fails every comparison
             raise EdgepruneError(f"{flag} {value} must be {expected}")

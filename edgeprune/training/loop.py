@@ -101,6 +101,25 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float, t: f
     return alpha * kd + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def training_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  teacher: nn.Module | None) -> torch.Tensor:
+    """Distillation from `teacher` when given, else cross-entropy with label smoothing."""
+    if teacher is None:
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    with torch.no_grad():
+        target = teacher(x)
+    return distillation_loss(logits, target, y, cfg.kd_alpha, cfg.kd_temperature)
+
+
+def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One optimizer and schedule step on `loss`."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def _save_state(path: Path, model, opt, sched, epoch: int, history: list) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -164,18 +183,8 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                 if cfg.augment:
                     x = random_crop_flip(x, generator=g)
                 x, y = x.to(device), y.to(device)
-                logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                    loss = distillation_loss(logits, t_logits, y, cfg.kd_alpha,
-                                             cfg.kd_temperature)
-                else:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                loss = training_loss(model(x), x, y, cfg, teacher)
+                optimize(loss, opt, sched)
                 step += 1
                 total_loss += float(loss.detach()) * len(y)
                 seen += len(y)

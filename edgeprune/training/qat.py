@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches
-from edgeprune.training.loop import TrainConfig, distillation_loss, random_crop_flip
+from edgeprune.training.loop import TrainConfig, optimize, random_crop_flip, training_loss
 
 MAX_BATCH = 4096
 """The largest batch the captured graph accepts (its batch dimension is dynamic up to this)."""
@@ -133,18 +132,8 @@ def train_qat(model: nn.Module, data: DataBundle, config: TrainConfig,
                 if step >= steps:
                     break
                 x = random_crop_flip(x, generator=g) if config.augment else x
-                logits = qat(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = teacher(x)
-                    loss = distillation_loss(logits, target, y, config.kd_alpha,
-                                             config.kd_temperature)
-                else:
-                    loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                loss = training_loss(qat(x), x, y, config, teacher)
+                optimize(loss, opt, sched)
                 step, images = step + 1, images + len(y)
                 advance(status=f"loss {loss.item():.3f}")
     wall = time.perf_counter() - t0
