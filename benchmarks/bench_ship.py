@@ -50,11 +50,18 @@ def run(cmd: list[str], cwd: Path) -> tuple[str, float, float]:
         return out.read(), wall, usage.ru_maxrss / 1024
 
 
-def compress_and_bench(name: str, args: list[str], work: Path) -> dict:
+def compress_and_bench(name: str, args: list[str], work: Path,
+                       previous: dict | None = None) -> dict:
+    """Compress (unless `previous`, the scenario's last result, whose run folder in `work` is
+    measured again, keeping its wall time and peak RSS) and measure."""
     run_dir = work / name
-    out, wall, rss = run(["edgeprune", "compress", *args, "--out", str(run_dir), "--overwrite",
-                          "--json", "--quiet"], work)
-    summary = json.loads(out)
+    if previous is None:
+        out, wall, rss = run(["edgeprune", "compress", *args, "--out", str(run_dir),
+                              "--overwrite", "--json", "--quiet"], work)
+        summary = json.loads(out)
+    else:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        wall, rss = previous["wall_s"], previous["peak_rss_mb"]
     shipped = summary["shipped"]
     dense = next(c for c in summary["candidates"]
                  if (c["model"], c["precision"]) == ("dense", "fp32"))
@@ -98,10 +105,14 @@ def scenario_args(name: str, work: Path) -> list[str]:
 
     tree = make_tree(work / "photos", per_class=60, size=(320, 256))
     ckpt = work / "mobilenet_v2_photos.pt"
-    run(["edgeprune", "train", "--model", "torchvision:mobilenet_v2", "--dataset",
-         "imagefolder", "--data-dir", str(tree), "--input-size", "3x224x224", "--epochs", "6",
-         "--lr", "0.05", "--batch-size", "32", "--out", str(ckpt), "--overwrite", "--quiet"],
-        work)
+    if not ckpt.is_file():  # kept in --work between runs; delete it to train again
+        # From scratch on 180 images, MobileNetV2's batch-norm statistics settle only once
+        # the one-cycle schedule has cooled: at 6 epochs and lr 0.05 it trains to loss 0.35
+        # yet tests at chance (33%) in eval mode.
+        run(["edgeprune", "train", "--model", "torchvision:mobilenet_v2", "--dataset",
+             "imagefolder", "--data-dir", str(tree), "--input-size", "3x224x224",
+             "--epochs", "15", "--lr", "0.01", "--batch-size", "32", "--out", str(ckpt),
+             "--quiet"], work)
     return ["--target", "rpi4", "--model", str(ckpt), "--dataset", "imagefolder",
             "--data-dir", str(tree)]
 
@@ -111,11 +122,11 @@ def markdown(results: list[dict]) -> str:
              "faster, 1 thread (lowest-highest round) | compress wall | peak RSS |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rss = f"{r['peak_rss_mb'] / 1024:.1f} GB"
+        rss = f"{r['peak_rss_mb'] / 1024:.1f} GB" if r.get("peak_rss_mb") else "-"
         lines.append(
             f"| {r['scenario']} | {r['shipped']} | {r['dense_accuracy'] * 100:.2f}% -> "
             f"{r['shipped_accuracy'] * 100:.2f}% ({r['test_images']:,}) | "
-            f"{-r['drop_points']:+.2f} | {r['size_ratio']:.1f}x | "
+            f"{round(-r['drop_points'], 2) + 0.0:+.2f} | {r['size_ratio']:.1f}x | "
             f"{r['speedup_1_thread']:.2f}x ({r['speedup_spread'][0]:.2f}-"
             f"{r['speedup_spread'][1]:.2f}) | {r['wall_s']:.0f} s | {rss} |")
     lines.append("")
@@ -131,15 +142,22 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeprune-bench-ship"))
+    ap.add_argument("--bench-only", action="store_true",
+                    help="measure the run folders already in --work again (after a noisy run)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = []
-    for name in args.only.split(","):
-        results.append(compress_and_bench(name, scenario_args(name, args.work), args.work))
-        print(f"{name}: done", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     previous = args.out / "ship.json"  # scenarios not rerun keep their last figures
     kept = json.loads(previous.read_text()) if previous.is_file() else []
+    last = {r["scenario"]: r for r in kept}
+    results = []
+    for name in args.only.split(","):
+        if args.bench_only:
+            results.append(compress_and_bench(name, [], args.work, last[name]) | {
+                "command": last[name]["command"]})
+        else:
+            results.append(compress_and_bench(name, scenario_args(name, args.work), args.work))
+        print(f"{name}: done", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
     done = {r["scenario"] for r in results}
     results = [r for r in kept if r["scenario"] not in done] + results
     results.sort(key=lambda r: SCENARIOS.index(r["scenario"]))

@@ -54,6 +54,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset({len(self.samples)} images, shape={self.shape}, "
+                f"mean={self.mean}, std={self.std})")
+
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
