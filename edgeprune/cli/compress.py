@@ -54,7 +54,7 @@ def compress(
     from edgeprune.jobs.config import config_from_cli
 
     cfg = config_from_cli(ctx, options["config"])  # the file's options, then the flags given
-    result = run_compress(cfg, overwrite=overwrite)
+    result = run_compress(cfg, overwrite=overwrite, trust_code=options["trust_code"])
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -86,7 +86,7 @@ def sweep(
 
     base = config_from_cli(ctx, options["config"])
     result = run_sweep(base, parse_list(criteria, "criteria"), parse_flops(flops),
-                       overwrite=overwrite)
+                       overwrite=overwrite, trust_code=options["trust_code"])
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

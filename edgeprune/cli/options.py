@@ -34,6 +34,10 @@ SamplesPerClassOpt = Annotated[int | None, typer.Option(
     "data-scarce setting uses 1-10)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, initialisations)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
+TrustCodeOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="allow loading what runs code: a pickled model file, or a checkpoint "
+    "or --config whose model is an import string or another file (never needed for the demo, "
+    "zoo, torchvision: models and edgeprune's own checkpoints of them)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
 
 DeviceOpt = Annotated[str | None, typer.Option(
@@ -64,6 +68,7 @@ def model_data_options(
     workers: Annotated[int | None, typer.Option(
         help="processes decoding image files (imagefolder) [default: up to 4]")] = None,
     seed: SeedOpt = 0,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """The options that say which weights and data a model is loaded with, named as every job
     takes them."""

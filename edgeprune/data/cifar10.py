@@ -1,9 +1,14 @@
-"""CIFAR-10 from a local `cifar-10-batches-py` folder (the python-pickle release)."""
+"""CIFAR-10 from a local `cifar-10-batches-py` folder (the python-pickle release).
+
+The batches are pickles, so they are read with an unpickler that builds only what the release
+holds (dicts, lists, bytes, numbers and numpy arrays) and refuses anything else: a file in
+the folder cannot run code."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +16,43 @@ from edgeprune.data.bundle import DataBundle, bundle_from_arrays
 from edgeprune.errors import EdgepruneError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    import codecs
+
+    return {("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler for data files: plain containers and numpy arrays, no other globals."""
+
+    allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the file holds "
+                                         "more than data") from None
+
+
+def read_data_pickle(path: Path) -> Any:
+    """The contents of pickle file `path` if it holds only data (see ArraysOnlyUnpickler);
+    EdgepruneError naming the file otherwise."""
+    try:
+        with open(path, "rb") as f:
+            return ArraysOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise EdgepruneError(f"cannot read CIFAR-10 batch {path}: {e}; replace it with the "
+                             "file from the cifar-10-python.tar.gz release") from None
 
 
 def load_cifar10(data_dir: Path) -> DataBundle:
@@ -27,8 +69,7 @@ def load_cifar10(data_dir: Path) -> DataBundle:
         )
 
     def read(name: str) -> dict:
-        with open(root / name, "rb") as f:
-            return pickle.load(f, encoding="bytes")  # noqa: S301 - the dataset's own format
+        return read_data_pickle(root / name)
 
     train = [read(n) for n in names[:5]]
     test = read("test_batch")

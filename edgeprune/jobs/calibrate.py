@@ -64,11 +64,12 @@ def _check_out(out: Path, name: str, overwrite: bool) -> None:
         raise EdgepruneError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
 
 
-def _reference_files(model: str, input_size: str, fmt: str, folder: Path) -> tuple[Path, Path]:
+def _reference_files(model: str, input_size: str, fmt: str, folder: Path, trust_code: bool
+                     ) -> tuple[Path, Path]:
     """The reference model exported at fp32 and int8 into `folder` (random calibration
     images: the files are for timing only)."""
     c, h, w = parse_input_size(input_size)
-    loaded = load_model(model, in_channels=c, num_classes=1000)
+    loaded = load_model(model, in_channels=c, num_classes=1000, trust_code=trust_code)
     spec = InputSpec(c, h, w, (0.5,) * c, (0.25,) * c)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(64, c, h, w, generator=g)
@@ -130,8 +131,10 @@ def _profile(name: str, device: str, base: TargetProfile, facts: DeviceFacts, fm
 def calibrate_target(device: str, name: str, out: Path | str, base: str = "rpi4",
                      runtime: str | None = None, model: str = "torchvision:mobilenet_v2",
                      input_size: str = "3x224x224", runs: int = 50, min_seconds: float = 1.0,
-                     ssh: SshOptions | None = None, overwrite: bool = False) -> CalibrationResult:
-    """Measure `model` on `device` in fp32 and int8 and write profile `name` to `out`."""
+                     ssh: SshOptions | None = None, overwrite: bool = False,
+                     trust_code: bool = False) -> CalibrationResult:
+    """Measure `model` on `device` in fp32 and int8 and write profile `name` to `out`
+    (`trust_code`: see `edgeprune.models.load_model`)."""
     out = Path(out)
     _check_out(out, name, overwrite)
     base_profile = load_target(base)
@@ -152,7 +155,7 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = "rpi4"
     info(f"device: {facts.cpu_model}, {facts.cores} cores, {facts.machine}, "
          f"{facts.max_mhz or '?'} MHz, {facts.ram_mb or '?'} MB, Python {facts.python}")
     with tempfile.TemporaryDirectory(prefix="edgeprune-calibrate-") as tmp:
-        fp32, int8 = _reference_files(model, input_size, fmt, Path(tmp))
+        fp32, int8 = _reference_files(model, input_size, fmt, Path(tmp), trust_code)
         macs = count_model(fp32).macs
         options = BenchOptions(threads=facts.cores, runs=runs, min_seconds=min_seconds)
         results = backend.bench([fp32, int8], options)

@@ -64,13 +64,15 @@ def load_model_and_data(model: str | None = "demo", weights: Path | str | None =
                         dataset: str = "auto", data_dir: Path | str | None = None,
                         input_size: str | None = None, mean: str | Sequence[float] | None = None,
                         std: str | Sequence[float] | None = None, skip_bad_images: bool = False,
-                        workers: int | None = None, seed: int = 0) -> ModelAndData:
+                        workers: int | None = None, seed: int = 0, *, trust_code: bool = False
+                        ) -> ModelAndData:
     """The data (see `load_data`) and the model `model` (any --model reference, with
     `weights`) sized for it, checked to agree on the input shape. A checkpoint that carries
-    its own normalization gets its data normalized that way, unless --mean/--std are given."""
+    its own normalization gets its data normalized that way, unless --mean/--std are given.
+    `trust_code`: see `edgeprune.models.load_model`."""
     data = load_data(dataset, data_dir, input_size, mean, std, skip_bad_images, workers, seed)
     size = parse_input_size(input_size) if input_size else None
-    loaded, spec = load_model_for(model, weights, data, size)
+    loaded, spec = load_model_for(model, weights, data, size, trust_code=trust_code)
     if loaded.spec is not None and mean is None:
         data = data.with_normalization(spec.mean, spec.std)
     elif loaded.spec is not None:
@@ -79,12 +81,13 @@ def load_model_and_data(model: str | None = "demo", weights: Path | str | None =
 
 
 def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle,
-                   size: tuple[int, int, int] | None = None) -> tuple[LoadedModel, InputSpec]:
+                   size: tuple[int, int, int] | None = None, *, trust_code: bool = False
+                   ) -> tuple[LoadedModel, InputSpec]:
     """Load `ref` (any --model reference) sized for `data`'s channels and classes, with its
     input spec: the checkpoint's, else the dataset's, `size` (--input-size) overriding the
     shape. EdgepruneError when the dataset's images do not have that shape."""
     loaded = load_model(ref, weights, in_channels=data.spec.channels,
-                        num_classes=data.spec.num_classes)
+                        num_classes=data.spec.num_classes, trust_code=trust_code)
     spec = loaded.spec or data.spec
     if size is not None and size != spec.shape:
         spec = InputSpec(*size, spec.mean, spec.std, spec.labels)

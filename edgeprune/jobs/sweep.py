@@ -27,6 +27,7 @@ from edgeprune.jobs.config import (
     config_from_dict,
     dump_config,
 )
+from edgeprune.models import check_model_ref
 
 SCHEMA = "edgeprune.jobs.sweep/1"
 # what a criterion's scores depend on; the FLOPs level and everything after scoring do not
@@ -179,8 +180,10 @@ def _cached_scores(cache: Path, cfg: CompressConfig) -> dict[str, Any] | None:
 
 
 def _run_cell(cell: Cell, cfg: CompressConfig, cache: Path, overwrite: bool,
-              compress_fn: Callable[..., Any]) -> None:
+              compress_fn: Callable[..., Any], trust_code: bool) -> None:
     kwargs: dict[str, Any] = {"overwrite": overwrite}
+    if trust_code:
+        kwargs["trust_code"] = True
     scores = _cached_scores(cache, cfg) if _accepts_scores(compress_fn) else None
     if scores is not None:
         kwargs["scores"] = scores
@@ -202,14 +205,17 @@ def _cache_scores(cell: Cell, cfg: CompressConfig, cache: Path) -> None:
 
 def run_sweep(base: CompressConfig, criteria: Sequence[str], flops: Sequence[float],
               sweep_dir: Path | str | None = None, overwrite: bool = False,
-              compress_fn: Callable[..., Any] | None = None) -> SweepResult:
+              compress_fn: Callable[..., Any] | None = None, trust_code: bool = False
+              ) -> SweepResult:
     """Run every (criterion, FLOPs reduction) cell not already finished, then write the
     Pareto plot and tables. `base` gives every other compress option; its name/out (or
     `sweep_dir`) name the sweep folder, never a cell. A cell that fails (e.g. a FLOPs cut
     the model cannot reach) does not stop the others; the outputs are written for the cells
     that finished, then one error names the failed cells. `compress_fn` defaults to
-    `edgeprune.jobs.compress.compress`."""
+    `edgeprune.jobs.compress.compress`; `trust_code` goes to it (see
+    `edgeprune.models.load_model`)."""
     compress_fn = compress_fn or compress
+    check_model_ref(base.model, trust_code)  # the same refusal for every cell: say it once
     sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(base)
     cells = plan(base, criteria, flops, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +230,7 @@ def run_sweep(base: CompressConfig, criteria: Sequence[str], flops: Sequence[flo
             info(f"sweep {i}/{len(cells)}: {cell.name} (criterion {cell.criterion}, "
                  f"-{cell.flops_reduction:.0%} FLOPs)")
             try:
-                _run_cell(cell, cfg, cache, overwrite, compress_fn)
+                _run_cell(cell, cfg, cache, overwrite, compress_fn, trust_code)
             except EdgepruneError as e:
                 cell.status, cell.error = "failed", str(e)
                 info(f"sweep {i}/{len(cells)}: {cell.name} failed: {e}")

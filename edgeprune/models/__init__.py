@@ -3,8 +3,15 @@ format (architecture as data + state_dict + input spec) and `load_model`, which 
 kind of --model reference."""
 
 from edgeprune.models.checkpoint import ArchRef, parameter_shapes, save_checkpoint
-from edgeprune.models.loader import LoadedModel, build_arch, demo_checkpoint_path, load_model
+from edgeprune.models.loader import (
+    LoadedModel,
+    build_arch,
+    check_model_ref,
+    demo_checkpoint_path,
+    load_model,
+)
 from edgeprune.models.registry import create_model, list_models, register_model
 
-__all__ = ["ArchRef", "LoadedModel", "build_arch", "create_model", "demo_checkpoint_path",
+__all__ = ["ArchRef", "LoadedModel", "build_arch", "check_model_ref", "create_model",
+           "demo_checkpoint_path",
            "list_models", "load_model", "parameter_shapes", "register_model", "save_checkpoint"]

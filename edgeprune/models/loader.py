@@ -1,5 +1,12 @@
 """Loading a model by reference: zoo names, `torchvision:NAME`, `package.module:factory`,
-edgeprune checkpoints and pickled modules all go through `load_model`."""
+edgeprune checkpoints and pickled modules all go through `load_model`.
+
+Trust: files are data. A file is read with `torch.load(weights_only=True)` and a checkpoint
+may build only architectures edgeprune builds itself (zoo names, `torchvision:NAME`, then its
+saved structure). What would run code from a file (unpickling a pickled module, a checkpoint
+whose architecture is an import string or another file) needs `trust_code=True`, the CLI's
+`--trust-code`. A `package.module:factory` the caller names itself is the caller's choice.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,10 +29,11 @@ from edgeprune.models.checkpoint import (
     is_checkpoint,
     load_weights_into,
 )
-from edgeprune.models.registry import create_model
+from edgeprune.models.registry import create_model, list_models
 from edgeprune.spec import InputSpec
 
 DEMO_CHECKPOINT = "demo_fashion_mnist.pt"
+EXPORTED_SUFFIXES = (".onnx", ".ort", ".tflite")
 
 
 @dataclass
@@ -68,6 +77,33 @@ def _import_here_too(module_name: str):
             sys.path.remove(here)
 
 
+TRUST_HINT = "pass --trust-code (Python: trust_code=True) only if you trust where it came from"
+
+
+def is_import_string(ref: str) -> bool:
+    """Whether `ref` names Python code to import ('package.module:factory')."""
+    return ":" in ref and not ref.startswith("torchvision:")
+
+
+def is_builtin_arch(ref: str) -> bool:
+    """Whether edgeprune builds `ref` itself, without importing or unpickling anything the
+    reference names: a zoo model or `torchvision:NAME`."""
+    return ref.startswith("torchvision:") or ref in list_models()
+
+
+def check_trusted(ref: str, source: str, trust_code: bool) -> None:
+    """EdgepruneError unless building architecture `ref` runs no code from outside edgeprune,
+    or `trust_code` allows it. `source` says where the reference came from."""
+    if trust_code or is_builtin_arch(ref):
+        return
+    if is_import_string(ref):
+        raise EdgepruneError(f"{source} names architecture {ref!r}, which imports and runs "
+                             f"code; {TRUST_HINT}")
+    if ref.endswith((".pt", ".pth")) or "/" in ref or os.sep in ref:
+        raise EdgepruneError(f"{source} names architecture {ref!r}, a file to unpickle, which "
+                             f"can run code; {TRUST_HINT}")
+
+
 def _import_factory(ref: str):
     module_name, _, attr = ref.partition(":")
     try:
@@ -81,9 +117,11 @@ def _import_factory(ref: str):
     return fn
 
 
-def build_arch(arch: ArchRef) -> nn.Module:
-    """Build the unpruned architecture an ArchRef names (random weights)."""
+def build_arch(arch: ArchRef, trust_code: bool = False) -> nn.Module:
+    """Build the unpruned architecture an ArchRef names (random weights). An import string or
+    a pickled file runs code, so it needs `trust_code`."""
     ref, kw = arch.ref, arch.kwargs
+    check_trusted(ref, "the model", trust_code)
     if ref.startswith("torchvision:"):
         from torchvision import models as tvm
 
@@ -117,18 +155,29 @@ def _load_pickled_module(path: Path) -> nn.Module:
     return obj
 
 
-def _read_file(path: Path):
+def _read_file(path: Path) -> tuple[Any, str | None]:
+    """What `path` holds when read as plain data (tensors, dicts, numbers, strings), or
+    (None, why) when it is not: a pickled module, another format, a broken file."""
     if not path.is_file():
         raise EdgepruneError(f"model file {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain tensor file: maybe a pickled module
-        return None
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as e:  # noqa: BLE001 - anything else is not plain data
+        return None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _from_checkpoint(ckpt: dict, source: str) -> LoadedModel:
-    arch = ArchRef(ckpt["arch"]["ref"], dict(ckpt["arch"].get("kwargs", {})))
-    model = build_arch(arch)
+def _arch_of(ckpt: dict, source: str) -> ArchRef:
+    try:
+        return ArchRef(str(ckpt["arch"]["ref"]), dict(ckpt["arch"].get("kwargs", {})))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EdgepruneError(f"{source} is an edgeprune checkpoint without a usable "
+                             "architecture entry; save it again with edgeprune") from None
+
+
+def _from_checkpoint(ckpt: dict, source: str, trust_code: bool) -> LoadedModel:
+    arch = _arch_of(ckpt, source)
+    check_trusted(arch.ref, source, trust_code)
+    model = build_arch(arch, trust_code)
     apply_structure(model, ckpt.get("structure", {}), ckpt["state_dict"])
     load_weights_into(model, ckpt["state_dict"], source)
     spec = InputSpec.from_dict(ckpt["input_spec"]) if ckpt.get("input_spec") else None
@@ -148,38 +197,72 @@ def _state_dict_of(obj, source: str) -> dict:
                          "torch.save(model.state_dict(), path)")
 
 
+def _is_model_file(ref: str) -> bool:
+    return ref.endswith((".pt", ".pth")) or Path(ref).is_file()
+
+
+def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
+    """The edgeprune checkpoint in model file `path`, checked to build only what `trust_code`
+    allows; None for a pickled module, which only `trust_code` lets through. Reads the file as
+    plain data and builds nothing, so commands check a --model file before any work."""
+    if path.suffix.lower() in EXPORTED_SUFFIXES and path.is_file():
+        raise EdgepruneError(f"{path} is an exported {path.suffix[1:]} file; --model takes a "
+                             "PyTorch model (see --help), and 'edgeprune bench' measures "
+                             "exported files")
+    obj, why = _read_file(path)
+    if is_checkpoint(obj):
+        check_trusted(_arch_of(obj, str(path)).ref, str(path), trust_code)
+        return obj
+    if obj is not None:
+        raise EdgepruneError(f"{path} holds a state_dict but no architecture; pass "
+                             f"--model ARCH --weights {path}")
+    if not trust_code:
+        raise EdgepruneError(f"{path} is not an edgeprune checkpoint or state_dict that loads "
+                             f"as plain data ({why}); loading it would unpickle it, which can "
+                             f"run code: {TRUST_HINT}")
+    return None
+
+
+def check_model_ref(ref: str | None, trust_code: bool = False) -> None:
+    """EdgepruneError now if loading --model `ref` would need `trust_code` (see
+    `read_model_file`); references that are not files are the caller's own choice."""
+    if ref not in (None, "demo") and _is_model_file(ref):
+        read_model_file(Path(ref), trust_code)
+
+
 def load_model(ref: str | None = None, weights: Path | str | None = None,
-               in_channels: int = 3, num_classes: int = 10) -> LoadedModel:
+               in_channels: int = 3, num_classes: int = 10, *, trust_code: bool = False
+               ) -> LoadedModel:
     """Load a model from any reference the CLI's --model accepts.
 
     - None or 'demo': the shipped demo checkpoint (Fashion-MNIST);
     - a zoo name ('resnet20'), 'torchvision:NAME' or 'package.module:factory', built with
       `in_channels`/`num_classes` (zoo, torchvision) and then `weights` (a state_dict) loaded;
-    - a path to an edgeprune checkpoint or to a pickled nn.Module.
+    - a path to an edgeprune checkpoint or, with `trust_code`, to a pickled nn.Module.
+
+    Without `trust_code`, nothing a file names or holds is imported or unpickled (see the
+    module docstring); EdgepruneError says what would have run and names the flag.
     """
     if ref in (None, "demo"):
         ckpt = torch.load(demo_checkpoint_path(), map_location="cpu", weights_only=True)
-        return _from_checkpoint(ckpt, "the demo checkpoint")
+        return _from_checkpoint(ckpt, "the demo checkpoint", trust_code)
     path = Path(ref)
-    if ref.endswith((".pt", ".pth")) or path.is_file():
-        obj = _read_file(path)
-        if is_checkpoint(obj):
-            return _from_checkpoint(obj, str(path))
-        if obj is not None:
-            raise EdgepruneError(f"{path} holds a state_dict but no architecture; pass "
-                                 f"--model ARCH --weights {path}")
+    if _is_model_file(ref):
+        ckpt = read_model_file(path, trust_code)
+        if ckpt is not None:
+            return _from_checkpoint(ckpt, str(path), trust_code)
         loaded = LoadedModel(_load_pickled_module(path), ArchRef(str(path.resolve())), None, {})
     else:
-        kwargs = {} if (":" in ref and not ref.startswith("torchvision:")) else \
+        kwargs = {} if is_import_string(ref) else \
             {"in_channels": in_channels, "num_classes": num_classes}
         arch = ArchRef(ref, kwargs)
-        loaded = LoadedModel(build_arch(arch), arch, None, {})
+        loaded = LoadedModel(build_arch(arch, trust_code=True), arch, None, {})  # caller's own
     if weights is not None:
         wpath = Path(weights)
-        obj = _read_file(wpath)
+        obj, why = _read_file(wpath)
         if obj is None:
-            raise EdgepruneError(f"cannot read weights file {wpath}; it must be a state_dict "
-                                 "saved with torch.save")
+            raise EdgepruneError(f"cannot read weights file {wpath} as plain data ({why}); it "
+                                 "must be a state_dict saved with torch.save")
         if is_checkpoint(obj):
             apply_structure(loaded.model, obj.get("structure", {}), obj["state_dict"])
         load_weights_into(loaded.model, _state_dict_of(obj, str(wpath)), str(wpath))
