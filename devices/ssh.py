@@ -205,7 +205,9 @@ class SshBackend:
                 "sh -c " + shlex.quote(script)]
 
     def scp_command(self, files: list[Path], folder: str) -> list[str]:
-        return ["scp", "-q", *self._common(), "--", *map(str, files),
+        """scp of local `files` into the device's `folder`. Local paths go absolute, so that
+        a name like 'x:y.onnx' is not read as host 'x' (and '--' keeps '-x.onnx' a file)."""
+        return ["scp", "-q", *self._common(), "--", *(str(Path(f).absolute()) for f in files),
                 self.remote.scp_target(folder)]
 
     def run_command(self, command: list[str], timeout_s: float,

@@ -34,6 +34,14 @@ def info(message: str) -> None:
         stderr.print(message, highlight=False, soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    """A one-line warning: something was set aside and the run goes on. Shown even with
+    --quiet, since it changes what the run does."""
+    from rich.markup import escape
+
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields `advance(n=1, **fields)`; silent when quiet or when

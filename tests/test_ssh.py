@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -265,3 +266,15 @@ def test_targets_calibrate_writes_a_profile_that_reproduces_the_measurement(
     code, _, err = run_cli(capsys, "targets", "calibrate", "--name", "myboard", "--out",
                            str(out), *sshd.cli_args())
     assert code == 2 and "exists; pass --overwrite" in err
+
+
+@needs_sshd
+@pytest.mark.parametrize("name", ["x:y.onnx", "-x.onnx"])
+def test_file_names_that_look_like_a_host_or_an_option_are_sent_as_files(
+        sshd: Sshd, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        name: str) -> None:
+    shutil.copy(models["onnx"], tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # given as the user types it: a bare relative name
+    result, = sshd.backend().bench([Path(name)], FAST)
+    assert result.label == "device" and result.p50_ms > 0
+    assert sshd.leftovers() == []

@@ -1,9 +1,12 @@
 """The `edgeprune` command: a thin Typer shell over the jobs (`edgeprune.jobs`), one module per
 command group, every shared option declared once in `options`. Nothing imports this package
-back; `main` turns a user's mistake (`EdgepruneError`) into one line and exit code 2."""
+back; `main` turns a user's mistake (`EdgepruneError`), an operating-system error (a full or
+read-only disk, a missing permission) and any other failure into one line and exit code 2
+(`EDGEPRUNE_TRACEBACK=1` shows the traceback of an unexpected failure)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -26,10 +29,26 @@ def _root() -> None:
     """Prune, export and benchmark PyTorch image classifiers for edge devices."""
 
 
+def _fail(message: str) -> None:
+    from rich.markup import escape
+
+    console.stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                         soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: run the app, turning every failure into one line and exit code 2."""
     try:
         app()
     except EdgepruneError as e:
-        console.stderr.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}; check the path, its permissions and the free space")
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a user's terminal
+        if os.environ.get("EDGEPRUNE_TRACEBACK"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _fail(f"unexpected {type(e).__name__}: {first} (EDGEPRUNE_TRACEBACK=1 shows where; "
+              "please report it)")

@@ -26,6 +26,7 @@ from edgeprune.cli.options import (
     SshOpt,
     TargetOpt,
     ThreadsOpt,
+    TrustCodeOpt,
 )
 
 if TYPE_CHECKING:
@@ -74,10 +75,13 @@ def bench(
         default_threads,
         write_json,
     )
+    from edgeprune.jobs.checks import check_output_file
 
     profile = load_target(target)
     if run is not None:
         check_run_dir(run)
+    if json_out is not None:  # replaced if it exists, like any results file
+        check_output_file(json_out, overwrite=True, flag="--json")
     options = BenchOptions(threads=threads or default_threads(profile, device), warmup=warmup,
                            runs=runs, min_seconds=min_seconds, rounds=rounds, timeout_s=timeout,
                            eval=eval_,
@@ -183,6 +187,7 @@ def calibrate(
     ssh_option: SshOpt = None,
     remote_python: RemotePythonOpt = "python3",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    trust_code: TrustCodeOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -195,7 +200,7 @@ def calibrate(
 
     result = calibrate_target(device, name, out, base, runtime, model, input_size, runs,
                               min_seconds, SshOptions(tuple(ssh_option or ()), remote_python),
-                              overwrite)
+                              overwrite, trust_code)
     if json_out:
         typer.echo(json.dumps({"out": str(result.out), "profile": asdict(result.profile),
                                "measured_p50_ms": {p: r.p50_ms for p, r in

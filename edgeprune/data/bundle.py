@@ -197,7 +197,19 @@ def _worker_message(text: str) -> str:
 
 def bundle_from_arrays(name: str, arr: dict[str, np.ndarray], mean, std, labels) -> DataBundle:
     """A bundle from uint8 arrays `train_x`, `train_y`, `test_x`, `test_y` ((N, H, W) images
-    get a channel axis)."""
+    get a channel axis). EdgepruneError when a split is empty, its images and labels differ
+    in number, or a label is outside the classes."""
+    for split in ("train", "test"):
+        n_x, n_y = len(arr[f"{split}_x"]), len(arr[f"{split}_y"])
+        if n_x != n_y:
+            raise EdgepruneError(f"dataset {name}: the {split} split has {n_x} images but {n_y} "
+                                 "labels; the files do not belong together")
+        if n_x == 0:
+            raise EdgepruneError(f"dataset {name}: the {split} split is empty")
+        y = np.asarray(arr[f"{split}_y"])
+        if y.min() < 0 or y.max() >= len(labels):
+            raise EdgepruneError(f"dataset {name}: {split} labels run from {y.min()} to "
+                                 f"{y.max()}, outside its {len(labels)} classes")
 
     def images(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(a, copy=True))

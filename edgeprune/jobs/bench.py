@@ -27,9 +27,9 @@ from edgeprune.devices.ssh import SshOptions
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_text
+from edgeprune.manifest import MANIFEST, read_manifest
 
 SCHEMA = "edgeprune.bench/1"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -132,21 +132,15 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 
 
 def check_run_dir(run_dir: Path) -> Path:
-    """The run's manifest.json; an error if the folder holds no run."""
-    manifest = Path(run_dir) / MANIFEST
-    if not manifest.is_file():
-        raise EdgepruneError(f"{run_dir} holds no {MANIFEST}; pass the folder of a finished "
-                             "`edgeprune compress` run")
-    return manifest
+    """The run's manifest.json; an error if the folder holds no finished run."""
+    read_manifest(run_dir)
+    return Path(run_dir) / MANIFEST
 
 
 def append_to_run(run_dir: Path, record: dict[str, Any]) -> Path:
     """Append `record` to the run manifest's "bench" list (read, extend, atomic replace)."""
-    manifest = check_run_dir(run_dir)
-    try:
-        data = json.loads(manifest.read_text())
-    except ValueError as e:
-        raise EdgepruneError(f"{manifest} is not valid JSON ({e})") from None
+    data = read_manifest(run_dir)
+    manifest = Path(run_dir) / MANIFEST
     if not isinstance(data.get("bench", []), list):
         raise EdgepruneError(f"{manifest}: 'bench' is not a list; not an edgeprune manifest?")
     data["bench"] = [*data.get("bench", []), record]

@@ -115,7 +115,8 @@ class Inputs:
 
 
 def compress(config: CompressConfig | None = None, overwrite: bool = False,
-             scores: dict[str, torch.Tensor] | None = None, **options: Any) -> CompressResult:
+             scores: dict[str, torch.Tensor] | None = None, trust_code: bool = False,
+             **options: Any) -> CompressResult:
     """Run the whole pipeline and publish a complete run folder.
 
     `options` override fields of `config` (same names as the CLI flags). The input model
@@ -123,13 +124,30 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     again; a finished run is replaced only with `overwrite`. `scores` ({layer: per-channel
     tensor} of `config.criterion`, as in scores.pt) skips scoring, e.g. when a sweep prunes one
     model to several FLOPs levels. When no candidate is within `max_drop`, the run is still
-    published, with `shipped` None and the reason."""
+    published, with `shipped` None and the reason. `trust_code`: see
+    `edgeprune.models.load_model`."""
     cfg = merge({}, options, base=config, override_source="compress option")
     t_start = time.perf_counter()
-    inputs = _resolve(cfg)
+    inputs = _resolve(cfg, trust_code)
     run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
-    data, target = inputs.data, inputs.target
+    try:
+        return _complete(run, inputs, scores, t_start)
+    except EdgepruneError:
+        run.discard()
+        raise
+    except OSError as e:  # a full or read-only disk: one line, and no half-written run
+        run.discard()
+        raise EdgepruneError(f"cannot write run {run.final}: {e.strerror or e} "
+                             f"({e.filename or run.work})") from None
+    finally:
+        run.release()  # a crash keeps the .partial folder to resume, never the lock
+
+
+def _complete(run: RunFolder, inputs: Inputs, scores: dict[str, torch.Tensor] | None,
+              t_start: float) -> CompressResult:
+    """Every stage of a run opened by `compress`, then its summary, report and publishing."""
+    cfg, data, target = inputs.cfg, inputs.data, inputs.target
     info(f"run folder {run.final} (target {target.name}: {target.cpu}, {target.ship_format} "
          f"{'/'.join(inputs.precisions)}); data {data.name} ({len(data.train)} train / "
          f"{len(data.test)} test)")
@@ -137,11 +155,7 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     run.record(run.work / "config.toml", "config", "compress")
     atomic_write_text(run.path("dataset.json"), json.dumps(data.describe(), indent=1))
     run.record(run.work / "dataset.json", "dataset", "compress")
-    try:
-        result = _run_stages(inputs, run, scores)
-    except EdgepruneError:
-        run.discard()
-        raise
+    result = _run_stages(inputs, run, scores)
     result.wall_s = time.perf_counter() - t_start
     run.stage_done("total", wall_s=result.wall_s)
     atomic_write_text(run.path("summary.json"), json.dumps(result.to_dict(), indent=2,
@@ -152,7 +166,7 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     return result
 
 
-def _resolve(cfg: CompressConfig) -> Inputs:
+def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
     """Load and check every input named by the options, before any work."""
     from edgeprune.criteria import get_criterion
 
@@ -168,7 +182,8 @@ def _resolve(cfg: CompressConfig) -> Inputs:
         if check is not None:  # reachable, with Python, numpy and the runtime, before work
             info(f"device: {check(['.' + target.ship_format])}")
     md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
-                             cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed)
+                             cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed,
+                             trust_code=trust_code)
     check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
     threads = cfg.threads or target.threads
     return Inputs(cfg, target, md.loaded, md.data, md.spec,

@@ -5,8 +5,9 @@ underscores); command-line flags override the file, and every run folder keeps i
 
 Unknown keys, wrong types and values out of range raise EdgepruneError naming the key (with a
 close-match suggestion for unknown keys), before any work starts. Values are data only;
-nothing in a file is evaluated. Paths are taken as they are written, like the same flags:
-relative to the directory edgeprune runs in.
+nothing in a file is evaluated, and a file cannot make edgeprune run code: a `model` that is
+an import string needs `--trust-code` on the command line, which no file can set. Paths are
+taken as they are written, like the same flags: relative to the directory edgeprune runs in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.checks import check_options, check_output_folder
 from edgeprune.tomlfile import dumps, read_toml
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 MAX_FLOPS_REDUCTION = 0.95
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
+FORMAT_CHOICES = ("onnx", "tflite")
 
 
 @dataclass
@@ -147,6 +150,10 @@ def validate(options: Mapping[str, Any], source: str = "config") -> dict[str, An
     out: dict[str, Any] = {}
     for raw_key, value in options.items():
         key = str(raw_key).replace("-", "_")
+        if key == "trust_code":
+            raise EdgepruneError(f"{source}: {raw_key!r} cannot be set in a file; a config "
+                                 "file cannot allow running code: pass --trust-code on the "
+                                 "command line")
         if key not in FIELDS:
             close = difflib.get_close_matches(key, FIELDS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else \
@@ -176,41 +183,40 @@ def merge(config_dict: Mapping[str, Any], cli_overrides: Mapping[str, Any],
 
 def check_ranges(cfg: CompressConfig) -> None:
     """The values that have the right type but cannot work, refused before any work starts."""
-    if cfg.epochs is not None and cfg.epochs < 0:
-        raise EdgepruneError(f"--epochs {cfg.epochs} must be 0 (no fine-tuning) or more")
-    _check_candidates(cfg)
-    if cfg.workers is not None and cfg.workers < 0:
-        raise EdgepruneError(f"--workers {cfg.workers} must be 0 (decode in the main process) "
-                             "or more")
     if (cfg.mean is None) != (cfg.std is None):
         raise EdgepruneError("pass --mean and --std together (one value per input channel)")
-    if cfg.bn_recalibration < 0:
-        raise EdgepruneError(f"--bn-recalibration {cfg.bn_recalibration} must be 0 (off) or a "
-                             "number of training images, e.g. 2000")
-    if not 0.0 < cfg.flops_reduction < MAX_FLOPS_REDUCTION:
-        raise EdgepruneError(f"--flops-reduction {cfg.flops_reduction} must be between 0 and "
-                             f"{MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the FLOPs)")
-
-
-def _check_candidates(cfg: CompressConfig) -> None:
-    """The options of the shipped file: precision, tolerance, budget, measuring."""
     if cfg.precision not in PRECISION_CHOICES:
         raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
                              f"{', '.join(PRECISION_CHOICES)}")
-    checks = [("--max-drop", cfg.max_drop, cfg.max_drop >= 0, "0 or more points, e.g. 1.0"),
-              ("--bench-runs", cfg.bench_runs, cfg.bench_runs >= 1, "at least 1"),
-              ("--bench-seconds", cfg.bench_seconds, cfg.bench_seconds >= 0, "0 or more"),
-              ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1")]
-    if cfg.latency_ms is not None:
-        checks.append(("--latency-ms", cfg.latency_ms, cfg.latency_ms > 0,
-                       "a positive budget in milliseconds"))
-    if cfg.threads is not None:
-        checks.append(("--threads", cfg.threads, cfg.threads >= 1, "at least 1"))
-    if cfg.qat_epochs is not None:
-        checks.append(("--qat-epochs", cfg.qat_epochs, cfg.qat_epochs >= 0, "0 (off) or more"))
-    for flag, value, ok, expected in checks:
-        if not ok or value != value:  # NaN fails every comparison
-            raise EdgepruneError(f"{flag} {value} must be {expected}")
+    unknown = [f for f in cfg.formats if f not in FORMAT_CHOICES]
+    if unknown or not cfg.formats:
+        raise EdgepruneError(f"--formats {','.join(cfg.formats)}: choose from "
+                             f"{', '.join(FORMAT_CHOICES)}, comma-separated")
+    optional = [("--epochs", cfg.epochs, "0 (no fine-tuning) or more", lambda v: v >= 0),
+                ("--workers", cfg.workers, "0 (decode in the main process) or more",
+                 lambda v: v >= 0),
+                ("--samples-per-class", cfg.samples_per_class, "at least 1", lambda v: v >= 1),
+                ("--eval-limit", cfg.eval_limit, "at least 1 test image", lambda v: v >= 1),
+                ("--latency-ms", cfg.latency_ms, "a positive budget in milliseconds",
+                 lambda v: v > 0),
+                ("--threads", cfg.threads, "at least 1", lambda v: v >= 1),
+                ("--qat-epochs", cfg.qat_epochs, "0 (off) or more", lambda v: v >= 0)]
+    check_options(
+        ("--flops-reduction", cfg.flops_reduction, 0.0 < cfg.flops_reduction
+         < MAX_FLOPS_REDUCTION, f"between 0 and {MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the "
+         "FLOPs)"),
+        ("--score-samples", cfg.score_samples, cfg.score_samples >= 1, "at least 1"),
+        ("--bn-recalibration", cfg.bn_recalibration, cfg.bn_recalibration >= 0,
+         "0 (off) or a number of training images, e.g. 2000"),
+        ("--lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 0.01"),
+        ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "at least 1"),
+        ("--max-drop", cfg.max_drop, cfg.max_drop >= 0, "0 or more points, e.g. 1.0"),
+        ("--bench-runs", cfg.bench_runs, cfg.bench_runs >= 1, "at least 1"),
+        ("--bench-seconds", cfg.bench_seconds, cfg.bench_seconds >= 0, "0 or more"),
+        ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1"),
+        *((flag, value, ok(value), expected) for flag, value, expected, ok in optional
+          if value is not None))
+    check_output_folder(cfg.run_dir(), "--out" if cfg.out else "--runs-dir")
 
 
 def config_from_dict(options: Mapping[str, Any]) -> CompressConfig:
@@ -231,8 +237,21 @@ def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> Compr
     values = {k: v for k, v in ctx.params.items() if k in FIELDS}
     if config_path is None:
         return merge({}, values)
-    return merge(load_config(config_path), {k: v for k, v in values.items()
-                                            if _explicit(ctx, k)})
+    file_options = load_config(config_path)
+    explicit = {k: v for k, v in values.items() if _explicit(ctx, k)}
+    if "model" not in explicit and not ctx.params.get("trust_code"):
+        check_file_model(file_options.get("model"), config_path)
+    return merge(file_options, explicit)
+
+
+def check_file_model(model: str | None, source: Path | str) -> None:
+    """EdgepruneError when a config file's `model` is an import string: a file may name only
+    what loads as data (see `edgeprune.models.load_model`), unless the command line says
+    --trust-code."""
+    if model is not None and ":" in model and not model.startswith("torchvision:"):
+        raise EdgepruneError(f"{source}: model = {model!r} imports and runs code, which a "
+                             "config file cannot do on its own; pass --trust-code if you "
+                             "trust the file, or give --model on the command line")
 
 
 def _explicit(ctx: typer.Context, name: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeprune.export import ExportOptions, ExportResult, export_model, select_exporters
 from edgeprune.export.precision import CALIBRATED, parse_precisions
+from edgeprune.jobs.checks import check_options, check_output_folder
 from edgeprune.jobs.loading import load_model_and_data, take
 from edgeprune.models import LoadedModel
 
@@ -33,6 +34,11 @@ def export_files(model: str = "demo", weights: Path | None = None,
     """
     select_exporters(formats)
     precs = parse_precisions(precisions)
+    check_output_folder(Path(out))
+    check_options(("--calibration-samples", calibration_samples, calibration_samples >= 1,
+                   "at least 1"),
+                  ("--eval-samples", eval_samples, eval_samples >= 0, "0 (no accuracy check) "
+                   "or more"))
     md = load_model_and_data(model, weights, seed=seed, **data)
     loaded, spec = md.loaded, md.spec
     x, y = take(md.data, "test", max(eval_samples, VERIFY_SAMPLES), seed)

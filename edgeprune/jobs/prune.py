@@ -19,6 +19,7 @@ from edgeprune.devices.bench import BenchOptions, get_backend
 from edgeprune.devices.targets import load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_model
+from edgeprune.jobs.checks import check_options, check_output_file
 from edgeprune.jobs.loading import load_model_and_data, reference_batches
 from edgeprune.models import save_checkpoint
 from edgeprune.pruning.api import PruneResult, prune
@@ -115,8 +116,14 @@ def prune_file(model: str = "demo", weights: Path | None = None,
     """Prune a model file for a target and save it; returns the summary the CLI prints.
     `data`: the data options of `jobs.loading.load_data` (dataset, data_dir, ...)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EdgepruneError(f"{out} exists; pass --overwrite to replace it")
+    check_output_file(out, overwrite)
+    check_options(("--score-samples", score_samples, score_samples >= 1, "at least 1"),
+                  ("--samples-per-class", samples_per_class,
+                   samples_per_class is None or samples_per_class >= 1, "at least 1"),
+                  ("--step", step, 0 < step < 1, "between 0 and 1, e.g. 0.05"),
+                  ("--step-epochs", step_epochs, step_epochs >= 0, "0 (none) or more"),
+                  ("--lr", lr, lr > 0, "a positive learning rate, e.g. 0.01"),
+                  ("--threads", threads, threads is None or threads >= 1, "at least 1"))
     profile = load_target(target)
     crit = get_criterion(criterion)
     md = load_model_and_data(model, weights, seed=seed, **data)

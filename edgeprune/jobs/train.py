@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.console import info
-from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.checks import check_options, check_output_file
 from edgeprune.jobs.loading import load_model_and_data
 from edgeprune.models.checkpoint import save_checkpoint
 from edgeprune.training import TrainConfig, train
@@ -22,12 +22,14 @@ def train_model(model: str = "democnn", out: Path = Path("model.pt"), weights: P
     Training state is kept beside `out` (`<out>.state`) after every epoch, so an interrupted
     run continues where it stopped when the same command is run again."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise EdgepruneError(f"{out} already exists; pass --overwrite or choose another --out")
-    md = load_model_and_data(model, weights, dataset, seed=seed, **data)
-    loaded = md.loaded
+    check_output_file(out, overwrite)
+    check_options(("--epochs", epochs, epochs > 0, "a positive number of epochs, e.g. 20"),
+                  ("--lr", lr, lr > 0, "a positive learning rate, e.g. 0.1"),
+                  ("--batch-size", batch_size, batch_size >= 1, "at least 1"))
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       label_smoothing=0.1)
+    md = load_model_and_data(model, weights, dataset, seed=seed, **data)
+    loaded = md.loaded
     state_path = out.with_name(out.name + ".state")
     result = train(loaded.model, md.data, cfg, state_path=state_path)
     meta = {"trained_on": md.data.name, "test_acc": result.final_accuracy, "epochs": epochs,

@@ -84,6 +84,13 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
                 parts.append(f"{label}: {', '.join(items[:3])}{more}")
         raise EdgepruneError(f"weights in {source} do not match the model ({'; '.join(parts)}); "
                              "pass the architecture they were trained with")
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise EdgepruneError(f"weights in {source}: {key} holds {bad} NaN or infinite "
+                                 f"value{'s' if bad > 1 else ''} of {value.numel()}; the model "
+                                 "diverged or the file is damaged: use an earlier checkpoint")
     model.load_state_dict(state_dict)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.manifest import read_manifest
 
-MANIFEST = "manifest.json"
 REPORT_FILES = ("report.html", "report.json")
 
 
@@ -74,10 +74,7 @@ def _sidecars(models: Path) -> dict[str, dict[str, Any]]:
 def load_run(run_dir: Path | str) -> RunData:
     """Everything the report needs from `run_dir`; an error if it holds no manifest.json."""
     run_dir = Path(run_dir)
-    if not (run_dir / MANIFEST).is_file():
-        raise EdgepruneError(f"{run_dir} holds no {MANIFEST}; pass the folder of an "
-                             "`edgeprune compress` run")
-    manifest = _json(run_dir / MANIFEST)
+    manifest = read_manifest(run_dir, finished=False)  # compress reports before publishing
     config = _optional_json(run_dir / "config.json") or manifest.get("config") or {}
     toml_path = run_dir / "config.toml"
     return RunData(

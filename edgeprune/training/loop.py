@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.console import info, progress_bar
+from edgeprune.console import info, progress_bar, warn
 from edgeprune.data import DataBundle, iterate_batches
 from edgeprune.files import atomic_write_bytes
 
@@ -128,19 +128,29 @@ def _save_state(path: Path, model, opt, sched, epoch: int, history: list) -> Non
 
 
 def _resume(path: Path, model, opt, sched, device) -> tuple[int, list]:
-    """Load a saved training state; a state that does not fit the model is ignored."""
+    """Load a saved training state. A state that is empty, corrupt or does not fit the model
+    is discarded with a warning, leaving model, optimizer and schedule as they were, and
+    training starts again."""
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()),
+             copy.deepcopy(sched.state_dict()))
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if own != {k: tuple(v.shape) for k, v in state["model"].items()}:
             raise ValueError("saved for a model of another shape")
+        epoch, history = int(state["epoch"]), list(state["history"])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError, OSError) as e:
-        info(f"ignoring unusable training state {path}: {str(e).splitlines()[0]}")
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, the state is not used
+        model.load_state_dict(saved[0])
+        opt.load_state_dict(saved[1])
+        sched.load_state_dict(saved[2])
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warn(f"discarding unusable training state {path} ({reason}); starting this stage "
+             "again")
         return 0, []
-    return int(state["epoch"]), list(state["history"])
+    return epoch, history
 
 
 def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
