@@ -126,6 +126,13 @@ def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: tor
             summary: dict[str, Any] | None, options: ExportOptions,
             exporters: list[Exporter]) -> Job:
     """Check every input before any work, compute PyTorch's reference outputs, trace."""
+    if not isinstance(spec, InputSpec):
+        raise EdgepruneError(f"export_model needs the model's InputSpec (input shape, mean/std, "
+                             f"labels), not {type(spec).__name__}; e.g. InputSpec(3, 32, 32, "
+                             "mean, std, labels)")
+    if not isinstance(model, torch.nn.Module):
+        raise EdgepruneError(f"export_model takes a torch.nn.Module, not a "
+                             f"{type(model).__name__}")
     precs = parse_precisions(precisions)
     for e in exporters:
         missing = [p for p in precs if p not in e.precisions]

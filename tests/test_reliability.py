@@ -58,8 +58,9 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     (mine / "notes.txt").write_text("my notes")
     (mine / "sub" / "data.bin").write_bytes(os.urandom(64))
     before = tree_state(tmp_path)
-    code, _, err = run_cli(capsys, "compress", *FAST, "--out", str(mine), "--overwrite")
-    assert_one_line_error(code, err, "replaces only finished edgeprune run folders")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(capsys, "compress", *FAST, "--out", str(mine), *extra)
+        assert_one_line_error(code, err, "replaces only its own finished runs")
     assert tree_state(tmp_path) == before
 
 
@@ -263,4 +264,42 @@ def test_an_unexpected_failure_is_one_line_too(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, "compress", *FAST, "--runs-dir", str(tmp_path))
     assert_one_line_error(code, err, "unexpected RuntimeError: something nobody expected")
     assert "second line" not in err
-    assert not list(tmp_path.glob(".*.lock"))  # the partial run stays to resume; the lock not
+    assert list(tmp_path.iterdir()) == []  # no run, no .partial, no lock
+
+
+def test_out_dot_is_never_replaced(tmp_path, capsys, monkeypatch):
+    (tmp_path / "work.txt").write_text("the user's folder")
+    monkeypatch.chdir(tmp_path)
+    before = tree_state(tmp_path)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(capsys, "compress", *FAST, "--out", ".", *extra)
+        assert_one_line_error(code, err, "replaces only its own finished runs")
+    assert tree_state(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ Python API
+
+def test_prune_refuses_what_it_cannot_work_on():
+    from edgeprune.pruning import prune
+
+    model = load_model("demo").model
+    x = torch.zeros(1, 1, 28, 28)
+    with pytest.raises(EdgepruneError, match="scores for '0' must be a tensor"):
+        prune(model, x, scores={"0": "high"})
+    with pytest.raises(EdgepruneError, match="must be a .layer name: tensor. dict"):
+        prune(model, x, scores="lrp")
+    with pytest.raises(EdgepruneError, match="fails on example_inputs of shape"):
+        prune(model, torch.zeros(1, 3, 32, 32))
+    with torch.device("meta"):
+        empty = load_model("democnn", in_channels=1, num_classes=10).model
+    with pytest.raises(EdgepruneError, match="on the meta device"):
+        prune(empty, x)
+
+
+def test_export_model_without_a_spec_says_what_it_needs(tmp_path):
+    from edgeprune.export import export_model
+
+    model = load_model("demo").model
+    with pytest.raises(EdgepruneError, match="needs the model's InputSpec"):
+        export_model(model, None, tmp_path / "out", torch.zeros(4, 1, 28, 28))
+    assert list(tmp_path.iterdir()) == []

@@ -140,8 +140,11 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
         run.discard()
         raise EdgepruneError(f"cannot write run {run.final}: {e.strerror or e} "
                              f"({e.filename or run.work})") from None
+    except Exception:
+        run.discard()
+        raise
     finally:
-        run.release()  # a crash keeps the .partial folder to resume, never the lock
+        run.release()  # a kill or Ctrl-C keeps the .partial folder to resume, never the lock
 
 
 def _complete(run: RunFolder, inputs: Inputs, scores: dict[str, torch.Tensor] | None,

@@ -50,6 +50,8 @@ class RunFolder:
 
     def __post_init__(self) -> None:
         self.final = Path(self.final)
+        if self.final.name in ("", ".", ".."):  # '--out .' names the folder it is in
+            self.final = self.final.resolve()
         self.work = self.final.with_name(f".{self.final.name}.partial")
         self.manifest = {
             "edgeprune": __version__,
@@ -158,13 +160,14 @@ def check_destination(final: Path, overwrite: bool, protect: tuple[Path, ...] = 
         raise EdgepruneError(f"--out {final} is a file, not a folder; choose a folder path")
     if not final.exists():
         return
-    if not overwrite:
-        raise EdgepruneError(f"{final} already exists; pass --overwrite to replace a finished "
-                             "run, or choose another --name/--out")
     problem = manifest_problem(final)
     if problem is not None:
-        raise EdgepruneError(f"--overwrite replaces only finished edgeprune run folders, and "
-                             f"{final} is not one ({problem}); choose another --name/--out")
+        raise EdgepruneError(f"{final} exists and is not a finished edgeprune run ({problem}); "
+                             "edgeprune replaces only its own finished runs: choose another "
+                             "--name/--out")
+    if not overwrite:
+        raise EdgepruneError(f"{final} already holds a run; pass --overwrite or choose another "
+                             "--name/--out")
     for p in protect:
         if p is not None and _is_within(Path(p), final):
             raise EdgepruneError(f"--overwrite would delete the input {p} inside {final}; "

@@ -136,6 +136,7 @@ def prune(model: nn.Module, example_inputs: Tensor, *, scores: dict[str, Tensor]
     protected (`protected_reasons` says why). With `reestimate`, layers that lost input
     channels are refitted by least squares on `batches` (see `reestimate.py`). The input
     model is not modified and no backward pass is needed."""
+    _check_model(model, example_inputs)
     goal = _resolve_goal(flops_reduction, goal)
     schedule = schedule or OneShot()
     _check_policy(round_to, min_channels)
@@ -182,9 +183,28 @@ def _score(crit: Criterion, model: nn.Module, data: list | None) -> dict[str, Te
     return crit.score(model, data if crit.needs_data else None)
 
 
+def _check_model(model: nn.Module, example_inputs: Tensor) -> None:
+    """EdgepruneError for inputs `prune` cannot work on, before any work."""
+    if not isinstance(model, nn.Module):
+        raise EdgepruneError(f"prune takes a torch.nn.Module, not a {type(model).__name__}")
+    if not isinstance(example_inputs, Tensor):
+        raise EdgepruneError(f"example_inputs must be a tensor (one input batch), not a "
+                             f"{type(example_inputs).__name__}")
+    meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if meta:
+        raise EdgepruneError(f"the model's {meta[0]} is on the meta device (no values); load "
+                             "its weights first, e.g. with load_state_dict(..., assign=True)")
+
+
 def _check_scores(model: nn.Module, scores: dict[str, Tensor]) -> None:
+    if not isinstance(scores, dict):
+        raise EdgepruneError(f"scores must be a {{layer name: tensor}} dict, not a "
+                             f"{type(scores).__name__}")
     layers = prunable_layers(model)
     for name, values in scores.items():
+        if not isinstance(values, Tensor):
+            raise EdgepruneError(f"scores for {name!r} must be a tensor of one score per "
+                                 f"output channel, not a {type(values).__name__}")
         if name not in layers:
             raise EdgepruneError(f"scores name layer {name!r}, which is not a Conv2d or Linear "
                                  "of the model")

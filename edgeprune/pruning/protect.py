@@ -24,7 +24,13 @@ ROOT_TYPES = [nn.Conv2d, nn.Linear]
 def output_shape(model: nn.Module, example_inputs: Tensor) -> torch.Size:
     """Shape of the model's output on the example inputs (the model must return a tensor)."""
     with torch.no_grad():
-        out = model(example_inputs)
+        try:
+            out = model(example_inputs)
+        except Exception as e:  # noqa: BLE001 - the caller's model failing on their input
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgepruneError(f"the model fails on example_inputs of shape "
+                                 f"{tuple(example_inputs.shape)}: {reason}; give one batch of "
+                                 "the input the model takes") from None
     if not isinstance(out, Tensor):
         raise EdgepruneError(f"the model returns a {type(out).__name__}; edgeprune prunes "
                              "classifiers that return one logits tensor")
