@@ -382,8 +382,9 @@ class SshBackend:
     def _run_script(self, folder: str, paths: list[Path], options: BenchOptions) -> str:
         """cd into the folder, run the runner under `timeout` when the device has it, remove
         the folder, exit with the runner's status."""
-        samples = Path(options.samples).name if options.eval and options.samples else None
-        args = " ".join(shlex.quote(a) for a in [*(p.name for p in paths),
+        # './NAME': a file named '-x.onnx' stays a file for the runner's argument parser
+        samples = f"./{Path(options.samples).name}" if options.eval and options.samples else None
+        args = " ".join(shlex.quote(a) for a in [*(f"./{p.name}" for p in paths),
                                                   *options.runner_args(samples)])
         limit = f"timeout -k 5 {max(1, round(options.timeout_s * len(paths)))}"
         return (f"cd {shlex.quote(folder)} || exit 96\n"

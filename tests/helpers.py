@@ -10,6 +10,9 @@ import pytest
 
 from edgeprune.cli import main
 
+FINISHED_RUN = {"edgeprune": "0.1.0", "artefacts": [], "finished": "2026-01-01T00:00:00+00:00"}
+"""The least manifest.json of a finished run (edgeprune.manifest)."""
+
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run `edgeprune ARGS` in-process; return (exit code, stdout, stderr)."""

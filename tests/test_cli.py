@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_one_line_error, run_cli, sha
+from helpers import FINISHED_RUN, assert_one_line_error, run_cli, sha
 
 from edgeprune.models import create_model, load_model
 
@@ -110,8 +110,9 @@ def test_existing_run_is_refused_then_overwritten(capsys, compressed):
 
 
 def test_overwrite_refuses_to_delete_the_input_model(capsys, tmp_path, tiny_checkpoint):
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # a finished run, and the user's model put inside it
     run.mkdir()
+    (run / "manifest.json").write_text(json.dumps(FINISHED_RUN))
     inside = run / "model.pt"
     inside.write_bytes(tiny_checkpoint.read_bytes())
     code, _, err = run_cli(capsys, "compress", "--model", str(inside), "--out", str(run),

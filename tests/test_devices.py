@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from helpers import FINISHED_RUN
 from typer.testing import CliRunner
 
 from edgeprune.cli.devices import bench
@@ -425,7 +426,7 @@ def _cli() -> typer.Typer:
 def test_cli_bench_table_json_and_run_manifest(models: dict[str, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "manifest.json").write_text(json.dumps({"artefacts": [], "stages": {}}))
+    (run_dir / "manifest.json").write_text(json.dumps({**FINISHED_RUN, "stages": {}}))
     out = tmp_path / "bench.json"
     args = ["bench", str(models["onnx"]), str(models["tflite"]), "--target", "x86-64",
             "--threads", "1", "--runs", "3", "--min-seconds", "0", "--warmup", "0", "--eval",
@@ -465,9 +466,10 @@ def test_cli_bench_failure_leaves_results_untouched(models: dict[str, Path],
 
 def test_append_to_run_keeps_the_manifest(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"config": {"a": 1}, "bench": [{"old": True}]}))
+    manifest.write_text(json.dumps({**FINISHED_RUN, "config": {"a": 1},
+                                    "bench": [{"old": True}]}))
     append_to_run(tmp_path, {"new": True})
-    assert json.loads(manifest.read_text()) == {"config": {"a": 1},
+    assert json.loads(manifest.read_text()) == {**FINISHED_RUN, "config": {"a": 1},
                                                 "bench": [{"old": True}, {"new": True}]}
 
 

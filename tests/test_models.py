@@ -98,7 +98,9 @@ def test_state_dict_file_without_architecture(tmp_path):
 def test_pickled_module(tmp_path):
     model = create_model("democnn", 1).eval()
     torch.save(model, tmp_path / "full.pt")
-    loaded = load_model(str(tmp_path / "full.pt"))
+    with pytest.raises(EdgepruneError, match="--trust-code"):
+        load_model(str(tmp_path / "full.pt"))
+    loaded = load_model(str(tmp_path / "full.pt"), trust_code=True)
     x = torch.randn(1, 1, 28, 28)
     torch.testing.assert_close(loaded.model(x), model(x))
 

@@ -203,6 +203,7 @@ def test_report_works_on_a_run_with_only_a_manifest(tmp_path):
     run = tmp_path / "bare"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"edgeprune": "0.1.0", "stages": {},
+                                                   "artefacts": [],
                                                    "config": {"criterion": "l1", "seed": 3}}))
     html_path, json_path = build_report(run)
     html = html_path.read_text()

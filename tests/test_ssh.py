@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from helpers import FINISHED_RUN
 from sshd import FAST, Sshd, free_port, needs_sshd
 from typer.testing import CliRunner
 
@@ -222,7 +223,8 @@ def test_failing_device_leaves_earlier_results_untouched(sshd: Sshd, models: dic
     out, run_dir = tmp_path / "bench.json", tmp_path / "run"
     run_dir.mkdir()
     out.write_text("earlier")
-    (run_dir / "manifest.json").write_text('{"bench": ["earlier"]}')
+    earlier = json.dumps({**FINISHED_RUN, "bench": ["earlier"]})
+    (run_dir / "manifest.json").write_text(earlier)
     app = typer.Typer()
     app.command()(bench)
     app.callback()(lambda: None)
@@ -232,7 +234,7 @@ def test_failing_device_leaves_earlier_results_untouched(sshd: Sshd, models: dic
     assert isinstance(result.exception, EdgepruneError)
     assert "cannot reach" in str(result.exception)
     assert out.read_text() == "earlier"
-    assert (run_dir / "manifest.json").read_text() == '{"bench": ["earlier"]}'
+    assert (run_dir / "manifest.json").read_text() == earlier
 
 
 @needs_sshd

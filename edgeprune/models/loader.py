@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +35,7 @@ from edgeprune.spec import InputSpec
 
 DEMO_CHECKPOINT = "demo_fashion_mnist.pt"
 EXPORTED_SUFFIXES = (".onnx", ".ort", ".tflite")
+PICKLED = "it holds pickled Python objects"
 
 
 @dataclass
@@ -163,7 +165,18 @@ def _read_file(path: Path) -> tuple[Any, str | None]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as e:  # noqa: BLE001 - anything else is not plain data
-        return None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, _why_not_data(e)
+
+
+def _why_not_data(error: Exception) -> str:
+    """A short reason from torch.load(weights_only=True)'s long message."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"{PICKLED} such as {found.group(1)}"
+    if "WeightsUnpickler error" in text or not text.strip():
+        return "it is empty, damaged or not a torch.save file"
+    return text.strip().splitlines()[0]
 
 
 def _arch_of(ckpt: dict, source: str) -> ArchRef:
@@ -216,6 +229,9 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
     if obj is not None:
         raise EdgepruneError(f"{path} holds a state_dict but no architecture; pass "
                              f"--model ARCH --weights {path}")
+    if not why.startswith(PICKLED):
+        raise EdgepruneError(f"cannot read model file {path}: {why}; give an edgeprune "
+                             "checkpoint or a file written by torch.save")
     if not trust_code:
         raise EdgepruneError(f"{path} is not an edgeprune checkpoint or state_dict that loads "
                              f"as plain data ({why}); loading it would unpickle it, which can "
