@@ -294,6 +294,10 @@ def test_prune_refuses_what_it_cannot_work_on():
         empty = load_model("democnn", in_channels=1, num_classes=10).model
     with pytest.raises(EdgepruneError, match="on the meta device"):
         prune(empty, x)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    with pytest.raises(EdgepruneError, match="holds NaN or infinite values"):
+        prune(model, x)
 
 
 def test_export_model_without_a_spec_says_what_it_needs(tmp_path):

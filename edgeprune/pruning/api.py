@@ -190,10 +190,15 @@ def _check_model(model: nn.Module, example_inputs: Tensor) -> None:
     if not isinstance(example_inputs, Tensor):
         raise EdgepruneError(f"example_inputs must be a tensor (one input batch), not a "
                              f"{type(example_inputs).__name__}")
-    meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [n for n, p in tensors if p.is_meta]
     if meta:
         raise EdgepruneError(f"the model's {meta[0]} is on the meta device (no values); load "
                              "its weights first, e.g. with load_state_dict(..., assign=True)")
+    broken = [n for n, p in tensors if p.is_floating_point() and not bool(p.isfinite().all())]
+    if broken:
+        raise EdgepruneError(f"the model's {broken[0]} holds NaN or infinite values; the model "
+                             "diverged or its weights are damaged: use an earlier checkpoint")
 
 
 def _check_scores(model: nn.Module, scores: dict[str, Tensor]) -> None:
