@@ -139,6 +139,33 @@ def test_bad_input_is_one_line_and_leaves_no_run(capsys, tmp_path, tiny_checkpoi
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("loss", ["distill", "ce"])
+def test_finetune_loss_is_distillation_or_the_papers_cross_entropy(capsys, tmp_path, monkeypatch,
+                                                                   tiny_checkpoint, loss):
+    import edgeprune.jobs.compress as compress_job
+
+    seen = []
+    original = compress_job.train
+
+    def recording(model, data, config, teacher=None, **kwargs):
+        seen.append(teacher)
+        return original(model, data, config, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(compress_job, "train", recording)
+    code, _, err = run_cli(capsys, "compress", *FAST, "--model", str(tiny_checkpoint),
+                           "--runs-dir", str(tmp_path), "--name", loss, "--epochs", "0.2",
+                           "--finetune", loss, "--formats", "onnx", "--target", "x86-64",
+                           "--precision", "fp32")
+    assert code == 0, err
+    assert len(seen) == 1 and (seen[0] is None) == (loss == "ce")
+    stages = json.loads((tmp_path / loss / "manifest.json").read_text())["stages"]
+    assert stages["finetune"]["loss"] == loss
+    assert f'finetune = "{loss}"' in (tmp_path / loss / "config.toml").read_text()
+    code, _, err = run_cli(capsys, "compress", *FAST, "--finetune", "kd", "--runs-dir",
+                           str(tmp_path))
+    assert_one_line_error(code, err, "--finetune 'kd': choose distill")
+
+
 def test_compress_without_fine_tuning_recalibrates_batchnorm_only(capsys, tmp_path,
                                                                    tiny_checkpoint, synthetic):
     """--epochs 0 --bn-recalibration N: the kept weights are the dense ones, and every

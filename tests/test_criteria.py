@@ -473,6 +473,21 @@ def test_concept_votes_follow_real_masks():
     assert scores["0"][0] > 0.99
 
 
+def test_concept_votes_at_the_cutoff_do_not_depend_on_unit_order():
+    """Two votes per image; three units tie for the second: they share it equally, and
+    reordering the units reorders the votes and nothing else."""
+    from edgeprune.criteria.concept import majority_votes
+
+    iou = torch.tensor([[0.5, 0.3, 0.3, 0.3, 0.0, 0.1],
+                        [0.0, 0.0, 0.0, 0.9, 0.2, 0.0]])
+    votes = majority_votes(iou, top_fraction=2 / 6)
+    torch.testing.assert_close(votes, torch.tensor([1, 1 / 3, 1 / 3, 4 / 3, 1, 0]))
+    assert float(votes.sum()) == pytest.approx(4.0)  # m = 2 votes per image
+    for seed in range(5):
+        order = torch.randperm(6, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(majority_votes(iou[:, order], 2 / 6), votes[order])
+
+
 def test_concept_masks_follow_the_imagefolder_convention(tmp_path):
     from PIL import Image
 

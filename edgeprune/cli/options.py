@@ -89,6 +89,9 @@ def compress_options(
     epochs: Annotated[float | None, typer.Option(
         help="fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
         "fine-tuning)")] = None,
+    finetune: Annotated[str, typer.Option(
+        help="fine-tuning loss: distill (knowledge distillation from the dense model) | ce "
+        "(cross-entropy on the labels, as the criteria papers fine-tune)")] = "distill",
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
     formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",

@@ -93,11 +93,16 @@ def unit_iou(maps: Tensor, concept: Tensor, thresholds: Tensor) -> Tensor:
 
 def majority_votes(iou: Tensor, top_fraction: float) -> Tensor:
     """Votes per unit (C,): each image (row) votes for its top `top_fraction` units with
-    positive IoU."""
+    positive IoU, m = round(top_fraction * C) votes per image. Units tied at the cutoff
+    share the votes left equally, so the result does not depend on the order of the units."""
     m = max(1, int(round(top_fraction * iou.shape[1])))
-    values, idx = iou.topk(m, dim=1)
-    votes = torch.zeros(iou.shape[1])
-    return votes.index_add_(0, idx[values > 0], torch.ones(int((values > 0).sum())))
+    cut = iou.topk(m, dim=1).values[:, -1:]
+    positive = iou > 0
+    above = (iou > cut) & positive
+    tied = (iou == cut) & positive
+    left = (m - above.sum(1, keepdim=True)).clamp(min=0).float()
+    share = left / tied.sum(1, keepdim=True).clamp(min=1)
+    return above.float().sum(0) + (tied.float() * share).sum(0)
 
 
 def _cam_layer(taps: dict[str, Tap], maps: dict[str, Tensor], chosen: str | None) -> str:

@@ -376,7 +376,8 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
 
 def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
              dense: torch.nn.Module) -> tuple[torch.nn.Module, float, TrainResult]:
-    """BatchNorm re-calibration (if asked) and fine-tuning by distillation from `dense`."""
+    """BatchNorm re-calibration (if asked) and fine-tuning: distillation from `dense`
+    (`--finetune distill`) or cross-entropy on the labels (`ce`, as the papers do)."""
     cfg, data = inputs.cfg, inputs.data
     if cfg.bn_recalibration > 0:
         from edgeprune.pruning.bn_recalibration import recalibrate_bn
@@ -392,13 +393,15 @@ def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     ft = TrainResult()
     if epochs > 0:
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
-        ft = train(model, data, tcfg, teacher=dense, state_path=run.path("finetune.state"),
+        teacher = dense if cfg.finetune == "distill" else None
+        ft = train(model, data, tcfg, teacher=teacher, state_path=run.path("finetune.state"),
                    description="fine-tuning")
     model = model.cpu().eval()
     accuracy = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
-    run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, history=ft.history,
-                   images_per_s=ft.images_per_s)
-    done = f"{epochs:g} epochs with distillation" if epochs > 0 else "none (--epochs 0)"
+    run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, loss=cfg.finetune,
+                   history=ft.history, images_per_s=ft.images_per_s)
+    how = "with distillation" if cfg.finetune == "distill" else "with cross-entropy"
+    done = f"{epochs:g} epochs {how}" if epochs > 0 else "none (--epochs 0)"
     info(f"fine-tune: {done}, top-1 {accuracy * 100:.2f}%, {ft.wall_s:.0f} s")
     return model, accuracy, ft
 
@@ -474,7 +477,8 @@ def _qat_if_needed(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
                        seed=cfg.seed)
-    qat = train_qat(model, inputs.data, tcfg, teacher=dense, eval_limit=cfg.eval_limit)
+    qat = train_qat(model, inputs.data, tcfg, teacher=dense if cfg.finetune == "distill" else None,
+                    eval_limit=cfg.eval_limit)
     results = export_model(qat.model, inputs.spec, run.path("models"),
                            samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
                            verify=False, precisions=["int8-qat"],

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MAX_FLOPS_REDUCTION = 0.95
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
 FORMAT_CHOICES = ("onnx", "tflite")
+FINETUNE_CHOICES = ("distill", "ce")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CompressConfig:
     samples_per_class: int | None = None
     bn_recalibration: int = 0
     epochs: float | None = None
+    finetune: str = "distill"
     lr: float = 0.01
     batch_size: int = 128
     formats: tuple[str, ...] = ("onnx", "tflite")
@@ -188,6 +190,9 @@ def check_ranges(cfg: CompressConfig) -> None:
     if cfg.precision not in PRECISION_CHOICES:
         raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
                              f"{', '.join(PRECISION_CHOICES)}")
+    if cfg.finetune not in FINETUNE_CHOICES:
+        raise EdgepruneError(f"--finetune {cfg.finetune!r}: choose distill (from the dense "
+                             "model) or ce (cross-entropy on the labels)")
     unknown = [f for f in cfg.formats if f not in FORMAT_CHOICES]
     if unknown or not cfg.formats:
         raise EdgepruneError(f"--formats {','.join(cfg.formats)}: choose from "
