@@ -166,6 +166,26 @@ def test_finetune_loss_is_distillation_or_the_papers_cross_entropy(capsys, tmp_p
     assert_one_line_error(code, err, "--finetune 'kd': choose distill")
 
 
+@pytest.mark.parametrize(("schedule", "extra"), [("iterative", ["--step", "0.2"]),
+                                                ("layer-by-layer", [])])
+def test_compress_runs_the_papers_schedules_and_reestimation(capsys, tmp_path, tiny_checkpoint,
+                                                             schedule, extra):
+    """--schedule iterative re-scores every step (the LRP paper), layer-by-layer prunes one
+    layer a step (the AM paper); --reestimate refits the layers that lost inputs."""
+    code, _, err = run_cli(capsys, "compress", *FAST, "--model", str(tiny_checkpoint),
+                           "--runs-dir", str(tmp_path), "--name", schedule, "--epochs", "0",
+                           "--schedule", schedule, *extra, "--reestimate", "--criterion",
+                           "l1", "--formats", "onnx", "--target", "x86-64", "--precision",
+                           "fp32")
+    assert code == 0, err
+    stages = json.loads((tmp_path / schedule / "manifest.json").read_text())["stages"]
+    prune_stage = stages["prune"]
+    assert prune_stage["schedule"] == schedule and prune_stage["rescored"]
+    assert prune_stage["reestimated"] and prune_stage["steps"] >= 2
+    assert prune_stage["flops_reduction"] >= 0.5
+    assert f'schedule = "{schedule}"' in (tmp_path / schedule / "config.toml").read_text()
+
+
 def test_compress_without_fine_tuning_recalibrates_batchnorm_only(capsys, tmp_path,
                                                                    tiny_checkpoint, synthetic):
     """--epochs 0 --bn-recalibration N: the kept weights are the dense ones, and every

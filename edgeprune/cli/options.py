@@ -33,6 +33,16 @@ SamplesPerClassOpt = Annotated[int | None, typer.Option(
     help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
     "data-scarce setting uses 1-10)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, initialisations)")]
+ScheduleOpt = Annotated[str, typer.Option(
+    help="one-shot | iterative (the LRP paper: --step of the filters a step, re-scored) | "
+    "layer-by-layer (the activation-maximization paper)")]
+StepOpt = Annotated[float, typer.Option(
+    help="iterative: share of the prunable filters removed per step")]
+StepEpochsOpt = Annotated[float, typer.Option(
+    help="iterative/layer-by-layer: fine-tuning epochs between steps (0 = none)")]
+ReestimateOpt = Annotated[bool, typer.Option(
+    help="refit the layers that lost inputs by least squares (kernel re-estimation, the "
+    "concept paper's recovery step)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
 TrustCodeOpt = Annotated[bool, typer.Option(
     "--trust-code", help="allow loading what runs code: a pickled model file, or a checkpoint "
@@ -83,6 +93,10 @@ def compress_options(
     model: ModelOpt = "demo",
     score_samples: ScoreSamplesOpt = 500,
     samples_per_class: SamplesPerClassOpt = None,
+    schedule: ScheduleOpt = "one-shot",
+    step: StepOpt = 0.05,
+    step_epochs: StepEpochsOpt = 0.0,
+    reestimate: ReestimateOpt = False,
     bn_recalibration: Annotated[int, typer.Option(
         help="re-estimate BatchNorm statistics on this many training images after pruning "
         "(no weight update; 0 = off); use it with --epochs 0")] = 0,

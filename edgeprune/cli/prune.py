@@ -13,7 +13,11 @@ from edgeprune import console
 from edgeprune.cli.options import (
     CriterionOpt,
     ModelArg,
+    ReestimateOpt,
     SamplesPerClassOpt,
+    ScheduleOpt,
+    StepEpochsOpt,
+    StepOpt,
     TargetOpt,
     model_data_options,
     output_options,
@@ -49,17 +53,11 @@ def prune(
     uniform: Annotated[bool, typer.Option(
         "--uniform/--global", help="the same ratio in every layer, or one global ranking")
     ] = False,
-    schedule: Annotated[str, typer.Option(
-        help="one-shot | iterative | layer-by-layer")] = "one-shot",
-    step: Annotated[float, typer.Option(
-        help="iterative: share of the prunable filters removed per step")] = 0.05,
-    step_epochs: Annotated[float, typer.Option(
-        help="iterative/layer-by-layer: fine-tuning epochs (distillation) between steps")
-    ] = 0.0,
+    schedule: ScheduleOpt = "one-shot",
+    step: StepOpt = 0.05,
+    step_epochs: StepEpochsOpt = 0.0,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
-    reestimate: Annotated[bool, typer.Option(
-        help="refit the layers that lost inputs by least squares (kernel re-estimation)")
-    ] = False,
+    reestimate: ReestimateOpt = False,
     measure_on: Annotated[str | None, typer.Option(
         help="local | ssh://user@host[:port]: export and time the dense and the pruned model "
         "there; with --latency-ms the dense time calibrates the prediction (so measure on "

@@ -46,6 +46,7 @@ from edgeprune.jobs.candidates import (
 )
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
 from edgeprune.jobs.loading import check_outputs, load_model_and_data, reference_batches, take
+from edgeprune.jobs.prune import choose_schedule, fine_tune_between
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
 from edgeprune.models import LoadedModel, parameter_shapes, save_checkpoint
@@ -343,10 +344,13 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     reused = scores is not None
     t0 = time.perf_counter()
     seen = 0
-    if scores is None:
-        criterion = get_criterion(cfg.criterion)
+    criterion = get_criterion(cfg.criterion)
+    rescored = cfg.schedule != "one-shot" and not reused  # the papers re-score every step
+    batches = None
+    if not reused or rescored or cfg.reestimate:
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
                                     cfg.samples_per_class, cfg.seed)
+    if scores is None:
         scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
         info(f"score: {cfg.criterion} on {seen} samples, {len(scores)} layers, "
@@ -359,14 +363,20 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     run.record(run.work / "scores.pt", "scores", "score")
     t0 = time.perf_counter()
     round_to = inputs.target.simd_width
-    result = prune(model, torch.zeros(1, *spec.shape), scores=scores, round_to=round_to,
-                   global_ranking=cfg.global_ranking, goal=goal)
+    between = fine_tune_between(model, inputs.data, cfg.step_epochs, cfg.lr,
+                                cfg.seed, distill=cfg.finetune == "distill")
+    result = prune(model, torch.zeros(1, *spec.shape), scores=None if rescored else scores,
+                   criterion=criterion, batches=batches, round_to=round_to,
+                   global_ranking=cfg.global_ranking, goal=goal,
+                   schedule=choose_schedule(cfg.schedule, cfg.step, between),
+                   reestimate=cfg.reestimate)
     prune_s = time.perf_counter() - t0
     info(f"prune: {goal.describe()}: MACs {result.macs_before / 1e6:.1f}M -> "
          f"{result.macs_after / 1e6:.1f}M (-{result.flops_reduction * 100:.1f}%), params "
          f"{result.params_before / 1e3:.0f}k -> {result.params_after / 1e3:.0f}k, channels "
          f"rounded to {round_to}, {prune_s:.1f} s")
-    run.stage_done("prune", wall_s=prune_s, goal=goal.describe(),
+    run.stage_done("prune", wall_s=prune_s, goal=goal.describe(), schedule=cfg.schedule,
+                   steps=len(result.steps), rescored=rescored, reestimated=cfg.reestimate,
                    flops_reduction=result.flops_reduction,
                    channels={k: list(v) for k, v in result.channels.items()},
                    kept=result.kept, protected=result.protected,

@@ -32,6 +32,7 @@ MAX_FLOPS_REDUCTION = 0.95
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
 FORMAT_CHOICES = ("onnx", "tflite")
 FINETUNE_CHOICES = ("distill", "ce")
+SCHEDULE_CHOICES = ("one-shot", "iterative", "layer-by-layer")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class CompressConfig:
     criterion: str = "lrp"
     flops_reduction: float = 0.5
     global_ranking: bool = False
+    schedule: str = "one-shot"
+    step: float = 0.05
+    step_epochs: float = 0.0
+    reestimate: bool = False
     score_samples: int = 500
     samples_per_class: int | None = None
     bn_recalibration: int = 0
@@ -190,6 +195,9 @@ def check_ranges(cfg: CompressConfig) -> None:
     if cfg.precision not in PRECISION_CHOICES:
         raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
                              f"{', '.join(PRECISION_CHOICES)}")
+    if cfg.schedule not in SCHEDULE_CHOICES:
+        raise EdgepruneError(f"--schedule {cfg.schedule!r}: choose one of "
+                             f"{', '.join(SCHEDULE_CHOICES)}")
     if cfg.finetune not in FINETUNE_CHOICES:
         raise EdgepruneError(f"--finetune {cfg.finetune!r}: choose distill (from the dense "
                              "model) or ce (cross-entropy on the labels)")
@@ -211,6 +219,8 @@ def check_ranges(cfg: CompressConfig) -> None:
          < MAX_FLOPS_REDUCTION, f"between 0 and {MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the "
          "FLOPs)"),
         ("--score-samples", cfg.score_samples, cfg.score_samples >= 1, "at least 1"),
+        ("--step", cfg.step, 0 < cfg.step < 1, "between 0 and 1, e.g. 0.05"),
+        ("--step-epochs", cfg.step_epochs, cfg.step_epochs >= 0, "0 (none) or more"),
         ("--bn-recalibration", cfg.bn_recalibration, cfg.bn_recalibration >= 0,
          "0 (off) or a number of training images, e.g. 2000"),
         ("--lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 0.01"),

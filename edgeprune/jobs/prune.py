@@ -20,6 +20,7 @@ from edgeprune.devices.targets import load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_model
 from edgeprune.jobs.checks import check_options, check_output_file
+from edgeprune.jobs.config import SCHEDULE_CHOICES
 from edgeprune.jobs.loading import load_model_and_data, reference_batches
 from edgeprune.models import save_checkpoint
 from edgeprune.pruning.api import PruneResult, prune
@@ -41,8 +42,6 @@ from edgeprune.pruning.schedule import (
 )
 from edgeprune.spec import InputSpec
 from edgeprune.training import TrainConfig, train
-
-SCHEDULES = ("one-shot", "iterative", "layer-by-layer")
 
 
 def choose_goal(flops_reduction: float | None = None, params_reduction: float | None = None,
@@ -74,18 +73,21 @@ def choose_schedule(schedule: str, step: float = 0.05,
         return Iterative(step=step, between=between)
     if schedule == "layer-by-layer":
         return LayerByLayer(between=between)
-    raise EdgepruneError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise EdgepruneError(f"unknown schedule {schedule!r}; choose one of "
+                         f"{', '.join(SCHEDULE_CHOICES)}")
 
 
 def fine_tune_between(dense: nn.Module, data: Any, epochs: float, lr: float = 0.01,
-                      seed: int = 0) -> StepCallback | None:
+                      seed: int = 0, distill: bool = True) -> StepCallback | None:
     """A between-steps callback for the iterative and layer-by-layer schedules: `epochs` of
-    distillation from the dense model on `data` (None when `epochs` is 0)."""
+    distillation from the dense model on `data`, or of cross-entropy without `distill` (None
+    when `epochs` is 0)."""
     if epochs <= 0:
         return None
     def between(model: nn.Module, step: StepInfo) -> None:
         train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed + step.index),
-              teacher=dense, description=f"fine-tuning after step {step.index}")
+              teacher=dense if distill else None,
+              description=f"fine-tuning after step {step.index}")
         model.cpu()
 
     return between
