@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
@@ -647,3 +647,96 @@ def test_lrp_paper_baselines_match_hand_computation(criterion, batches):
         total += term.detach().double().sum((0, 2, 3))
     expected = total.abs() / total.abs().sum()
     torch.testing.assert_close(scores["3"], expected.float(), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------- lrp-authors against a hand-computed LRP
+
+class _ResidualTiny(nn.Module):
+    """conv1 -> ReLU -> conv2, added back to conv1's output -> ReLU -> pool -> linear, every
+    layer with a (positive) bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            for layer in (self.conv1, self.conv2, self.fc):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.5)
+                layer.bias.copy_(torch.rand(layer.bias.shape, generator=g) * 0.5 + 0.2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv1(x))
+        return self.fc(self.pool(torch.relu(self.conv2(h) + h)).flatten(1))
+
+
+def _hand_lrp(net: _ResidualTiny, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The authors' LRP written out: relevance 1 on the true class; epsilon at the linear
+    layer; Norm (proportional) at the average pool and the residual sum; alpha1-beta0 at conv2
+    with its bias ignored; ReLUs pass relevance through. Per-layer scores: sum of |R| at each
+    conv's output, normalized."""
+    eps = 1e-6
+    with torch.no_grad():
+        z1 = net.conv1(x)
+        h = torch.relu(z1)
+        z2 = net.conv2(h)
+        s = z2 + h
+        r = torch.relu(s)
+        p = net.pool(r).flatten(1)
+        out = net.fc(p)
+        rel_out = nn.functional.one_hot(y, out.shape[1]).float()
+        rel_p = p * ((rel_out / (out + eps * torch.where(out >= 0, 1.0, -1.0))) @ net.fc.weight)
+        area = r.shape[2] * r.shape[3]
+        rel_r = r * (rel_p / (p * area + 1e-12))[:, :, None, None]
+        rel_s = rel_r                                          # ReLU: pass
+        rel_z2 = z2 * rel_s / s
+        rel_h_res = h * rel_s / s
+    hh = h.clone().requires_grad_(True)
+    zp = nn.functional.conv2d(hh, net.conv2.weight.clamp(min=0), None, padding=1)
+    (zp * (rel_z2 / (zp + 1e-6)).detach()).sum().backward()
+    rel_h = hh.detach() * hh.grad + rel_h_res
+    rel_z1 = rel_h                                             # ReLU: pass
+    raw = {"conv1": rel_z1.abs().sum((0, 2, 3)), "conv2": rel_z2.abs().sum((0, 2, 3))}
+    return {k: v / v.sum() for k, v in raw.items()}
+
+
+def test_lrp_authors_matches_a_hand_computed_alpha1_beta0_without_bias():
+    net = _ResidualTiny().eval()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.arange(6) % 3
+    expected = _hand_lrp(net, x, y)
+    scores = get_criterion("lrp-authors").score(net, [(x, y)])
+    for name, values in expected.items():
+        torch.testing.assert_close(scores[name], values, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("wrong", ["logit start", "bias kept", "epsilon rule", "z+ rule"])
+def test_the_hand_computed_check_fails_a_wrong_rule(monkeypatch, wrong):
+    """Each way of getting LRP wrong that the authors' code rules out moves the scores off
+    the hand computation, so the test above can tell a wrong rule from the right one."""
+    from zennit.rules import Epsilon as EpsilonRule
+    from zennit.rules import ZPlus
+
+    import edgeprune.criteria.lrp as lrp
+
+    net = _ResidualTiny().eval()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.arange(6) % 3
+    options = {"logit start": {"start": "logit"}, "bias kept": {"ignore_bias": False}}
+    if wrong in ("epsilon rule", "z+ rule"):
+        rule = EpsilonRule() if wrong == "epsilon rule" else ZPlus()
+        original = lrp.lrp_composite
+
+        def composite(low, high, epsilon, canonizers, ignore_bias=False):
+            made = original(low, high, epsilon, canonizers, ignore_bias)
+            made.layer_map = [(t, rule if t is lrp.Convolution else r)
+                              for t, r in made.layer_map]
+            return made
+
+        monkeypatch.setattr(lrp, "lrp_composite", composite)
+    scores = get_criterion("lrp-authors", **options.get(wrong, {})).score(net, [(x, y)])
+    expected = _hand_lrp(net, x, y)
+    assert any(not torch.allclose(scores[n], v, rtol=1e-3, atol=1e-5)
+               for n, v in expected.items())

@@ -14,7 +14,8 @@ import typer
 from edgeprune import console
 
 MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
-CRITERIA_HELP = ("interpretability: actmax, lrp, function, fmcluster, concept; baselines: l1, "
+CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-authors, function, fmcluster, concept; "
+                 "baselines: l1, "
                  "l2, fpgm, taylor, hrank, gradient, act-taylor, random (see docs/CRITERIA.md)")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]

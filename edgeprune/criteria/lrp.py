@@ -1,11 +1,14 @@
 """`lrp`: Layer-wise Relevance Propagation filter scores (Yeom et al., "Pruning by explaining",
 Pattern Recognition 2021), computed with zennit's rules and canonizers.
 
-Paper (confirmed from the authors' public code): relevance starts at the output as the true
-class's logit (R = logits * onehot(y)); BatchNorm is folded into the preceding conv; conv layers
-use alpha1-beta0, linear layers epsilon (1e-6); a filter's score is the absolute relevance at its
-output summed over batch and positions (the authors' code sums `relevance.abs()`), accumulated
-over all reference samples and normalized per layer (v / sum v).
+The authors' code (seulkiyeom/LRP_pruning) starts every sample with relevance 1 on its true
+class (`output * T / (output * T).sum(1)`), folds BatchNorm into the preceding conv, runs
+alpha1-beta0 on convs with their biases ignored and epsilon on linear layers, and scores a
+filter by the absolute relevance at its output summed over batch and positions
+(`relevance.abs()`), accumulated over all reference samples and normalized per layer. That is
+`lrp-authors` here. `lrp`, the default so far, differs in two options: it starts from the
+true-class logit (R = logits * onehot(y)), weighting samples by their logit, and keeps the conv
+biases in alpha1-beta0.
 
 Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open):
 - the input layer uses z-beta (zennit `ZBox`) with the per-channel min/max of the reference
@@ -52,6 +55,7 @@ from edgeprune.criteria.base import (
     prunable_layers,
 )
 from edgeprune.data import first_per_class
+from edgeprune.errors import EdgepruneError
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
@@ -182,10 +186,13 @@ def input_box(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 
 
 def lrp_composite(low: Tensor | float, high: Tensor | float, epsilon: float,
-                  canonizers: list[Canonizer]) -> SpecialFirstLayerMapComposite:
-    """z-beta at the input layer, alpha1-beta0 for convs, epsilon for dense layers, Norm for
-    sums and average pools, Pass for activations and BatchNorm (zennit's base map)."""
-    layer_map = layer_map_base() + [(Convolution, AlphaBeta(alpha=1.0, beta=0.0)),
+                  canonizers: list[Canonizer], ignore_bias: bool = False
+                  ) -> SpecialFirstLayerMapComposite:
+    """z-beta at the input layer, alpha1-beta0 for convs (their biases left out of the rule
+    with `ignore_bias`, as the LRP authors run it), epsilon for dense layers, Norm for sums and
+    average pools, Pass for activations and BatchNorm (zennit's base map)."""
+    conv_rule = AlphaBeta(alpha=1.0, beta=0.0, zero_params=["bias"] if ignore_bias else None)
+    layer_map = layer_map_base() + [(Convolution, conv_rule),
                                     (nn.Linear, Epsilon(epsilon=epsilon))]
     first_map = [(Convolution, ZBox(low=low, high=high))]
     return SpecialFirstLayerMapComposite(layer_map, first_map, canonizers=canonizers)
@@ -193,11 +200,13 @@ def lrp_composite(low: Tensor | float, high: Tensor | float, epsilon: float,
 
 @contextmanager
 def relevance_attributor(model: nn.Module, example: Tensor, bounds: tuple, epsilon: float,
-                         names: list[str]) -> Iterator[tuple[Gradient, RelevanceRecorder]]:
+                         names: list[str], ignore_bias: bool = False
+                         ) -> Iterator[tuple[Gradient, RelevanceRecorder]]:
     """zennit's Gradient attributor on a canonized copy of `model`, with a recorder on the
     layers `names`; everything is undone on exit and `model` itself is never touched."""
     work, canonizers = canonical_model(model, example)
-    composite = lrp_composite(*bounds, epsilon=epsilon, canonizers=canonizers)
+    composite = lrp_composite(*bounds, epsilon=epsilon, canonizers=canonizers,
+                              ignore_bias=ignore_bias)
     present = dict(work.named_modules())  # a traced copy lacks layers forward never calls
     layers = {n: present[n] for n in names if n in present}
     with Gradient(model=work, composite=composite) as attributor, \
@@ -212,12 +221,17 @@ class LRP(Criterion, name="lrp"):
     Options: `epsilon` of the dense layers' rule; `input_bounds` (low, high) of the normalized
     input for z-beta (default: per-channel min/max of the batches); `samples_per_class`: use
     only the first n reference samples of each class found in the batches (the paper's
-    data-scarce setting, 1-10 per class); None uses them all.
+    data-scarce setting, 1-10 per class); None uses them all; `start`: the relevance a
+    sample starts with, "logit" (its true-class logit) or "one" (1 on the true class, the
+    authors' normalized start); `ignore_bias`: leave conv biases (BatchNorm's, once folded)
+    out of alpha1-beta0, as the authors do.
     """
 
     epsilon: float = 1e-6
     input_bounds: tuple[float, float] | None = None
     samples_per_class: int | None = None
+    start: str = "logit"
+    ignore_bias: bool = False
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
@@ -228,11 +242,15 @@ class LRP(Criterion, name="lrp"):
         bounds = self.input_bounds or input_box(data)
         layers = prunable_layers(model)
         example = data[0][0][:1].to(device)
-        with relevance_attributor(model, example, bounds, self.epsilon, list(layers)) as \
-                (attr, rec), progress_bar(len(data), "scoring (lrp)") as advance:
+        if self.start not in START_RELEVANCE:
+            raise EdgepruneError(f"lrp start {self.start!r}: choose one of "
+                                 f"{', '.join(START_RELEVANCE)}")
+        with relevance_attributor(model, example, bounds, self.epsilon, list(layers),
+                                  self.ignore_bias) as (attr, rec), \
+                progress_bar(len(data), f"scoring ({self.name})") as advance:
             for x, y in data:
                 x, y = x.to(device), y.to(device)
-                attr(x, partial(true_class_logit, y))
+                attr(x, partial(START_RELEVANCE[self.start], y))
                 advance()
         return {n: normalize_per_layer(rec.magnitudes.get(n, torch.zeros(m.weight.shape[0])))
                 for n, m in layers.items()}
@@ -241,3 +259,21 @@ class LRP(Criterion, name="lrp"):
 def true_class_logit(labels: Tensor, output: Tensor) -> Tensor:
     """Initial relevance: the output times the one-hot true label."""
     return output * nn.functional.one_hot(labels.long(), output.shape[-1]).to(output)
+
+
+def true_class_one(labels: Tensor, output: Tensor) -> Tensor:
+    """Initial relevance 1 on the true class, whatever its logit: the authors'
+    `output * T / (output * T).sum(1)` (without its 0/0 at a zero logit)."""
+    return nn.functional.one_hot(labels.long(), output.shape[-1]).to(output)
+
+
+START_RELEVANCE = {"logit": true_class_logit, "one": true_class_one}
+
+
+@dataclass
+class AuthorsLRP(LRP, name="lrp-authors"):
+    """`lrp` as the authors' code runs it (seulkiyeom/LRP_pruning): every sample starts with
+    relevance 1 on its true class, and alpha1-beta0 ignores conv biases."""
+
+    start: str = "one"
+    ignore_bias: bool = True
