@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+TEMP_SUFFIX = ".tmp"
+"""The suffix of the temporary files atomic writes and staging make (`.NAME.*.tmp`)."""
+
 
 def current_umask() -> int:
     """The process umask (reading it means setting it; it is set straight back)."""
@@ -47,7 +50,7 @@ def atomic_writer(path: Path | str) -> Iterator[BinaryIO]:
     and renamed over `path`; on any error the temporary file is removed and `path` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -90,7 +93,7 @@ class Staging:
 
     def temp_for(self, final: Path) -> Path:
         """A fresh hidden temporary path beside `final` (same folder, so the rename is atomic)."""
-        fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{final.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{final.name}.", suffix=TEMP_SUFFIX)
         os.close(fd)
         self._pairs.append((Path(name), final))
         return Path(name)

@@ -134,9 +134,6 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
     try:
         return _complete(run, inputs, scores, t_start)
-    except EdgepruneError:
-        run.discard()
-        raise
     except OSError as e:  # a full or read-only disk: one line, and no half-written run
         run.discard()
         raise EdgepruneError(f"cannot write run {run.final}: {e.strerror or e} "
@@ -384,6 +381,12 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     return scores, result
 
 
+def _teacher(cfg: CompressConfig, dense: torch.nn.Module) -> torch.nn.Module | None:
+    """The model fine-tuning distills from: `dense` with `--finetune distill`, none (plain
+    cross-entropy) with `ce`."""
+    return dense if cfg.finetune == "distill" else None
+
+
 def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
              dense: torch.nn.Module) -> tuple[torch.nn.Module, float, TrainResult]:
     """BatchNorm re-calibration (if asked) and fine-tuning: distillation from `dense`
@@ -403,8 +406,8 @@ def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     ft = TrainResult()
     if epochs > 0:
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
-        teacher = dense if cfg.finetune == "distill" else None
-        ft = train(model, data, tcfg, teacher=teacher, state_path=run.path("finetune.state"),
+        ft = train(model, data, tcfg, teacher=_teacher(cfg, dense),
+                   state_path=run.path("finetune.state"),
                    description="fine-tuning")
     model = model.cpu().eval()
     accuracy = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
@@ -487,7 +490,7 @@ def _qat_if_needed(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
                        seed=cfg.seed)
-    qat = train_qat(model, inputs.data, tcfg, teacher=dense if cfg.finetune == "distill" else None,
+    qat = train_qat(model, inputs.data, tcfg, teacher=_teacher(cfg, dense),
                     eval_limit=cfg.eval_limit)
     results = export_model(qat.model, inputs.spec, run.path("models"),
                            samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",

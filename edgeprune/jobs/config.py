@@ -263,7 +263,9 @@ def check_file_model(model: str | None, source: Path | str) -> None:
     """EdgepruneError when a config file's `model` is an import string: a file may name only
     what loads as data (see `edgeprune.models.load_model`), unless the command line says
     --trust-code."""
-    if model is not None and ":" in model and not model.startswith("torchvision:"):
+    from edgeprune.models.loader import is_import_string
+
+    if model is not None and is_import_string(model):
         raise EdgepruneError(f"{source}: model = {model!r} imports and runs code, which a "
                              "config file cannot do on its own; pass --trust-code if you "
                              "trust the file, or give --model on the command line")

@@ -23,11 +23,11 @@ from typing import Any
 
 from edgeprune import __version__
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import atomic_write_text, sha256_file
+from edgeprune.files import TEMP_SUFFIX, atomic_write_text, sha256_file
+from edgeprune.jobs.checks import check_output_folder
 from edgeprune.manifest import MANIFEST, manifest_problem
 
 CONFIG = "config.json"
-TEMP_SUFFIX = ".tmp"  # what files.atomic_writer names its temporary files
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -156,8 +156,7 @@ class RunFolder:
 def check_destination(final: Path, overwrite: bool, protect: tuple[Path, ...] = ()) -> None:
     """EdgepruneError unless a run may be written to `final`: a new path, or with `overwrite`
     a finished run folder that holds none of the `protect` paths (the user's inputs)."""
-    if final.exists() and not final.is_dir():
-        raise EdgepruneError(f"--out {final} is a file, not a folder; choose a folder path")
+    check_output_folder(final)
     if not final.exists():
         return
     problem = manifest_problem(final)

@@ -119,11 +119,13 @@ def _import_factory(ref: str):
     return fn
 
 
-def build_arch(arch: ArchRef, trust_code: bool = False) -> nn.Module:
+def build_arch(arch: ArchRef, trust_code: bool = False, source: str = "the model"
+               ) -> nn.Module:
     """Build the unpruned architecture an ArchRef names (random weights). An import string or
-    a pickled file runs code, so it needs `trust_code`."""
+    a pickled file runs code, so it needs `trust_code`; `source` names where `arch` came
+    from in that error."""
     ref, kw = arch.ref, arch.kwargs
-    check_trusted(ref, "the model", trust_code)
+    check_trusted(ref, source, trust_code)
     if ref.startswith("torchvision:"):
         from torchvision import models as tvm
 
@@ -189,8 +191,7 @@ def _arch_of(ckpt: dict, source: str) -> ArchRef:
 
 def _from_checkpoint(ckpt: dict, source: str, trust_code: bool) -> LoadedModel:
     arch = _arch_of(ckpt, source)
-    check_trusted(arch.ref, source, trust_code)
-    model = build_arch(arch, trust_code)
+    model = build_arch(arch, trust_code, source)
     apply_structure(model, ckpt.get("structure", {}), ckpt["state_dict"])
     load_weights_into(model, ckpt["state_dict"], source)
     spec = InputSpec.from_dict(ckpt["input_spec"]) if ckpt.get("input_spec") else None
