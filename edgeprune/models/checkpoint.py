@@ -21,7 +21,10 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_bytes
 from edgeprune.spec import InputSpec
 
-FORMAT = "edgeprune.models.checkpoint/1"
+FORMAT = "edgeprune.checkpoint/1"
+READABLE_FORMATS = (FORMAT, "edgeprune.models.checkpoint/1")
+"""Tags `is_checkpoint` accepts: the format's tag, and the one builds of 0.1.0 wrote by mistake
+for a while (same layout); checkpoints are written with `FORMAT` only."""
 STRUCTURAL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
                     "num_features", "num_groups", "num_channels", "num_parameters")
 
@@ -111,4 +114,5 @@ def save_checkpoint(path: Path, model: nn.Module, arch: ArchRef, spec: InputSpec
 
 
 def is_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+    """Whether a loaded object is an edgeprune checkpoint (any readable tag)."""
+    return isinstance(obj, dict) and obj.get("format") in READABLE_FORMATS
