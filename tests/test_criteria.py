@@ -16,6 +16,7 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from edgeprune.criteria import get_criterion, list_criteria
 from edgeprune.criteria.am_images import AMConfig
 from edgeprune.criteria.lrp import (
+    START_RELEVANCE,
     canonical_model,
     input_box,
     lrp_composite,
@@ -24,6 +25,8 @@ from edgeprune.criteria.lrp import (
 )
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model
+from edgeprune.pruning import prune
+from edgeprune.pruning.goals import LayerRatios
 
 SHAPE = (1, 16, 16)
 NUM_CLASSES = 4
@@ -140,20 +143,23 @@ def _bias_free_residual_net() -> nn.Sequential:
     ).eval()
 
 
-def _raw_relevance(model: nn.Module, batch) -> tuple[float, dict[str, float]]:
+def _raw_relevance(model: nn.Module, batch, start: str = "one"
+                   ) -> tuple[float, dict[str, float]]:
     """(starting relevance, summed relevance at each conv/linear output) for one batch."""
     x, y = batch
     names = list(_layers(model))
     with relevance_attributor(model, x[:1], input_box([batch]), 1e-6, names) as (attr, rec):
-        output, _ = attr(x, partial(true_class_logit, y))
-    start = float(output.detach().gather(1, y[:, None]).sum())
-    return start, {n: float(v.sum()) for n, v in rec.totals.items()}
+        output, _ = attr(x, partial(START_RELEVANCE[start], y))
+    logits = float(output.detach().gather(1, y[:, None]).sum())
+    return logits if start == "logit" else float(len(y)), \
+        {n: float(v.sum()) for n, v in rec.totals.items()}
 
 
-def test_lrp_conserves_relevance_in_a_bias_free_relu_net(batches):
+@pytest.mark.parametrize("start", ["one", "logit"])
+def test_lrp_conserves_relevance_in_a_bias_free_relu_net(batches, start):
     """What the recorder captures is relevance, not a gradient: each layer's channel sum
-    equals the starting relevance (the true-class logits)."""
-    start, per_layer = _raw_relevance(_bias_free_net(), batches[0])
+    equals the starting relevance (1 per sample, or the true-class logits)."""
+    start, per_layer = _raw_relevance(_bias_free_net(), batches[0], start)
     assert abs(start) > 1e-3
     for name, total in per_layer.items():
         assert total == pytest.approx(start, rel=1e-3), name
@@ -349,10 +355,10 @@ def _lowest(scores: torch.Tensor, n: int) -> set[int]:
     return set(torch.argsort(scores, stable=True)[:n].tolist())
 
 
-# fmcluster clusters into k = keep count clusters (docs/CRITERIA.md): asking for the 4 lowest of 16
-# is keeping 12, so k = 12 clusters.
+# fmcluster clusters into k = keep count clusters: asking for the 4 lowest of 16 is keeping 12
+# (the pruner sets `keep`; see the test through prune() below).
 DUPLICATE_OPTIONS = {"actmax": {"am": AMConfig(steps=16)}, "function": {"am": AMConfig(steps=16)},
-                     "fmcluster": {"cluster_ratio": 12 / 16}}
+                     "fmcluster": {"keep": {"3": 12}}}
 
 
 @pytest.mark.parametrize("criterion", sorted(DUPLICATE_OPTIONS))
@@ -366,6 +372,20 @@ def test_redundancy_criteria_drop_one_of_each_duplicate_first_and_l1_does_not(cr
     assert all(any(set(pair) <= set(g) for g in kept_groups) for pair in PAIRS), kept_groups
     l1_lowest = _lowest(get_criterion("l1").score(net)["3"], len(PAIRS))
     assert not l1_lowest & {c for pair in PAIRS for c in pair}, sorted(l1_lowest)
+
+
+def test_fmcluster_at_its_defaults_through_the_pruner_removes_one_of_each_duplicate(batches):
+    """With default options the first scoring clusters into ceil(0.5 * 16) = 8 clusters, which
+    misses a pair; the pruner scores again with k = the keep count (12) and removes exactly
+    one filter of each duplicate pair."""
+    net = _duplicate_net()
+    first = _lowest(get_criterion("fmcluster").score(net, batches)["3"], len(PAIRS))
+    assert not all(len(first & set(pair)) == 1 for pair in PAIRS), sorted(first)
+    result = prune(net, batches[0][0][:1], criterion="fmcluster", batches=batches, round_to=1,
+                   goal=LayerRatios({"3": len(PAIRS) / 16}))
+    removed = set(range(16)) - set(result.kept["3"])
+    assert len(removed) == len(PAIRS)
+    assert all(len(removed & set(pair)) == 1 for pair in PAIRS), sorted(removed)
 
 
 def _dead_democnn() -> nn.Module:
@@ -395,6 +415,76 @@ def test_dead_filters_score_zero(criterion, batches):
     if criterion == "concept":
         assert crit.votes["3"][[5, 9]].tolist() == [0.0, 0.0]
         assert crit.votes["3"].sum() > 0
+
+
+# ----------------------------------------- actmax: colour and texture similarity on their own
+
+def _two_level(n_low: int, n_high: int) -> Tensor:
+    """A 1x4x4 image with n_low pixels at 0 and n_high at 1, in a scattered order."""
+    values = torch.tensor([0.0] * n_low + [1.0] * n_high)
+    return values[torch.randperm(16, generator=torch.Generator().manual_seed(n_low))] \
+        .reshape(1, 1, 4, 4)
+
+
+def test_colour_similarity_is_the_histogram_intersection():
+    """Histograms (8/16, 8/16) and (12/16, 4/16) intersect in 0.5 + 0.25 = 0.75 (a cosine of
+    the histograms would give 0.89); pixel order does not matter; disjoint values give 0."""
+    from edgeprune.criteria.actmax import colour_similarity
+
+    a, d = _two_level(8, 8), _two_level(12, 4)
+    shuffled = a.flatten()[torch.randperm(16, generator=torch.Generator().manual_seed(9))]
+    mid = torch.full((1, 1, 4, 4), 0.5)
+    s = colour_similarity(torch.cat([a, d, shuffled.reshape(1, 1, 4, 4), mid]), bins=16)
+    assert float(s[0, 1]) == pytest.approx(0.75)
+    assert float(s[0, 2]) == pytest.approx(1.0)
+    assert float(s[0, 3]) == pytest.approx(0.0)
+    assert float(s[1, 3]) == pytest.approx(0.0)
+
+
+def _texture_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """(1 + cos) / 2 of the off-diagonal products z_i z_j (i != j) of two standardized 3x3
+    images (one patch each): sum_{i!=j} z_i z_j w_i w_j = (z.w)^2 - sum z_i^2 w_i^2."""
+    z, w = (a - a.mean()).ravel(), (b - b.mean()).ravel()
+    dot = (z @ w) ** 2 - np.sum(z ** 2 * w ** 2)
+    norm_z = np.sqrt((z @ z) ** 2 - np.sum(z ** 4))
+    norm_w = np.sqrt((w @ w) ** 2 - np.sum(w ** 4))
+    return float((1 + dot / (norm_z * norm_w)) / 2)
+
+
+def test_texture_similarity_matches_the_gram_cosine_by_hand():
+    from edgeprune.criteria.actmax import texture_similarity
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(4, 1, 3, 3, generator=g, dtype=torch.float64).float()
+    s = texture_similarity(images)
+    for i in range(4):
+        for j in range(4):
+            expected = _texture_by_hand(images[i].double().numpy(), images[j].double().numpy())
+            assert float(s[i, j]) == pytest.approx(expected, abs=1e-5), (i, j)
+    # brightness and contrast do not change a texture, and the sign of a pattern neither
+    changed = torch.cat([images[:1], 3 * images[:1] + 2, -images[:1]])
+    torch.testing.assert_close(texture_similarity(changed), torch.ones(3, 3))
+
+
+def test_actmax_weights_colour_against_texture():
+    """Filter 1's AM image is filter 0's with its pixels shuffled (same colours, another
+    texture); filter 2's is filter 0's at a third of the contrast (same texture, other
+    colours). Colour alone keeps 0 then 2, texture alone keeps 0 then 1."""
+    from edgeprune.criteria.actmax import ActMax
+    from edgeprune.criteria.am_images import LayerAM
+
+    g = torch.Generator().manual_seed(4)
+    base = torch.rand(1, 1, 8, 8, generator=g)
+    shuffled = base.flatten()[torch.randperm(64, generator=g)].reshape(1, 1, 8, 8)
+    images = torch.cat([base, shuffled, base / 3 + 0.6])
+    am = {"0": LayerAM(images, gain=torch.tensor([3.0, 2.0, 1.0]), peak=torch.ones(3))}
+    net = nn.Sequential(nn.Conv2d(1, 3, 3))
+    orders = {}
+    for weight in (1.0, 0.0):
+        crit = ActMax(colour_weight=weight)
+        crit.from_images(net, am)
+        orders[weight] = crit.redundancy["0"].order.tolist()
+    assert orders == {1.0: [0, 2, 1], 0.0: [0, 1, 2]}
 
 
 def test_am_is_scale_invariant_and_raises_the_activation():
@@ -456,6 +546,37 @@ def test_concept_votes_follow_real_masks():
     scores = crit.score(net, [(x, torch.zeros(6, dtype=torch.long), masks)])
     assert crit.votes["0"].tolist() == [6.0, 0.0]
     assert scores["0"][0] > 0.99
+
+
+def _object_detector_net() -> nn.Sequential:
+    """Input channel 0 holds a bright square (the object), channel 1 background noise. In
+    layer "0", unit 0 sees the object, unit 1 the noise, unit 2 a little of both; layer "2"
+    passes the object on as its unit 0 and mixes the rest into unit 1; the class logit reads
+    layer "2"'s unit 0 alone. So the true-class Grad-CAM on layer "2" (the default CAM layer:
+    the last conv with a map larger than 1x1) lights up the object, and the object units are
+    the right answer by construction."""
+    net = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.ReLU(),
+                        nn.Conv2d(3, 2, 1, bias=False), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.2]]).view(3, 2, 1, 1))
+        net[2].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]).view(2, 3, 1, 1))
+        net[6].weight.copy_(torch.tensor([[4.0, 0.0], [-4.0, 0.0]]))
+    return net
+
+
+def test_concept_grad_cam_votes_for_the_units_that_see_the_object():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(8, 2, 16, 16)
+    for i in range(8):
+        r, c = torch.randint(0, 12, (2,), generator=g).tolist()
+        x[i, 0, r:r + 4, c:c + 4] = 1.0
+    x[:, 1] = torch.rand(8, 16, 16, generator=g) * 0.5
+    crit = get_criterion("concept", top_fraction=1 / 3)
+    scores = crit.score(_object_detector_net(), [(x, torch.zeros(8, dtype=torch.long))])
+    assert crit.votes["0"].tolist() == [8.0, 0.0, 0.0]
+    assert crit.votes["2"].tolist() == [8.0, 0.0]
+    assert int(scores["0"].argmax()) == 0 and int(scores["2"].argmax()) == 0
 
 
 def test_concept_votes_at_the_cutoff_do_not_depend_on_unit_order():
@@ -649,7 +770,7 @@ def test_lrp_paper_baselines_match_hand_computation(criterion, batches):
     torch.testing.assert_close(scores["3"], expected.float(), rtol=1e-4, atol=1e-6)
 
 
-# ----------------------------------------------- lrp-authors against a hand-computed LRP
+# ------------------------------------------- lrp (the authors' rules) against a hand-computed LRP
 
 class _ResidualTiny(nn.Module):
     """conv1 -> ReLU -> conv2, added back to conv1's output -> ReLU -> pool -> linear, every
@@ -702,12 +823,12 @@ def _hand_lrp(net: _ResidualTiny, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     return {k: v / v.sum() for k, v in raw.items()}
 
 
-def test_lrp_authors_matches_a_hand_computed_alpha1_beta0_without_bias():
+def test_lrp_matches_a_hand_computed_alpha1_beta0_without_bias():
     net = _ResidualTiny().eval()
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(6, 1, 8, 8, generator=g), torch.arange(6) % 3
     expected = _hand_lrp(net, x, y)
-    scores = get_criterion("lrp-authors").score(net, [(x, y)])
+    scores = get_criterion("lrp").score(net, [(x, y)])
     for name, values in expected.items():
         torch.testing.assert_close(scores[name], values, rtol=1e-3, atol=1e-5)
 
@@ -729,14 +850,14 @@ def test_the_hand_computed_check_fails_a_wrong_rule(monkeypatch, wrong):
         rule = EpsilonRule() if wrong == "epsilon rule" else ZPlus()
         original = lrp.lrp_composite
 
-        def composite(low, high, epsilon, canonizers, ignore_bias=False):
+        def composite(low, high, epsilon, canonizers, ignore_bias=True):
             made = original(low, high, epsilon, canonizers, ignore_bias)
             made.layer_map = [(t, rule if t is lrp.Convolution else r)
                               for t, r in made.layer_map]
             return made
 
         monkeypatch.setattr(lrp, "lrp_composite", composite)
-    scores = get_criterion("lrp-authors", **options.get(wrong, {})).score(net, [(x, y)])
+    scores = get_criterion("lrp", **options.get(wrong, {})).score(net, [(x, y)])
     expected = _hand_lrp(net, x, y)
     assert any(not torch.allclose(scores[n], v, rtol=1e-3, atol=1e-5)
                for n, v in expected.items())

@@ -14,7 +14,7 @@ import typer
 from edgeprune import console
 
 MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
-CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-authors, function, fmcluster, concept; "
+CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-logit, function, fmcluster, concept; "
                  "baselines: l1, "
                  "l2, fpgm, taylor, hrank, gradient, act-taylor, random (see docs/CRITERIA.md)")
 
@@ -44,6 +44,10 @@ StepEpochsOpt = Annotated[float, typer.Option(
 ReestimateOpt = Annotated[bool, typer.Option(
     help="refit the layers that lost inputs by least squares (kernel re-estimation, the "
     "concept paper's recovery step)")]
+ResidualStreamOpt = Annotated[str, typer.Option(
+    help="prune: a residual stream loses channels together with every layer writing to it | "
+    "keep: its width stays and only the convs inside the residual blocks are pruned (the "
+    "LRP authors mask each conv on its own)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
 TrustCodeOpt = Annotated[bool, typer.Option(
     "--trust-code", help="allow loading what runs code: a pickled model file, or a checkpoint "
@@ -98,6 +102,7 @@ def compress_options(
     step: StepOpt = 0.05,
     step_epochs: StepEpochsOpt = 0.0,
     reestimate: ReestimateOpt = False,
+    residual_stream: ResidualStreamOpt = "prune",
     bn_recalibration: Annotated[int, typer.Option(
         help="re-estimate BatchNorm statistics on this many training images after pruning "
         "(no weight update; 0 = off); use it with --epochs 0")] = 0,

@@ -42,6 +42,12 @@ class Criterion(ABC):
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         """One score per output channel of every prunable layer of `model`."""
 
+    def with_keep_counts(self, counts: dict[str, int]) -> Criterion | None:
+        """This criterion set to score for known per-layer keep counts (layer name -> output
+        channels kept), or None when its scores do not depend on them (the default). The
+        pruner scores such a criterion again once it knows the counts."""
+        return None
+
     def require_batches(self, batches: Batches | None) -> list[tuple[Tensor, Tensor]]:
         """The reference batches as a list; EdgepruneError when this data criterion got none."""
         data = list(batches) if batches is not None else []

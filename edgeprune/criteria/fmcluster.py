@@ -8,7 +8,9 @@ follow redundancy, whether a filter's output repeats other filters' outputs, mea
 Documented reading (docs/CRITERIA.md, `fmcluster`):
 - the unit activations (see `feature_maps`) of `samples` reference images, one vector per filter;
 - standardized; distance = 1 - |Pearson correlation|; average-linkage agglomerative clustering
-  of the layer into k = ceil(`cluster_ratio` * C) clusters;
+  of the layer into k clusters, k = the layer's keep count: the pruner finds the counts with a
+  first scoring at k = ceil(`cluster_ratio` * C), then scores again with `keep` set to them
+  (`with_keep_counts`);
 - in each cluster the member nearest the centre (highest mean |r| to the other members) is
   its representative and is kept; every other member gets RI = (cluster size - 1) x its
   similarity to the centre (mean |r| to the other members) and is pruned highest RI first;
@@ -20,6 +22,7 @@ Documented reading (docs/CRITERIA.md, `fmcluster`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -59,13 +62,14 @@ def redundancy_index(similarity: Tensor, members: Tensor) -> tuple[int, Tensor]:
 
 
 def ri_order(similarity: Tensor, channels: Tensor, ratio: float,
-             parent: Tensor) -> list[int]:
-    """Keep order of `channels`: cluster, representatives first (ordered recursively), then the
-    other members by RI ascending; fills `parent` (member -> its representative)."""
+             parent: Tensor, clusters: int | None = None) -> list[int]:
+    """Keep order of `channels`: cluster into `clusters` (default ceil(ratio * n)),
+    representatives first (ordered recursively at `ratio`), then the other members by RI
+    ascending; fills `parent` (member -> its representative)."""
     n = len(channels)
     if n <= 1:
         return channels.tolist()
-    k = min(n - 1, max(1, math.ceil(ratio * n)))
+    k = min(n - 1, max(1, clusters or math.ceil(ratio * n)))
     labels = cluster_labels(1 - similarity[channels][:, channels], k)
     reps, others = [], []
     for label in range(k):
@@ -80,23 +84,33 @@ def ri_order(similarity: Tensor, channels: Tensor, ratio: float,
     return head + [m for _, m in sorted(others)]
 
 
-def fm_redundancy(maps: Tensor, ratio: float) -> Redundancy:
-    """The RI keep order of one layer's activations (N, C, ...)."""
+def fm_redundancy(maps: Tensor, ratio: float, keep: int | None = None) -> Redundancy:
+    """The RI keep order of one layer's activations (N, C, ...), clustered into `keep`
+    clusters (default ceil(ratio * valid channels))."""
     similarity, invalid = abs_correlation(maps)
     parent = torch.full((maps.shape[1],), -1, dtype=torch.long)
     valid = torch.nonzero(~invalid).flatten()
-    order = ri_order(similarity, valid, ratio, parent) if len(valid) else []
+    order = ri_order(similarity, valid, ratio, parent, keep) if len(valid) else []
     order += torch.nonzero(invalid).flatten().tolist()
     return Redundancy(torch.tensor(order, dtype=torch.long), parent, invalid)
 
 
 @dataclass
 class FMCluster(RedundancyCriterion, name="fmcluster"):
-    """Redundancy index of feature-map clusters (see the module docstring)."""
+    """Redundancy index of feature-map clusters (see the module docstring).
+
+    Options: `samples` reference images; `keep`: per-layer keep counts, the number of
+    clusters of each layer (the pruner sets them); layers without one use
+    k = ceil(`cluster_ratio` * C).
+    """
 
     samples: int = 256
     cluster_ratio: float = 0.5
+    keep: dict[str, int] | None = None
     needs_data: ClassVar[bool] = True
+
+    def with_keep_counts(self, counts: dict[str, int]) -> FMCluster:
+        return dataclasses.replace(self, keep=dict(counts))
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = take_samples(self.require_batches(batches), self.samples)
@@ -106,6 +120,7 @@ class FMCluster(RedundancyCriterion, name="fmcluster"):
             if name not in maps:
                 scores[name] = normalize_per_layer(torch.ones(layer.weight.shape[0]))
                 continue
-            self.redundancy[name] = fm_redundancy(maps[name], self.cluster_ratio)
+            self.redundancy[name] = fm_redundancy(maps[name], self.cluster_ratio,
+                                                  (self.keep or {}).get(name))
             scores[name] = normalize_per_layer(self.redundancy[name].scores())
         return scores

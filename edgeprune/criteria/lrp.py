@@ -6,9 +6,9 @@ class (`output * T / (output * T).sum(1)`), folds BatchNorm into the preceding c
 alpha1-beta0 on convs with their biases ignored and epsilon on linear layers, and scores a
 filter by the absolute relevance at its output summed over batch and positions
 (`relevance.abs()`), accumulated over all reference samples and normalized per layer. That is
-`lrp-authors` here. `lrp`, the default so far, differs in two options: it starts from the
-true-class logit (R = logits * onehot(y)), weighting samples by their logit, and keeps the conv
-biases in alpha1-beta0.
+`lrp`, the default. `lrp-logit`, the variant edgeprune ran before, differs in two options: it
+starts from the true-class logit (R = logits * onehot(y)), weighting samples by their logit,
+and keeps the conv biases (BatchNorm's, once folded) in alpha1-beta0.
 
 Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open):
 - the input layer uses z-beta (zennit `ZBox`) with the per-channel min/max of the reference
@@ -222,16 +222,16 @@ class LRP(Criterion, name="lrp"):
     input for z-beta (default: per-channel min/max of the batches); `samples_per_class`: use
     only the first n reference samples of each class found in the batches (the paper's
     data-scarce setting, 1-10 per class); None uses them all; `start`: the relevance a
-    sample starts with, "logit" (its true-class logit) or "one" (1 on the true class, the
-    authors' normalized start); `ignore_bias`: leave conv biases (BatchNorm's, once folded)
-    out of alpha1-beta0, as the authors do.
+    sample starts with, "one" (1 on the true class, the authors' normalized start) or "logit"
+    (its true-class logit); `ignore_bias`: leave conv biases (BatchNorm's, once folded) out of
+    alpha1-beta0, as the authors do.
     """
 
     epsilon: float = 1e-6
     input_bounds: tuple[float, float] | None = None
     samples_per_class: int | None = None
-    start: str = "logit"
-    ignore_bias: bool = False
+    start: str = "one"
+    ignore_bias: bool = True
     needs_data: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
@@ -271,9 +271,9 @@ START_RELEVANCE = {"logit": true_class_logit, "one": true_class_one}
 
 
 @dataclass
-class AuthorsLRP(LRP, name="lrp-authors"):
-    """`lrp` as the authors' code runs it (seulkiyeom/LRP_pruning): every sample starts with
-    relevance 1 on its true class, and alpha1-beta0 ignores conv biases."""
+class LogitLRP(LRP, name="lrp-logit"):
+    """`lrp` as edgeprune ran it before following the authors' code: every sample starts from
+    its true-class logit, and alpha1-beta0 keeps the conv biases."""
 
-    start: str = "one"
-    ignore_bias: bool = True
+    start: str = "logit"
+    ignore_bias: bool = False
