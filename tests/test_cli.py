@@ -181,6 +181,7 @@ def test_compress_runs_the_papers_schedules_and_reestimation(capsys, tmp_path, t
     stages = json.loads((tmp_path / schedule / "manifest.json").read_text())["stages"]
     prune_stage = stages["prune"]
     assert prune_stage["schedule"] == schedule and prune_stage["rescored"]
+    assert prune_stage["residual_stream"] == "prune"
     assert prune_stage["reestimated"] and prune_stage["steps"] >= 2
     assert prune_stage["flops_reduction"] >= 0.5
     assert f'schedule = "{schedule}"' in (tmp_path / schedule / "config.toml").read_text()

@@ -284,6 +284,56 @@ def test_layer_ratios_prune_only_the_named_groups():
     assert result.schedule == "one-shot" and result.search_steps == 1
 
 
+def test_keeping_the_residual_stream_prunes_only_the_convs_inside_the_blocks():
+    """ResNet-20 with residual_stream="keep": the stem, every block's last conv and the
+    projection shortcuts (all writing to a stream) keep their width; the blocks' first convs
+    carry the whole -50%; the model still computes the same function of the kept channels."""
+    model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
+    result = prune(model, x, criterion="l1", flops_reduction=0.5, global_ranking=False,
+                   round_to=4, residual_stream="keep")
+    changed = {n for n, (before, after) in result.channels.items() if after != before}
+    assert changed == {f"layers.{i}.conv1" for i in range(9)}
+    stream = {"conv1", "layers.3.shortcut.0", "layers.6.shortcut.0",
+              *(f"layers.{i}.conv2" for i in range(9))}
+    assert stream <= set(result.protected)
+    assert all("residual stream" in result.protected_reasons[n] for n in stream)
+    assert result.flops_reduction >= 0.5
+    coupled = prune(model, x, criterion="l1", flops_reduction=0.5, global_ranking=False,
+                    round_to=4)
+    assert {"conv1", "layers.0.conv2"} <= {n for n, (b, a) in coupled.channels.items() if a != b}
+
+
+def test_keeping_the_stream_of_torchvision_models():
+    """Bottleneck ResNets keep conv3 and the downsample convs (the stem feeds a downsample
+    conv, not the stream, so it is pruned); MobileNetV2 keeps the projections of the blocks
+    that have a skip, and still prunes its expansions."""
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    x = torch.zeros(1, 3, 32, 32)
+    torch.manual_seed(0)
+    bottleneck = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10).eval()
+    result = prune(bottleneck, x, criterion="l1", flops_reduction=0.3, global_ranking=False,
+                   residual_stream="keep")
+    changed = {n for n, (b, a) in result.channels.items() if a != b}
+    assert changed == {"conv1", *(f"layer{i}.0.conv{j}" for i in range(1, 5) for j in (1, 2))}
+    mbv2 = prune(mobilenet_v2(num_classes=10).eval(), x, criterion="l1", flops_reduction=0.3,
+                 global_ranking=False, residual_stream="keep")
+    kept_whole = {n for n, (b, a) in mbv2.channels.items() if a == b}
+    assert "features.3.conv.2" in kept_whole  # block 3 adds its input back
+    assert "features.3.conv.0.0" not in kept_whole  # its expansion is pruned
+    assert mbv2.model(x).shape == (1, 10)
+
+
+def test_keeping_the_stream_of_a_plain_network_changes_nothing():
+    model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
+    kept = prune(model, x, criterion="l1", flops_reduction=0.5, residual_stream="keep")
+    plain = prune(model, x, criterion="l1", flops_reduction=0.5)
+    assert kept.channels == plain.channels
+    with pytest.raises(EdgepruneError, match="residual_stream 'coupled': choose prune"):
+        prune(model, x, criterion="l1", residual_stream="coupled")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"flops_reduction": 0.5, "goal": ParamsReduction(0.5)}, "not both"),
     ({"goal": LayerRatios({"nope": 0.5})}, "not a Conv2d"),
@@ -459,6 +509,18 @@ def test_prune_command_saves_a_checkpoint_that_loads_pruned(tmp_path):
     assert all(w % 16 == 0 for w in widths.values())  # x86-64's SIMD width
     assert loaded.model(torch.zeros(2, 1, 16, 16)).shape == (2, 4)
     assert loaded.meta["pruned"]["params_after"] == summary["params_after"]
+
+
+def test_prune_command_keeps_the_residual_stream_when_asked(tmp_path):
+    out = tmp_path / "inner.pt"
+    result = _invoke("resnet20", "--dataset", "synthetic", "--criterion", "l1", "--uniform",
+                     "--residual-stream", "keep", "--flops-reduction", "0.3", "--target",
+                     "x86-64", "--out", str(out),
+                     "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    channels = json.loads(result.stdout)["channels"]
+    changed = {n for n, (before, after) in channels.items() if after != before}
+    assert changed and all(n.endswith(".conv1") and n != "conv1" for n in changed)
 
 
 def test_prune_command_runs_a_latency_goal_iteratively_with_fine_tuning(tmp_path):

@@ -14,6 +14,7 @@ from edgeprune.cli.options import (
     CriterionOpt,
     ModelArg,
     ReestimateOpt,
+    ResidualStreamOpt,
     SamplesPerClassOpt,
     ScheduleOpt,
     StepEpochsOpt,
@@ -58,6 +59,7 @@ def prune(
     step_epochs: StepEpochsOpt = 0.0,
     lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
     reestimate: ReestimateOpt = False,
+    residual_stream: ResidualStreamOpt = "prune",
     measure_on: Annotated[str | None, typer.Option(
         help="local | ssh://user@host[:port]: export and time the dense and the pruned model "
         "there; with --latency-ms the dense time calibrates the prediction (so measure on "
@@ -76,7 +78,8 @@ def prune(
         target=target, flops_reduction=flops_reduction, params_reduction=params_reduction,
         latency_ms=latency_ms, layer_ratios=layer_ratios, threads=threads, round_to=round_to,
         min_channels=min_channels, uniform=uniform, schedule=schedule, step=step,
-        step_epochs=step_epochs, lr=lr, reestimate=reestimate, measure_on=measure_on, out=out,
+        step_epochs=step_epochs, lr=lr, reestimate=reestimate, residual_stream=residual_stream,
+        measure_on=measure_on, out=out,
         overwrite=overwrite, **options)
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))

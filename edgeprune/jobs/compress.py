@@ -366,13 +366,14 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
                    criterion=criterion, batches=batches, round_to=round_to,
                    global_ranking=cfg.global_ranking, goal=goal,
                    schedule=choose_schedule(cfg.schedule, cfg.step, between),
-                   reestimate=cfg.reestimate)
+                   reestimate=cfg.reestimate, residual_stream=cfg.residual_stream)
     prune_s = time.perf_counter() - t0
     info(f"prune: {goal.describe()}: MACs {result.macs_before / 1e6:.1f}M -> "
          f"{result.macs_after / 1e6:.1f}M (-{result.flops_reduction * 100:.1f}%), params "
          f"{result.params_before / 1e3:.0f}k -> {result.params_after / 1e3:.0f}k, channels "
          f"rounded to {round_to}, {prune_s:.1f} s")
     run.stage_done("prune", wall_s=prune_s, goal=goal.describe(), schedule=cfg.schedule,
+                   residual_stream=cfg.residual_stream,
                    steps=len(result.steps), rescored=rescored, reestimated=cfg.reestimate,
                    flops_reduction=result.flops_reduction,
                    channels={k: list(v) for k, v in result.channels.items()},

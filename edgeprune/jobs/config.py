@@ -56,6 +56,7 @@ class CompressConfig:
     step: float = 0.05
     step_epochs: float = 0.0
     reestimate: bool = False
+    residual_stream: str = "prune"
     score_samples: int = 500
     samples_per_class: int | None = None
     bn_recalibration: int = 0
@@ -198,6 +199,11 @@ def check_ranges(cfg: CompressConfig) -> None:
     if cfg.schedule not in SCHEDULE_CHOICES:
         raise EdgepruneError(f"--schedule {cfg.schedule!r}: choose one of "
                              f"{', '.join(SCHEDULE_CHOICES)}")
+    from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES
+
+    if cfg.residual_stream not in RESIDUAL_STREAM_CHOICES:
+        raise EdgepruneError(f"--residual-stream {cfg.residual_stream!r}: choose one of "
+                             f"{', '.join(RESIDUAL_STREAM_CHOICES)}")
     if cfg.finetune not in FINETUNE_CHOICES:
         raise EdgepruneError(f"--finetune {cfg.finetune!r}: choose distill (from the dense "
                              "model) or ce (cross-entropy on the labels)")

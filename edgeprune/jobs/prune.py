@@ -23,7 +23,7 @@ from edgeprune.jobs.checks import check_options, check_output_file
 from edgeprune.jobs.config import SCHEDULE_CHOICES
 from edgeprune.jobs.loading import load_model_and_data, reference_batches
 from edgeprune.models import save_checkpoint
-from edgeprune.pruning.api import PruneResult, prune
+from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES, PruneResult, prune
 from edgeprune.pruning.goals import (
     FlopsReduction,
     Goal,
@@ -112,7 +112,8 @@ def prune_file(model: str = "demo", weights: Path | None = None,
                threads: int | None = None, round_to: int | None = None,
                min_channels: int | None = None, uniform: bool = False,
                schedule: str = "one-shot", step: float = 0.05, step_epochs: float = 0.0,
-               lr: float = 0.01, reestimate: bool = False, measure_on: str | None = None,
+               lr: float = 0.01, reestimate: bool = False, residual_stream: str = "prune",
+               measure_on: str | None = None,
                out: Path = Path("pruned.pt"), overwrite: bool = False,
                seed: int = 0, **data: Any) -> dict[str, Any]:
     """Prune a model file for a target and save it; returns the summary the CLI prints.
@@ -125,6 +126,8 @@ def prune_file(model: str = "demo", weights: Path | None = None,
                   ("--step", step, 0 < step < 1, "between 0 and 1, e.g. 0.05"),
                   ("--step-epochs", step_epochs, step_epochs >= 0, "0 (none) or more"),
                   ("--lr", lr, lr > 0, "a positive learning rate, e.g. 0.01"),
+                  ("--residual-stream", residual_stream,
+                   residual_stream in RESIDUAL_STREAM_CHOICES, "prune or keep"),
                   ("--threads", threads, threads is None or threads >= 1, "at least 1"))
     profile = load_target(target)
     crit = get_criterion(criterion)
@@ -149,7 +152,7 @@ def prune_file(model: str = "demo", weights: Path | None = None,
     result = prune(loaded.model, x, criterion=crit, batches=samples if crit.needs_data or
                    reestimate else None, round_to=round_to or profile.simd_width,
                    min_channels=min_channels, global_ranking=not uniform, goal=goal,
-                   schedule=plan, reestimate=reestimate)
+                   schedule=plan, reestimate=reestimate, residual_stream=residual_stream)
     wall = time.perf_counter() - t0
     if measure_on:
         pruned_ms = measure(result.model, spec, fmt, threads, samples[0][0], measure_on)

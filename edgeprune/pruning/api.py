@@ -36,6 +36,7 @@ from edgeprune.pruning.protect import (
     classifier_names,
     names_within,
     output_shape,
+    residual_stream_names,
     terminal_names,
     untraced_names,
 )
@@ -55,6 +56,7 @@ from edgeprune.pruning.search import Candidates, with_policy
 from edgeprune.pruning.surgery import Policy
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+RESIDUAL_STREAM_CHOICES = ("prune", "keep")
 
 
 @dataclass
@@ -122,21 +124,31 @@ def prune(model: nn.Module, example_inputs: Tensor, *, scores: dict[str, Tensor]
           min_channels: int | None = None, global_ranking: bool = True,
           ignored_layers: list[nn.Module] | None = None, goal: Goal | None = None,
           schedule: Schedule | None = None,
-          reestimate: bool | Reestimate = False) -> PruneResult:
+          reestimate: bool | Reestimate = False,
+          residual_stream: str = "prune") -> PruneResult:
     """Prune a copy of `model` until it meets `goal` (default: `flops_reduction`, else 50%
     of the FLOPs): `FlopsReduction`, `ParamsReduction`, `LatencyBudget` or `LayerRatios`.
 
     Scores come from `scores` or else from `criterion` (with `batches` when it needs data);
     schedules that re-score use `criterion` when no `scores` were given and otherwise carry
-    the given scores over to the kept channels. `schedule` is `OneShot()` (default),
+    the given scores over to the kept channels. A criterion whose scores depend on the keep
+    counts (`fmcluster`) is scored again, in one-shot pruning, for the counts the first pass
+    chose, and the goal is searched again with those scores. `schedule` is `OneShot()` (default),
     `Iterative(step=0.05, between=...)` or `LayerByLayer(between=...)`. Channel counts are
     multiples of `round_to` and never below `min_channels` (default `round_to`); ranking is
     global across layers or, with `global_ranking=False`, a uniform ratio per layer. The
     classifier, `ignored_layers` and layers the dependency graph cannot prune exactly are
-    protected (`protected_reasons` says why). With `reestimate`, layers that lost input
-    channels are refitted by least squares on `batches` (see `reestimate.py`). The input
-    model is not modified and no backward pass is needed."""
+    protected (`protected_reasons` says why). `residual_stream="prune"` removes channels of
+    a residual stream from every layer that writes to it at once (their scores averaged);
+    `"keep"` leaves the stream's width alone and prunes only the convs inside the residual
+    blocks, the physical counterpart of masking each conv's filters on its own. With
+    `reestimate`, layers that lost input channels are refitted by least squares on
+    `batches` (see `reestimate.py`). The input model is not modified and no backward pass
+    is needed."""
     _check_model(model, example_inputs)
+    if residual_stream not in RESIDUAL_STREAM_CHOICES:
+        raise EdgepruneError(f"residual_stream {residual_stream!r}: choose prune (the stream's "
+                             "channels with the layers that write to it) or keep")
     goal = _resolve_goal(flops_reduction, goal)
     schedule = schedule or OneShot()
     _check_policy(round_to, min_channels)
@@ -148,12 +160,19 @@ def prune(model: nn.Module, example_inputs: Tensor, *, scores: dict[str, Tensor]
     floor = math.ceil((min_channels or round_to) / round_to) * round_to
     expected = output_shape(base, example_inputs)
     protected, reasons = _protected(base, expected, example_inputs, scores,
-                                    names_within(model, ignored_layers or []))
+                                    names_within(model, ignored_layers or []),
+                                    keep_stream=residual_stream == "keep")
     latency = _latency_model(goal, base, example_inputs)
     start = Candidates(base, example_inputs, scores, Policy(round_to, floor, global_ranking),
                        expected, latency, reasons)
     reference = start.figures(base)
     progress = _run(goal, schedule, start, reference, protected, _rescorer(crit, data, scores))
+    named = crit or (_criterion(criterion) if criterion is not None else None)
+    again = _for_keep_counts(named, schedule, base, progress, data)
+    if again is not None:  # a criterion whose scores depend on the counts just found
+        _check_scores(base, again)
+        start = Candidates(base, example_inputs, again, start.policy, expected, latency, reasons)
+        progress = _run(goal, schedule, start, reference, protected, _rescorer(crit, data, again))
     refits = _reestimate(reestimate, base, progress, data)
     return _result(model, base, progress, start, reference, goal, schedule, refits)
 
@@ -181,6 +200,19 @@ def _score(crit: Criterion, model: nn.Module, data: list | None) -> dict[str, Te
     if crit.needs_data and data is None:
         raise EdgepruneError(f"criterion {crit.name!r} needs reference batches")
     return crit.score(model, data if crit.needs_data else None)
+
+
+def _for_keep_counts(crit: Criterion | None, schedule: Schedule, base: nn.Module,
+                     progress: Progress, data: list | None) -> dict[str, Tensor] | None:
+    """One-shot pruning with a criterion that scores for known keep counts (`fmcluster`
+    clusters each layer into as many clusters as it keeps): its scores for the counts the
+    first pass chose, else None (also when it needs data and has none)."""
+    if crit is None or not isinstance(schedule, OneShot) or (crit.needs_data and data is None):
+        return None
+    counts = {n: len(progress.kept.get(n, range(m.weight.shape[0])))
+              for n, m in prunable_layers(base).items()}
+    refined = crit.with_keep_counts(counts)
+    return None if refined is None else _score(refined, base, data)
 
 
 def _check_model(model: nn.Module, example_inputs: Tensor) -> None:
@@ -219,13 +251,23 @@ def _check_scores(model: nn.Module, scores: dict[str, Tensor]) -> None:
 
 
 def _protected(base: nn.Module, expected: Any, example_inputs: Tensor,
-               scores: dict[str, Tensor], ignored: list[str]) -> tuple[list[str], dict]:
-    """Classifier, caller-ignored, untraced and unscored layers, with the reason for each."""
+               scores: dict[str, Tensor], ignored: list[str],
+               keep_stream: bool = False) -> tuple[list[str], dict]:
+    """Classifier, caller-ignored, residual-stream (with `keep_stream`), untraced and
+    unscored layers, with the reason for each."""
     graph = build_graph(base, example_inputs)
     found = {n: "classifier (its outputs are the model's outputs)"
              for n in classifier_names(base, expected) + terminal_names(base, graph)}
     for n in ignored:
         found.setdefault(n, "in ignored_layers")
+    if keep_stream:
+        stream = residual_stream_names(base, graph)
+        if not stream:
+            info("prune: the model has no residual stream; residual_stream='keep' changes "
+                 "nothing")
+        for n in stream:
+            found.setdefault(n, "writes to a residual stream (kept whole: "
+                                "residual_stream='keep')")
     untraced = [n for n in untraced_names(base, graph) if n not in found]
     for n in untraced:
         found[n] = "not in the traced graph (unused, or called outside forward)"

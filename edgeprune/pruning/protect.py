@@ -10,6 +10,7 @@ import copy
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch_pruning import ops
 from torch_pruning.pruner import function
 
 from edgeprune.criteria.base import prunable_layers
@@ -79,6 +80,27 @@ def group_roots(model: nn.Module, graph: tp.DependencyGraph, protected: list[str
     ignored = [model.get_submodule(n) for n in protected]
     return [names[g[0].dep.target.module]
             for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES)]
+
+
+def _is_residual_add(node: object) -> bool:
+    """A traced add of two graph tensors: where a residual branch joins the stream."""
+    return node.type == ops.OPTYPE.ELEMENTWISE and len(node.inputs) >= 2 and \
+        type(node.grad_fn).__name__.startswith("AddBackward")
+
+
+@torch_pruning_compat
+def residual_stream_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+    """Layers whose output channels are coupled through a residual add: the stem, the last
+    conv of every residual block and the projection shortcuts, which share the width of the
+    stream they write to. The convs inside the blocks are not among them."""
+    names = {m: n for n, m in model.named_modules()}
+    found: list[str] = []
+    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
+        if any(_is_residual_add(dep.target) for dep, _ in group):
+            found += [names[d.target.module] for d, _ in group
+                      if d.handler in OUT_CHANNEL_FNS and d.target.module in names
+                      and names[d.target.module] not in found]
+    return found
 
 
 def terminal_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
