@@ -4,12 +4,14 @@ to 8, the layer allocation set by --policy: global ranking, global ranking of pe
 or the same share in every layer), on Fashion-MNIST.
 
     python benchmarks/bench_criteria.py [--model demo] [--sections raw,finetune,scarce]
-                                        [--policy global|rank|local]
+                                        [--policy global,rank,local] [--seeds 3]
 
 Sections (each result is appended to --json as soon as it exists, and a rerun skips what is
 there, so the script can be stopped and resumed):
 - raw: (a) no fine-tuning, and (a') after BatchNorm re-calibration on --recal-samples training
-  images (no weight update), for every criterion at every --flops; also the scoring time;
+  images (no weight update), for every criterion at every --flops, over --seeds seeds (seed s
+  draws the reference images, the AM images' start and random's scores); each criterion is
+  scored once per seed and pruned under every --policy; also the scoring time;
 - finetune: (b) after --finetune-epochs of fine-tuning (KD from the unpruned model, as
   `compress` does) at --finetune-flops, for --finetune-criteria;
 - scarce: (c) the LRP paper's data-scarce setting: the criterion sees 1/5/10 reference
@@ -23,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from results_file import ResultsFile
 
 from edgeprune.console import set_quiet
 from edgeprune.criteria import get_criterion, list_criteria
@@ -49,10 +51,11 @@ POLICIES = {
     "local": "uniform per-layer ratio (the default of `compress`, global_ranking=False: every "
              "layer loses the same share, the criterion only picks which channels)",
 }
-INTERPRETABILITY = ["actmax", "lrp", "function", "fmcluster", "concept"]
+INTERPRETABILITY = ["actmax", "lrp", "lrp-logit", "function", "fmcluster", "concept"]
 BASELINES = ["l1", "l2", "fpgm", "taylor", "hrank", "gradient", "act-taylor", "random"]
 NOTES = "<!-- notes: kept when the tables are regenerated -->"
-SCARCE = ["lrp", "gradient", "act-taylor", "taylor", "hrank", "fmcluster", "concept", "function"]
+SCARCE = ["lrp", "lrp-logit", "gradient", "act-taylor", "taylor", "hrank", "fmcluster", "concept",
+          "function"]
 
 
 def key(section: str, policy: str, name: str, x: object, flops: float) -> str:
@@ -77,21 +80,24 @@ class Bench:
         self.dense = load_model(args.model, in_channels=self.data.spec.channels,
                                 num_classes=self.data.spec.num_classes).model.eval()
         self.example = torch.zeros(1, *self.data.spec.shape)
-        self.reference = self.data.reference(args.score_samples, seed=0)
+        self.references: dict[int, list] = {}
         self.recal = self.data.reference(args.recal_samples, seed=1, batch_size=128)
         self.pool = self.data.reference(2000, seed=2)  # the data-scarce draws
-        self.path = Path(args.json)
-        self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.store = ResultsFile(Path(args.json))
+
+    @property
+    def results(self) -> dict:
+        return self.store.data
 
     def save(self, key: str, value: object) -> None:
-        """Merge one result into the JSON file (re-read first, replaced atomically)."""
-        on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.results = {**on_disk, **self.results, key: value}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
-        tmp.replace(self.path)
-        print(f"{key}: {value}", flush=True)
+        self.store.save(key, value)
+
+    def reference(self, seed: int) -> list:
+        """The criterion's reference images for one seed (seed 0: the draw of every earlier
+        run, so its results stay valid)."""
+        if seed not in self.references:
+            self.references[seed] = self.data.reference(self.args.score_samples, seed=seed)
+        return self.references[seed]
 
     def accuracy(self, model: torch.nn.Module) -> float:
         return evaluate(model, self.data, limit=self.args.eval_limit)
@@ -107,14 +113,24 @@ class Bench:
         scores = crit.score(copy.deepcopy(self.dense), batches if crit.needs_data else None)
         return scores, time.perf_counter() - t0
 
-    def key(self, section: str, name: str, x: object, flops: float) -> str:
-        return key(section, self.args.policy, name, x, flops)
+    def pruned(self, scores: dict, flops: float, policy: str, name: str = "",
+               batches: list | None = None):
+        """The dense model pruned with `scores`; a criterion whose scores depend on the keep
+        counts (fmcluster) is scored again on `batches` for the counts found, as `prune()`
+        does when it scores itself."""
+        result = self._prune(scores, flops, policy)
+        again = self.criterion(name).with_keep_counts(
+            {n: len(result.kept.get(n, range(len(v)))) for n, v in scores.items()}) \
+            if name else None
+        if again is None:
+            return result
+        return self._prune(again.score(copy.deepcopy(self.dense), batches), flops, policy)
 
-    def pruned(self, scores: dict, flops: float):
-        if self.args.policy == "rank":
+    def _prune(self, scores: dict, flops: float, policy: str):
+        if policy == "rank":
             scores = {n: rank_scores(v) for n, v in scores.items()}
         return prune(self.dense, self.example, scores=scores, flops_reduction=flops,
-                     round_to=self.args.round_to, global_ranking=self.args.policy != "local")
+                     round_to=self.args.round_to, global_ranking=policy != "local")
 
     def raw_and_recal(self, model: torch.nn.Module, recal_batches) -> tuple[float, float]:
         raw = self.accuracy(model)
@@ -124,21 +140,22 @@ class Bench:
 
 def run_dense(bench: Bench) -> None:
     if "dense" not in bench.results:
-        macs = bench.pruned({}, 0.0).macs_before
+        macs = bench.pruned({}, 0.0, "global").macs_before
         bench.save("dense", {"top1": bench.accuracy(bench.dense), "macs": macs})
 
 
 def run_raw(bench: Bench, criteria: list[str]) -> None:
-    for name in criteria:
-        for seed in (range(bench.args.random_seeds) if name == "random" else [0]):
-            keys = [bench.key("raw", name, seed, f) for f in bench.args.flops]
-            if all(k in bench.results for k in keys):
+    for seed in range(bench.args.seeds):
+        for name in criteria:
+            cells = [(p, f, key("raw", p, name, seed, f))
+                     for p in bench.args.policy for f in bench.args.flops]
+            if all(k in bench.results for *_, k in cells):
                 continue
-            scores, wall = bench.score(name, bench.reference, seed)
-            for flops, k in zip(bench.args.flops, keys, strict=True):
+            scores, wall = bench.score(name, bench.reference(seed), seed)
+            for policy, flops, k in cells:
                 if k in bench.results:
                     continue
-                result = bench.pruned(scores, flops)
+                result = bench.pruned(scores, flops, policy, name, bench.reference(seed))
                 raw, recal = bench.raw_and_recal(result.model, bench.recal)
                 bench.save(k, {"raw": raw, "recal": recal, "score_s": wall,
                                  "flops_removed": result.flops_reduction,
@@ -148,13 +165,14 @@ def run_raw(bench: Bench, criteria: list[str]) -> None:
 def run_finetune(bench: Bench, criteria: list[str]) -> None:
     cfg = TrainConfig(epochs=bench.args.finetune_epochs, lr=bench.args.finetune_lr,
                       batch_size=128, seed=0)
+    policy = bench.args.policy[0]
     for flops in bench.args.finetune_flops:
         for name in criteria:
-            k = bench.key("finetune", name, 0, flops)
+            k = key("finetune", policy, name, 0, flops)
             if k in bench.results:
                 continue
-            scores, _ = bench.score(name, bench.reference)
-            model = bench.pruned(scores, flops).model
+            scores, _ = bench.score(name, bench.reference(0))
+            model = bench.pruned(scores, flops, policy, name, bench.reference(0)).model
             recalibrate_bn(model, bench.recal)
             t0 = time.perf_counter()
             train(model, bench.data, cfg, teacher=bench.dense, description=f"fine-tune {name}")
@@ -163,17 +181,18 @@ def run_finetune(bench: Bench, criteria: list[str]) -> None:
 
 
 def run_scarce(bench: Bench, criteria: list[str]) -> None:
+    policy = bench.args.policy[0]
     for n in bench.args.per_class:
         few = first_per_class(bench.pool, n)
         for name in criteria:
-            keys = [bench.key("scarce", name, n, f) for f in bench.args.flops]
+            keys = [key("scarce", policy, name, n, f) for f in bench.args.flops]
             if all(k in bench.results for k in keys):
                 continue
             scores, wall = bench.score(name, few)
             for flops, k in zip(bench.args.flops, keys, strict=True):
                 if k in bench.results:
                     continue
-                model = bench.pruned(scores, flops).model
+                model = bench.pruned(scores, flops, policy, name, few).model
                 raw, recal = bench.raw_and_recal(model, few)
                 bench.save(k, {"raw": raw, "recal": recal, "score_s": wall})
 
@@ -188,15 +207,18 @@ def _get(results: dict, key: str, field: str) -> float | None:
     return results.get(key, {}).get(field)
 
 
-def _random_cell(results: dict, section: str, policy: str, flops: float, field: str,
-                 seeds: int) -> str:
-    values = [results[k][field] for s in range(seeds)
-              if (k := key(section, policy, "random", s, flops)) in results]
+def _seeds(results: dict, policy: str, name: str, flops: float, field: str,
+           seeds: int) -> list[float]:
+    return [results[k][field] for s in range(seeds)
+            if (k := key("raw", policy, name, s, flops)) in results]
+
+
+def _seeds_cell(values: list[float]) -> str:
+    """Mean (± half the range) over the seeds that have a result; one value stands alone."""
     if len(values) <= 1:
         return _pct(values[0] if values else None)
     mean = sum(values) / len(values)
-    spread = max(values) - min(values)
-    return f"{100 * mean:.1f} (±{50 * spread:.1f})"
+    return f"{100 * mean:.1f} (±{50 * (max(values) - min(values)):.1f})"
 
 
 def _removed(results: dict, policy: str, flops: float) -> str:
@@ -210,24 +232,30 @@ def _removed(results: dict, policy: str, flops: float) -> str:
     return f" (-{lo:.0f}%)" if round(lo) == round(hi) else f" (-{lo:.0f}..{hi:.0f}%)"
 
 
+def complete_seeds(results: dict, policy: str, flops: list[float], seeds: int) -> int:
+    """How many seeds, from 0, every criterion has at every FLOPs level under `policy`: the
+    tables average over those only, so every cell of a table means the same."""
+    done = 0
+    while done < seeds and all(key("raw", policy, n, done, f) in results
+                               for n in INTERPRETABILITY + BASELINES for f in flops):
+        done += 1
+    return max(done, 1)
+
+
 def table_raw(results: dict, args: argparse.Namespace, policy: str) -> list[str]:
     flops = args.flops
+    seeds = complete_seeds(results, policy, flops, args.seeds)
     head = "| criterion | " + " | ".join(
         f"-{round(f * 100)}%{_removed(results, policy, f)} raw | BN-recal" for f in flops) + \
         " | scoring time |"
     lines = [head, "|---|" + "---|" * (2 * len(flops) + 1)]
     for name in INTERPRETABILITY + BASELINES:
-        cells = []
-        for f in flops:
-            for field in ("raw", "recal"):
-                cells.append(
-                    _random_cell(results, "raw", policy, f, field, args.random_seeds)
-                    if name == "random" else
-                    _pct(_get(results, key("raw", policy, name, 0, f), field)))
-        wall = _get(results, key("raw", policy, name, 0, flops[0]), "score_s")
+        cells = [_seeds_cell(_seeds(results, policy, name, f, field, seeds))
+                 for f in flops for field in ("raw", "recal")]
+        walls = _seeds(results, policy, name, flops[0], "score_s", seeds)
+        wall = f"{sum(walls) / len(walls):.1f} s" if walls else "–"
         tag = " *(interp.)*" if name in INTERPRETABILITY else ""
-        lines.append(f"| {name}{tag} | " + " | ".join(cells) +
-                     f" | {'–' if wall is None else f'{wall:.1f} s'} |")
+        lines.append(f"| {name}{tag} | " + " | ".join(cells) + f" | {wall} |")
     return lines
 
 
@@ -274,7 +302,8 @@ def markdown(bench: Bench, command: str) -> str:
         f"channels rounded to {a.round_to}; criteria scored on {a.score_samples} class-balanced"
         f" training images; top-1 on {a.eval_limit or 'all'} test images; "
         f"BN re-calibration on {a.recal_samples} training images; AM steps {a.am_steps}; "
-        f"random: mean (± half range) over {a.random_seeds} seeds. "
+        "(a): mean (± half range) over the seeds every criterion has (the seed sets the "
+        "reference draw, the AM start and random's scores; scarce and fine-tuning: seed 0). "
         f"Host: {platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s).",
         "",
@@ -290,6 +319,8 @@ def markdown(bench: Bench, command: str) -> str:
         lines += [
             f"## Policy: {title}", "",
             "### (a) no fine-tuning, raw and after BatchNorm re-calibration (top-1 %)", "",
+            f"Mean (± half the range) over {complete_seeds(r, policy, a.flops, a.seeds)} "
+            "seed(s).", "",
             "Column heads: the FLOPs target and, in brackets, the share actually removed "
             "(over all criteria).", "",
             *table_raw(r, a, policy), "",
@@ -318,10 +349,12 @@ def main() -> None:
     p.add_argument("--score-samples", type=int, default=500)
     p.add_argument("--recal-samples", type=int, default=2000)
     p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--random-seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--am-steps", type=int, default=48)
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--policy", choices=sorted(POLICIES), default="global")
+    p.add_argument("--policy", default="global",
+                   help="comma-separated: global, rank, local (fine-tuning and scarce: the "
+                   "first)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="benchmarks/results/criteria.json")
     p.add_argument("--md", default="benchmarks/results/criteria.md")
@@ -329,6 +362,9 @@ def main() -> None:
     args.flops = [float(v) for v in args.flops.split(",")]
     args.finetune_flops = [float(v) for v in args.finetune_flops.split(",")]
     args.per_class = [int(v) for v in args.per_class.split(",")]
+    args.policy = args.policy.split(",")
+    if set(args.policy) - set(POLICIES):
+        sys.exit(f"unknown policy in {','.join(args.policy)}; choose from {', '.join(POLICIES)}")
     torch.set_num_threads(args.threads)
     set_quiet(True)
     unknown = set(args.criteria.split(",")) - set(list_criteria())

@@ -344,7 +344,8 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     criterion = get_criterion(cfg.criterion)
     rescored = cfg.schedule != "one-shot" and not reused  # the papers re-score every step
     batches = None
-    if not reused or rescored or cfg.reestimate:
+    keep_counts = criterion.with_keep_counts({}) is not None  # fmcluster: scored again in prune
+    if not reused or rescored or cfg.reestimate or keep_counts:
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
                                     cfg.samples_per_class, cfg.seed)
     if scores is None:

@@ -1,0 +1,25 @@
+"""The JSON file a benchmark merges its results into, one key at a time, so that a stopped run
+resumes where it was (the benchmark scripts import it from their own folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class ResultsFile:
+    """`data` holds every result; `save` merges one into the file (re-read first, in case
+    another run wrote to it meanwhile) and replaces the file atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def save(self, key: str, value: object) -> None:
+        on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data = {**on_disk, **self.data, key: value}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+        print(f"{key}: {value}", flush=True)
