@@ -232,27 +232,27 @@ def _removed(results: dict, policy: str, flops: float) -> str:
     return f" (-{lo:.0f}%)" if round(lo) == round(hi) else f" (-{lo:.0f}..{hi:.0f}%)"
 
 
-def complete_seeds(results: dict, policy: str, flops: list[float], seeds: int) -> int:
-    """How many seeds, from 0, every criterion has at every FLOPs level under `policy`: the
-    tables average over those only, so every cell of a table means the same."""
+def complete_seeds(results: dict, policy: str, flops: float, seeds: int) -> int:
+    """How many seeds, from 0, every criterion has at this FLOPs level under `policy`: a
+    column averages over those only, so every cell of it means the same."""
     done = 0
-    while done < seeds and all(key("raw", policy, n, done, f) in results
-                               for n in INTERPRETABILITY + BASELINES for f in flops):
+    while done < seeds and all(key("raw", policy, n, done, flops) in results
+                               for n in INTERPRETABILITY + BASELINES):
         done += 1
     return max(done, 1)
 
 
 def table_raw(results: dict, args: argparse.Namespace, policy: str) -> list[str]:
     flops = args.flops
-    seeds = complete_seeds(results, policy, flops, args.seeds)
+    seeds = {f: complete_seeds(results, policy, f, args.seeds) for f in flops}
     head = "| criterion | " + " | ".join(
-        f"-{round(f * 100)}%{_removed(results, policy, f)} raw | BN-recal" for f in flops) + \
-        " | scoring time |"
+        f"-{round(f * 100)}%{_removed(results, policy, f)}, {seeds[f]} seed(s) raw | BN-recal"
+        for f in flops) + " | scoring time |"
     lines = [head, "|---|" + "---|" * (2 * len(flops) + 1)]
     for name in INTERPRETABILITY + BASELINES:
-        cells = [_seeds_cell(_seeds(results, policy, name, f, field, seeds))
+        cells = [_seeds_cell(_seeds(results, policy, name, f, field, seeds[f]))
                  for f in flops for field in ("raw", "recal")]
-        walls = _seeds(results, policy, name, flops[0], "score_s", seeds)
+        walls = _seeds(results, policy, name, flops[0], "score_s", seeds[flops[0]])
         wall = f"{sum(walls) / len(walls):.1f} s" if walls else "–"
         tag = " *(interp.)*" if name in INTERPRETABILITY else ""
         lines.append(f"| {name}{tag} | " + " | ".join(cells) + f" | {wall} |")
@@ -319,8 +319,8 @@ def markdown(bench: Bench, command: str) -> str:
         lines += [
             f"## Policy: {title}", "",
             "### (a) no fine-tuning, raw and after BatchNorm re-calibration (top-1 %)", "",
-            f"Mean (± half the range) over {complete_seeds(r, policy, a.flops, a.seeds)} "
-            "seed(s).", "",
+            "Each column: mean (± half the range) over the seeds every criterion has at that "
+            "level (in its head).", "",
             "Column heads: the FLOPs target and, in brackets, the share actually removed "
             "(over all criteria).", "",
             *table_raw(r, a, policy), "",
