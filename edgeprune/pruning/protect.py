@@ -97,10 +97,14 @@ def residual_stream_names(model: nn.Module, graph: tp.DependencyGraph) -> list[s
     found: list[str] = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
         if any(_is_residual_add(dep.target) for dep, _ in group):
-            found += [names[d.target.module] for d, _ in group
-                      if d.handler in OUT_CHANNEL_FNS and d.target.module in names
-                      and names[d.target.module] not in found]
+            found += [n for n in out_channel_members(group, names) if n not in found]
     return found
+
+
+def out_channel_members(group: tp.Group, names: dict[nn.Module, str]) -> list[str]:
+    """Names of the layers of a pruning group that lose output channels."""
+    return [names[d.target.module] for d, _ in group
+            if d.handler in OUT_CHANNEL_FNS and d.target.module in names]
 
 
 def terminal_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
@@ -216,8 +220,7 @@ def _probe_group(model: nn.Module, root: str, example_inputs: Tensor,
         else function.prune_conv_out_channels
     group = graph.get_pruning_group(module, fn, _probe_indices(module.weight.shape[0]))
     names = {m: n for n, m in work.named_modules()}
-    members = [names[d.target.module] for d, _ in group
-               if d.handler in OUT_CHANNEL_FNS and d.target.module in names]
+    members = out_channel_members(group, names)
     widths = {n: w for n, m in work.named_modules() if (w := out_width(m)) is not None}
     removed: dict[str, set[int]] = {}
     record_removed(group, graph, names, widths, removed)
