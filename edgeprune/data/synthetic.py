@@ -23,9 +23,12 @@ def make_synthetic(num_classes: int = 4, shape: tuple[int, int, int] = (1, 16, 1
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.arange(n) % num_classes
-        noise = torch.rand((n, *shape), generator=g)
-        x = (0.6 * templates[y] + 0.4 * noise) * 255
-        return x.round().clamp(0, 255).to(torch.uint8), y
+        x = torch.empty((n, *shape), dtype=torch.uint8)
+        for start in range(0, n, 64):  # float32 a chunk at a time (the same random stream)
+            noise = torch.rand((len(y[start:start + 64]), *shape), generator=g)
+            image = (0.6 * templates[y[start:start + 64]] + 0.4 * noise) * 255
+            x[start:start + 64] = image.round().clamp(0, 255).to(torch.uint8)
+        return x, y
 
     (xtr, ytr), (xte, yte) = split(n_train), split(n_test)
     mean, std = (0.5,) * shape[0], (0.25,) * shape[0]
