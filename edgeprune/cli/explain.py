@@ -15,6 +15,7 @@ from edgeprune.cli.options import (
     CriterionOpt,
     ModelArg,
     SamplesPerClassOpt,
+    ScoreBatchOpt,
     ScoreSamplesOpt,
     model_data_options,
     output_options,
@@ -76,6 +77,7 @@ def score(
         help="save the scores: .json (scores, keep order, invalid filters) or .pt "
         "(tensors)")] = None,
     score_samples: ScoreSamplesOpt = 500,
+    score_batch: ScoreBatchOpt = 32,
     samples_per_class: SamplesPerClassOpt = None,
     **options: Any,
 ) -> None:
@@ -83,7 +85,7 @@ def score(
     json_out = start(options)
     from edgeprune.jobs.score import score_model
 
-    result = score_model(model, criterion, samples=score_samples,
+    result = score_model(model, criterion, samples=score_samples, score_batch=score_batch,
                          samples_per_class=samples_per_class, **options)
     if out is not None:
         result.save(out)

@@ -30,6 +30,9 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (
 CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
 ScoreSamplesOpt = Annotated[int, typer.Option(
     help="class-balanced training images the criterion sees")]
+ScoreBatchOpt = Annotated[int, typer.Option(
+    min=1, help="reference images per forward pass while scoring: peak memory grows with "
+    "it, not with the number of reference images (lower it for large inputs)")]
 SamplesPerClassOpt = Annotated[int | None, typer.Option(
     help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
     "data-scarce setting uses 1-10)")]
@@ -97,6 +100,7 @@ def compress_options(
     target: TargetOpt = "rpi4",
     model: ModelOpt = "demo",
     score_samples: ScoreSamplesOpt = 500,
+    score_batch: ScoreBatchOpt = 32,
     samples_per_class: SamplesPerClassOpt = None,
     schedule: ScheduleOpt = "one-shot",
     step: StepOpt = 0.05,

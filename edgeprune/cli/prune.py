@@ -17,6 +17,7 @@ from edgeprune.cli.options import (
     ResidualStreamOpt,
     SamplesPerClassOpt,
     ScheduleOpt,
+    ScoreBatchOpt,
     StepEpochsOpt,
     StepOpt,
     TargetOpt,
@@ -34,6 +35,7 @@ def prune(
     criterion: CriterionOpt = "lrp",
     score_samples: Annotated[int, typer.Option(
         help="class-balanced training images the criterion (and --reestimate) sees")] = 500,
+    score_batch: ScoreBatchOpt = 32,
     samples_per_class: SamplesPerClassOpt = None,
     flops_reduction: Annotated[float | None, typer.Option(
         help="goal: share of FLOPs to remove (default 0.5 when no other goal)")] = None,
@@ -73,7 +75,7 @@ def prune(
     from edgeprune.jobs.prune import prune_file
 
     summary = prune_file(
-        model=model, criterion=criterion, score_samples=score_samples,
+        model=model, criterion=criterion, score_samples=score_samples, score_batch=score_batch,
         samples_per_class=samples_per_class,
         target=target, flops_reduction=flops_reduction, params_reduction=params_reduction,
         latency_ms=latency_ms, layer_ratios=layer_ratios, threads=threads, round_to=round_to,

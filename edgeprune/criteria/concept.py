@@ -24,6 +24,7 @@ pruning stage, not to this score.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,9 +38,14 @@ from edgeprune.criteria.base import (
     normalize_per_layer,
     prunable_layers,
 )
-from edgeprune.criteria.feature_maps import Tap, find_taps, recording, take_samples, working_copy
-
-CHUNK = 32  # units upsampled at once
+from edgeprune.criteria.feature_maps import (
+    Tap,
+    find_taps,
+    recording,
+    stream_maps,
+    take_samples,
+    working_copy,
+)
 
 
 def grad_cam_masks(tap: Tap, pre: Tensor, logits: Tensor, labels: Tensor,
@@ -62,19 +68,84 @@ def grad_cam_masks(tap: Tap, pre: Tensor, logits: Tensor, labels: Tensor,
     return ((flat >= cut) & (flat > 0)).view_as(cam)
 
 
+BINS = 2048  # histogram bins per unit for the activation quantile
+CHUNK_ELEMENTS = 1 << 23  # upsampled values handled at once (32 MB of float32)
+
+
 def _upsampled(maps: Tensor, size: tuple[int, int]) -> Tensor:
     maps = maps.view(*maps.shape[:2], 1, 1) if maps.ndim == 2 else maps
     return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def unit_thresholds(maps: Tensor, size: tuple[int, int], quantile: float) -> Tensor:
-    """Each unit's top-`quantile` activation over all images and (upsampled) positions: (C,)."""
-    out = []
-    for start in range(0, maps.shape[1], CHUNK):
-        up = _upsampled(maps[:, start:start + CHUNK], size).transpose(0, 1).flatten(1)
-        k = max(1, int(math.ceil(quantile * up.shape[1])))
-        out.append(up.topk(k, dim=1).values[:, -1])
-    return torch.cat(out)
+def _unit_chunks(maps: Tensor, size: tuple[int, int]) -> Iterator[tuple[int, Tensor]]:
+    """(first unit, upsampled maps (N, c, H, W)) of a few units at a time."""
+    step = max(1, CHUNK_ELEMENTS // max(1, maps.shape[0] * size[0] * size[1]))
+    for start in range(0, maps.shape[1], step):
+        yield start, _upsampled(maps[:, start:start + step], size)
+
+
+class UnitQuantile:
+    """Each unit's top-`quantile` activation over all images and upsampled positions, found in
+    two histogram passes over the data, so memory is C x BINS counts whatever the number of
+    images. Pass 1 (`add` until `refine`): `BINS` equal bins between 0 and the unit's
+    largest activation (bilinear upsampling never exceeds it) locate the bin holding the
+    k-th largest value; pass 2 splits that bin into `BINS` again. The threshold is the lower
+    edge of the sub-bin holding the k-th value: exact to 1/BINS^2 of the unit's range, and
+    values tied with it (a saturated ReLU6, a map constant over positions) all stay above
+    it, as with an exact top-k. Only positive thresholds matter (a unit whose threshold is
+    not positive never fires), so values <= 0 are counted but not binned."""
+
+    def __init__(self, peaks: Tensor, quantile: float) -> None:
+        self.peaks = peaks.double().clamp(min=0)
+        self.quantile = quantile
+        self.counts = torch.zeros(len(peaks), BINS, dtype=torch.int32)
+        self.values = 0
+        self.bin: Tensor | None = None  # pass 2: the pass-1 bin being split, per unit
+        self.above = torch.zeros(len(peaks), dtype=torch.int64)
+        self.found = torch.ones(len(peaks), dtype=torch.bool)
+
+    def add(self, maps: Tensor, size: tuple[int, int]) -> None:
+        """Fold in one batch of a layer's activations (N, C, ...)."""
+        if self.bin is None:
+            self.values += maps.shape[0] * size[0] * size[1]
+        for start, up in _unit_chunks(maps, size):
+            c = up.shape[1]
+            peak = self.peaks[start:start + c].to(up.device).clamp(min=1e-300)
+            v = up.transpose(0, 1).reshape(c, -1)
+            scaled = v.double() / peak[:, None] * BINS
+            coarse = scaled.floor().clamp(max=BINS - 1)
+            keep = v > 0
+            if self.bin is None:
+                index = coarse.long()
+            else:
+                keep &= coarse == self.bin[start:start + c].to(up.device, torch.float64)[:, None]
+                index = ((scaled - coarse) * BINS).floor().clamp(max=BINS - 1).long()
+            index += torch.arange(c, device=v.device)[:, None] * BINS
+            counts = torch.bincount(index[keep], minlength=c * BINS).view(c, BINS)
+            self.counts[start:start + c] += counts.int().cpu()
+
+    def _locate(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(found, bin index from the bottom, count above that bin) of the k-th value."""
+        k = max(1, int(math.ceil(self.quantile * self.values)))
+        top_down = self.counts.flip(1).long()
+        from_top = top_down.cumsum(1) + self.above[:, None]
+        found = from_top[:, -1] >= k
+        position = (from_top >= k).int().argmax(1)[:, None]
+        above = (from_top - top_down).gather(1, position)[:, 0]
+        return found, BINS - 1 - position[:, 0], above
+
+    def refine(self) -> None:
+        """End pass 1: the next `add` calls split the bin holding each unit's k-th value."""
+        self.found, self.bin, self.above = self._locate()
+        self.counts.zero_()
+
+    def thresholds(self) -> Tensor:
+        """(C,) thresholds after both passes; 0 where fewer than the quantile's share of
+        values are positive."""
+        found, sub, _ = self._locate()
+        edge = (self.bin.double() + sub.double() / BINS) / BINS * self.peaks
+        return torch.where(self.found & found & (self.peaks > 0), edge,
+                           torch.zeros_like(edge)).float()
 
 
 def unit_iou(maps: Tensor, concept: Tensor, thresholds: Tensor) -> Tensor:
@@ -82,9 +153,9 @@ def unit_iou(maps: Tensor, concept: Tensor, thresholds: Tensor) -> Tensor:
     concept mask: (N, C)."""
     size = tuple(concept.shape[-2:])
     out = []
-    for start in range(0, maps.shape[1], CHUNK):
-        t = thresholds[start:start + CHUNK].view(1, -1, 1, 1)
-        unit = (_upsampled(maps[:, start:start + CHUNK], size) >= t) & (t > 0)
+    for start, up in _unit_chunks(maps, size):
+        t = thresholds[start:start + up.shape[1]].to(up.device).view(1, -1, 1, 1)
+        unit = (up >= t) & (t > 0)
         inter = (unit & concept[:, None]).flatten(2).sum(2)
         union = (unit | concept[:, None]).flatten(2).sum(2)
         out.append(inter / union.clamp(min=1))
@@ -123,13 +194,14 @@ class Concept(Criterion, name="concept"):
     cam_layer: str | None = None
     needs_data: ClassVar[bool] = True
 
-    def _maps_and_masks(self, work: nn.Module, data: list[tuple[Tensor, ...]]
-                        ) -> tuple[dict[str, Tensor], Tensor]:
+    def _masks_and_peaks(self, work: nn.Module, data: list[tuple[Tensor, ...]]
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Pass 1: every image's concept mask (N, H, W) and each unit's largest activation."""
         taps = find_taps(work)
         device = next(iter(work.parameters()), torch.zeros(0)).device
         store: dict[str, Tensor] = {}
         live: dict[str, Tensor] = {}
-        parts: dict[str, list[Tensor]] = {}
+        peaks: dict[str, Tensor] = {}
         masks = []
         with recording(work, taps, store, live):
             for batch in data:
@@ -147,24 +219,43 @@ class Concept(Criterion, name="concept"):
                             taps[cam], live[cam], logits, batch[1].to(device),
                             tuple(x.shape[-2:]), self.cam_area, value=store[cam]).cpu())
                 for name, value in acts.items():
-                    parts.setdefault(name, []).append(value.detach().cpu())
-        return {n: torch.cat(v) for n, v in parts.items()}, torch.cat(masks)
+                    peak = value.detach().transpose(0, 1).flatten(1).amax(1).cpu()
+                    peaks[name] = torch.maximum(peaks[name], peak) if name in peaks else peak
+        return torch.cat(masks), peaks
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = take_samples(self.require_batches(batches), self.samples)
-        maps, concept = self._maps_and_masks(working_copy(model), data)
-        voters = concept.flatten(1).any(1)
-        self.votes = {}
+        work = working_copy(model)
+        concept, peaks = self._masks_and_peaks(work, data)
+        size = tuple(concept.shape[-2:])
+        quantiles = {n: UnitQuantile(p, self.unit_quantile) for n, p in peaks.items()}
+        for first in (True, False):  # passes 2 and 3: the unit thresholds
+            for _, maps in stream_maps(work, data, list(peaks)):
+                for name, value in maps.items():
+                    quantiles[name].add(value, size)
+            for quantile in quantiles.values() if first else ():
+                quantile.refine()
+        thresholds = {n: q.thresholds() for n, q in quantiles.items()}
+        votes = {n: torch.zeros(len(p), dtype=torch.float64) for n, p in peaks.items()}
+        iou_sums = {n: torch.zeros(len(p), dtype=torch.float64) for n, p in peaks.items()}
+        voters, seen = 0, 0
+        for batch, maps in stream_maps(work, data, list(peaks)):  # pass 4: IoU and the votes
+            masks = concept[seen:seen + len(batch[0])]
+            seen += len(batch[0])
+            voting = masks.flatten(1).any(1)
+            voters += int(voting.sum())
+            for name, value in maps.items():
+                iou = unit_iou(value.cpu(), masks, thresholds[name])[voting]
+                votes[name] += majority_votes(iou, self.top_fraction).double()
+                iou_sums[name] += iou.double().sum(0)
+        self.votes = {n: v.float() for n, v in votes.items()}
         scores = {}
         for name, layer in prunable_layers(model).items():
-            if name not in maps:
+            if name not in peaks:
                 scores[name] = normalize_per_layer(torch.ones(layer.weight.shape[0]))
                 continue
-            iou = unit_iou(maps[name], concept, unit_thresholds(
-                maps[name], tuple(concept.shape[-2:]), self.unit_quantile))[voters]
-            self.votes[name] = majority_votes(iou, self.top_fraction)
-            value = self.votes[name] / max(len(iou), 1) + 1e-3 * iou.sum(0) / max(len(iou), 1)
+            value = (votes[name] + 1e-3 * iou_sums[name]) / max(voters, 1)
             if not bool(value.any()):  # no unit meets any concept: nothing tells them apart
-                value = torch.ones(layer.weight.shape[0])
+                value = torch.ones(layer.weight.shape[0], dtype=torch.float64)
             scores[name] = normalize_per_layer(value)
         return scores

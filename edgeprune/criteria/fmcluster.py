@@ -7,7 +7,8 @@ follow redundancy, whether a filter's output repeats other filters' outputs, mea
 
 Documented reading (docs/CRITERIA.md, `fmcluster`):
 - the unit activations (see `feature_maps`) of `samples` reference images, one vector per filter;
-- standardized; distance = 1 - |Pearson correlation|; average-linkage agglomerative clustering
+- standardized; distance = 1 - |Pearson correlation|, from running sums over the batches (a
+  C x C matrix per layer, never the maps themselves); average-linkage agglomerative clustering
   of the layer into k clusters, k = the layer's keep count: the pruner finds the counts with a
   first scoring at k = ceil(`cluster_ratio` * C), then scores again with `keep` set to them
   (`with_keep_counts`);
@@ -35,19 +36,49 @@ from edgeprune.criteria.base import (
     normalize_per_layer,
     prunable_layers,
 )
-from edgeprune.criteria.feature_maps import collect_maps, take_samples
+from edgeprune.criteria.feature_maps import stream_maps, take_samples
 from edgeprune.criteria.redundancy import Redundancy, RedundancyCriterion, cluster_labels
+
+
+class CorrelationSums:
+    """Running sums for the |Pearson r| between a layer's units over samples and positions:
+    the count, per-unit sums and the (C, C) cross-product matrix, in float64, about a shift
+    (the first batch's unit means) that keeps the sums from cancelling. Memory is C x C,
+    whatever the number of images; `add` takes one batch of (N, C, ...) activations."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: Tensor | None = None
+        self.sums: Tensor | None = None
+        self.products: Tensor | None = None
+
+    def add(self, maps: Tensor) -> CorrelationSums:
+        """Fold in one batch of activations (N, C, ...)."""
+        x = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
+        if self.shift is None:
+            self.shift = x.mean(1, keepdim=True)
+            self.sums = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+            self.products = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
+        x = x - self.shift
+        self.count += x.shape[1]
+        self.sums += x.sum(1)
+        self.products += x @ x.T
+        return self
+
+    def abs_correlation(self) -> tuple[Tensor, Tensor]:
+        """(|r| between units (C, C), zero-variance mask (C,)) of everything added."""
+        mean = self.sums / self.count
+        cov = self.products - self.count * torch.outer(mean, mean)
+        norm = cov.diagonal().clamp(min=0).sqrt()
+        flat = norm <= 1e-12 * max(float(norm.max()), 1e-300)
+        scale = norm.clamp(min=1e-300)
+        r = (cov / scale[:, None] / scale[None, :]).abs().clamp(max=1.0)
+        return r.float().cpu(), flat.cpu()
 
 
 def abs_correlation(maps: Tensor) -> tuple[Tensor, Tensor]:
     """(|Pearson r| between units (C, C), zero-variance mask (C,)) of (N, C, ...) activations."""
-    x = maps.transpose(0, 1).reshape(maps.shape[1], -1).double()
-    x = x - x.mean(1, keepdim=True)
-    norm = x.norm(dim=1)
-    flat = norm <= 1e-12 * max(float(norm.max()), 1e-300)
-    x = x / norm.clamp(min=1e-300)[:, None]
-    r = (x @ x.T).abs().clamp(max=1.0)
-    return r.float(), flat
+    return CorrelationSums().add(maps).abs_correlation()
 
 
 def redundancy_index(similarity: Tensor, members: Tensor) -> tuple[int, Tensor]:
@@ -84,11 +115,11 @@ def ri_order(similarity: Tensor, channels: Tensor, ratio: float,
     return head + [m for _, m in sorted(others)]
 
 
-def fm_redundancy(maps: Tensor, ratio: float, keep: int | None = None) -> Redundancy:
-    """The RI keep order of one layer's activations (N, C, ...), clustered into `keep`
-    clusters (default ceil(ratio * valid channels))."""
-    similarity, invalid = abs_correlation(maps)
-    parent = torch.full((maps.shape[1],), -1, dtype=torch.long)
+def fm_redundancy(similarity: Tensor, invalid: Tensor, ratio: float, keep: int | None = None
+                  ) -> Redundancy:
+    """The RI keep order of one layer from its units' |r| (C, C) and zero-variance mask,
+    clustered into `keep` clusters (default ceil(ratio * valid channels))."""
+    parent = torch.full((len(invalid),), -1, dtype=torch.long)
     valid = torch.nonzero(~invalid).flatten()
     order = ri_order(similarity, valid, ratio, parent, keep) if len(valid) else []
     order += torch.nonzero(invalid).flatten().tolist()
@@ -114,13 +145,16 @@ class FMCluster(RedundancyCriterion, name="fmcluster"):
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = take_samples(self.require_batches(batches), self.samples)
-        maps = collect_maps(model, data)
+        sums: dict[str, CorrelationSums] = {}
+        for _, maps in stream_maps(model, data):
+            for name, value in maps.items():
+                sums.setdefault(name, CorrelationSums()).add(value)
         self.redundancy, scores = {}, {}
         for name, layer in prunable_layers(model).items():
-            if name not in maps:
+            if name not in sums:
                 scores[name] = normalize_per_layer(torch.ones(layer.weight.shape[0]))
                 continue
-            self.redundancy[name] = fm_redundancy(maps[name], self.cluster_ratio,
-                                                  (self.keep or {}).get(name))
+            self.redundancy[name] = fm_redundancy(*sums[name].abs_correlation(),
+                                                  self.cluster_ratio, (self.keep or {}).get(name))
             scores[name] = normalize_per_layer(self.redundancy[name].scores())
         return scores

@@ -33,7 +33,7 @@ from edgeprune.criteria.base import (
     normalize_per_layer,
     prunable_layers,
 )
-from edgeprune.criteria.feature_maps import collect_maps, take_samples
+from edgeprune.criteria.feature_maps import stream_maps, take_samples
 from edgeprune.criteria.redundancy import RedundancyCriterion, agglomerative_order
 
 
@@ -44,9 +44,6 @@ def functional_distance(images: Tensor) -> Tensor:
     return (1 - flat @ flat.T).clamp(min=0)
 
 
-def mean_activation(maps: Tensor) -> Tensor:
-    """Mean of each unit's activation over samples and positions: (C,)."""
-    return maps.transpose(0, 1).reshape(maps.shape[1], -1).double().mean(1).float()
 
 
 @dataclass
@@ -67,8 +64,14 @@ class Function(RedundancyCriterion, name="function"):
 
     def strengths(self, model: nn.Module, batches: Batches) -> dict[str, Tensor]:
         """Each unit's mean activation on (the first `samples` of) the reference batches."""
-        maps = collect_maps(model, take_samples(list(batches), self.samples))
-        return {n: mean_activation(m) for n, m in maps.items()}
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        for _, maps in stream_maps(model, take_samples(list(batches), self.samples)):
+            for name, value in maps.items():
+                per_unit = value.transpose(0, 1).reshape(value.shape[1], -1).double()
+                sums[name] = sums.get(name, 0) + per_unit.sum(1).cpu()
+                counts[name] = counts.get(name, 0) + per_unit.shape[1]
+        return {n: (v / counts[n]).float() for n, v in sums.items()}
 
     def from_images(self, model: nn.Module, am: dict[str, LayerAM],
                     strength: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -38,9 +38,10 @@ class Taylor(Criterion, name="taylor"):
         for p in work.parameters():
             p.requires_grad_(True)
             p.grad = None
-        for batch in data:
+        total = sum(len(batch[1]) for batch in data)
+        for batch in data:  # the mean loss over all samples, whatever the batches
             x, y = batch[0].to(device), batch[1].to(device)
-            (F.cross_entropy(work(x), y, reduction="sum") / len(y)).backward()
+            (F.cross_entropy(work(x), y, reduction="sum") / total).backward()
         for p in work.parameters():  # layers forward never reaches: zero gradient
             if p.grad is None:
                 p.grad = p.detach() * 0

@@ -136,7 +136,7 @@ class DataBundle:
                 "test_images": len(self.test), "spec": self.spec.to_dict(), **self.record}
 
     def reference(self, samples: int, per_class: int | None = None, seed: int = 0,
-                  batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The reference images a criterion sees, in batches: `samples` class-balanced
         training images, or, with `per_class`, at most that many of each class (exactly that
         many when every class has them)."""

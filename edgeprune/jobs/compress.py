@@ -347,7 +347,7 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     keep_counts = criterion.with_keep_counts({}) is not None  # fmcluster: scored again in prune
     if not reused or rescored or cfg.reestimate or keep_counts:
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
-                                    cfg.samples_per_class, cfg.seed)
+                                    cfg.samples_per_class, cfg.seed, cfg.score_batch)
     if scores is None:
         scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0

@@ -114,7 +114,7 @@ def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
 
 def reference_batches(data: DataBundle, data_dir: Path | str | None, samples: int,
                       samples_per_class: int | None = None, seed: int = 0,
-                      batch_size: int = 64) -> list[tuple[Tensor, ...]]:
+                      batch_size: int = 32) -> list[tuple[Tensor, ...]]:
     """The criterion's reference batches: `data.reference(...)`, or, for an ImageFolder
     `data_dir` with a masks/ folder, (images, labels, masks) batches for `concept`."""
     if data.name == "imagefolder" and data_dir is not None:
@@ -145,7 +145,7 @@ class Reference:
 
 
 def load_reference(model: str = "demo", weights: Path | str | None = None, samples: int = 500,
-                   seed: int = 0, batch_size: int = 64, samples_per_class: int | None = None,
+                   seed: int = 0, batch_size: int = 32, samples_per_class: int | None = None,
                    **data: Any) -> Reference:
     """The model and `samples` class-balanced training images (or `samples_per_class` of
     each class) in batches, with real concept masks when an ImageFolder `data_dir` has a

@@ -67,11 +67,13 @@ def score_loaded(loaded: Reference, criterion: str, **options: object) -> ScoreR
 
 def score_model(model: str = "demo", criterion: str = "lrp", weights: Path | str | None = None,
                 samples: int = 500, seed: int = 0, samples_per_class: int | None = None,
-                criterion_options: dict[str, object] | None = None, **data: Any) -> ScoreResult:
-    """Load `model` with its reference data and score it with `criterion` (built with
-    `criterion_options`). `data`: the data options of `jobs.loading.load_data`."""
+                score_batch: int = 32, criterion_options: dict[str, object] | None = None,
+                **data: Any) -> ScoreResult:
+    """Load `model` with its reference data (`score_batch` images a batch) and score it with
+    `criterion` (built with `criterion_options`). `data`: the data options of
+    `jobs.loading.load_data`."""
     options = criterion_options or {}
     get_criterion(criterion, **options)  # an unknown name or option fails before loading
-    loaded = load_reference(model, weights, samples, seed, samples_per_class=samples_per_class,
-                            **data)
+    loaded = load_reference(model, weights, samples, seed, score_batch,
+                            samples_per_class=samples_per_class, **data)
     return score_loaded(loaded, criterion, **options)
