@@ -77,7 +77,7 @@ def score(
         help="save the scores: .json (scores, keep order, invalid filters) or .pt "
         "(tensors)")] = None,
     score_samples: ScoreSamplesOpt = 500,
-    score_batch: ScoreBatchOpt = 32,
+    score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
     **options: Any,
 ) -> None:

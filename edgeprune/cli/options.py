@@ -30,9 +30,10 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (
 CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
 ScoreSamplesOpt = Annotated[int, typer.Option(
     help="class-balanced training images the criterion sees")]
-ScoreBatchOpt = Annotated[int, typer.Option(
+ScoreBatchOpt = Annotated[int | None, typer.Option(
     min=1, help="reference images per forward pass while scoring: peak memory grows with "
-    "it, not with the number of reference images (lower it for large inputs)")]
+    "it, not with the number of reference images [default: auto, as many as keep one "
+    "batch's feature maps under 512 MB, at most 64]")]
 SamplesPerClassOpt = Annotated[int | None, typer.Option(
     help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
     "data-scarce setting uses 1-10)")]
@@ -100,7 +101,7 @@ def compress_options(
     target: TargetOpt = "rpi4",
     model: ModelOpt = "demo",
     score_samples: ScoreSamplesOpt = 500,
-    score_batch: ScoreBatchOpt = 32,
+    score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
     schedule: ScheduleOpt = "one-shot",
     step: StepOpt = 0.05,

@@ -35,7 +35,7 @@ def prune(
     criterion: CriterionOpt = "lrp",
     score_samples: Annotated[int, typer.Option(
         help="class-balanced training images the criterion (and --reestimate) sees")] = 500,
-    score_batch: ScoreBatchOpt = 32,
+    score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
     flops_reduction: Annotated[float | None, typer.Option(
         help="goal: share of FLOPs to remove (default 0.5 when no other goal)")] = None,

@@ -178,6 +178,29 @@ def recording(model: nn.Module, taps: dict[str, Tap], store: dict[str, Tensor],
             handle.remove()
 
 
+def feature_map_bytes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Bytes of every leaf module's output for one input of `shape` (C, H, W): what one
+    image's forward pass holds, the unit a criterion's memory grows by per image."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, Tensor):
+            total += output.numel() * output.element_size()
+
+    work = working_copy(model)
+    leaves = [m for m in work.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    device = next(iter(work.parameters()), torch.zeros(0)).device
+    try:
+        with torch.no_grad():
+            work(torch.zeros(1, *shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
 # ---------------------------------------------------------------- collection over the data
 
 def take_samples(batches: list[tuple[Tensor, ...]], limit: int | None) -> list[tuple[Tensor, ...]]:

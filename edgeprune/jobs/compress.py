@@ -45,7 +45,13 @@ from edgeprune.jobs.candidates import (
     speedup,
 )
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
-from edgeprune.jobs.loading import check_outputs, load_model_and_data, reference_batches, take
+from edgeprune.jobs.loading import (
+    check_outputs,
+    load_model_and_data,
+    reference_batches,
+    score_batch_size,
+    take,
+)
 from edgeprune.jobs.prune import choose_schedule, fine_tune_between
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
@@ -345,18 +351,20 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
     rescored = cfg.schedule != "one-shot" and not reused  # the papers re-score every step
     batches = None
     keep_counts = criterion.with_keep_counts({}) is not None  # fmcluster: scored again in prune
+    batch_size = score_batch_size(model, inputs.spec, cfg.score_batch)
     if not reused or rescored or cfg.reestimate or keep_counts:
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
-                                    cfg.samples_per_class, cfg.seed, cfg.score_batch)
+                                    cfg.samples_per_class, cfg.seed, batch_size)
     if scores is None:
         scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
-        info(f"score: {cfg.criterion} on {seen} samples, {len(scores)} layers, "
-             f"{time.perf_counter() - t0:.1f} s")
+        info(f"score: {cfg.criterion} on {seen} samples in batches of {batch_size}, "
+             f"{len(scores)} layers, {time.perf_counter() - t0:.1f} s")
     else:
         info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
-    run.stage_done("score", wall_s=time.perf_counter() - t0, criterion=cfg.criterion,
-                   reused=reused, samples=seen)
+    wall = time.perf_counter() - t0
+    run.stage_done("score", wall_s=wall, criterion=cfg.criterion, reused=reused, samples=seen,
+                   score_batch=batch_size, images_per_s=seen / wall if seen and wall else None)
     torch.save({k: v.cpu() for k, v in scores.items()}, run.path("scores.pt"))
     run.record(run.work / "scores.pt", "scores", "score")
     t0 = time.perf_counter()

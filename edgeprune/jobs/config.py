@@ -58,7 +58,7 @@ class CompressConfig:
     reestimate: bool = False
     residual_stream: str = "prune"
     score_samples: int = 500
-    score_batch: int = 32
+    score_batch: int | None = None
     samples_per_class: int | None = None
     bn_recalibration: int = 0
     epochs: float | None = None
@@ -226,7 +226,8 @@ def check_ranges(cfg: CompressConfig) -> None:
          < MAX_FLOPS_REDUCTION, f"between 0 and {MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the "
          "FLOPs)"),
         ("--score-samples", cfg.score_samples, cfg.score_samples >= 1, "at least 1"),
-        ("--score-batch", cfg.score_batch, cfg.score_batch >= 1, "at least 1, e.g. 16"),
+        ("--score-batch", cfg.score_batch, cfg.score_batch is None or cfg.score_batch >= 1,
+         "at least 1, e.g. 16"),
         ("--step", cfg.step, 0 < cfg.step < 1, "between 0 and 1, e.g. 0.05"),
         ("--step-epochs", cfg.step_epochs, cfg.step_epochs >= 0, "0 (none) or more"),
         ("--bn-recalibration", cfg.bn_recalibration, cfg.bn_recalibration >= 0,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgeprune.criteria.feature_maps import feature_map_bytes
 from edgeprune.data import DataBundle, first_per_class, iterate_batches, load_dataset
 from edgeprune.data.concept_masks import mask_batches
 from edgeprune.errors import EdgepruneError
@@ -112,6 +113,20 @@ def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
                              f"{num_classes} classes; pass --weights for a matching head")
 
 
+SCORE_BATCH_BYTES = 512 * 2**20  # feature maps a scoring batch may hold (--score-batch auto)
+MAX_SCORE_BATCH = 64
+
+
+def score_batch_size(model: nn.Module, spec: InputSpec, requested: int | None = None) -> int:
+    """Reference images per scoring batch: `requested`, or (None, auto) as many as keep one
+    batch's feature maps under SCORE_BATCH_BYTES, between 1 and MAX_SCORE_BATCH (64 for
+    28-pixel models, 6 for MobileNetV2 and 4 for ResNet-50 at 224 pixels)."""
+    if requested is not None:
+        return requested
+    per_image = feature_map_bytes(model, spec.shape)
+    return max(1, min(MAX_SCORE_BATCH, SCORE_BATCH_BYTES // max(per_image, 1)))
+
+
 def reference_batches(data: DataBundle, data_dir: Path | str | None, samples: int,
                       samples_per_class: int | None = None, seed: int = 0,
                       batch_size: int = 32) -> list[tuple[Tensor, ...]]:
@@ -145,13 +160,15 @@ class Reference:
 
 
 def load_reference(model: str = "demo", weights: Path | str | None = None, samples: int = 500,
-                   seed: int = 0, batch_size: int = 32, samples_per_class: int | None = None,
+                   seed: int = 0, batch_size: int | None = None,
+                   samples_per_class: int | None = None,
                    **data: Any) -> Reference:
     """The model and `samples` class-balanced training images (or `samples_per_class` of
-    each class) in batches, with real concept masks when an ImageFolder `data_dir` has a
-    masks/ folder (see `edgeprune.data.concept_masks`). `data`: the data options of
-    `load_data` (dataset, data_dir, input_size, mean, std, skip_bad_images, workers)."""
+    each class) in batches of `batch_size` (None: auto, see `score_batch_size`), with real
+    concept masks when an ImageFolder `data_dir` has a masks/ folder (see
+    `edgeprune.data.concept_masks`). `data`: the data options of `load_data` (dataset,
+    data_dir, input_size, mean, std, skip_bad_images, workers)."""
     md = load_model_and_data(model, weights, seed=seed, **data)
     batches = reference_batches(md.data, data.get("data_dir"), samples, samples_per_class, seed,
-                                batch_size)
+                                score_batch_size(md.model, md.spec, batch_size))
     return Reference(md.model.eval(), md.spec, batches)

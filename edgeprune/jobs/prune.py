@@ -21,7 +21,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_model
 from edgeprune.jobs.checks import check_options, check_output_file
 from edgeprune.jobs.config import SCHEDULE_CHOICES
-from edgeprune.jobs.loading import load_model_and_data, reference_batches
+from edgeprune.jobs.loading import load_model_and_data, reference_batches, score_batch_size
 from edgeprune.models import save_checkpoint
 from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES, PruneResult, prune
 from edgeprune.pruning.goals import (
@@ -105,7 +105,7 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
 
 
 def prune_file(model: str = "demo", weights: Path | None = None,
-               criterion: str = "lrp", score_samples: int = 500, score_batch: int = 32,
+               criterion: str = "lrp", score_samples: int = 500, score_batch: int | None = None,
                samples_per_class: int | None = None, target: str = "rpi4",
                flops_reduction: float | None = None, params_reduction: float | None = None,
                latency_ms: float | None = None, layer_ratios: str | None = None,
@@ -121,7 +121,8 @@ def prune_file(model: str = "demo", weights: Path | None = None,
     out = Path(out)
     check_output_file(out, overwrite)
     check_options(("--score-samples", score_samples, score_samples >= 1, "at least 1"),
-                  ("--score-batch", score_batch, score_batch >= 1, "at least 1, e.g. 16"),
+                  ("--score-batch", score_batch, score_batch is None or score_batch >= 1,
+                   "at least 1, e.g. 16"),
                   ("--samples-per-class", samples_per_class,
                    samples_per_class is None or samples_per_class >= 1, "at least 1"),
                   ("--step", step, 0 < step < 1, "between 0 and 1, e.g. 0.05"),
@@ -138,7 +139,8 @@ def prune_file(model: str = "demo", weights: Path | None = None,
     threads = threads or profile.threads
     fmt = profile.formats[0]
     samples = reference_batches(md.data, data.get("data_dir"), max(score_samples, 64),
-                                samples_per_class, seed, score_batch)
+                                samples_per_class, seed,
+                                score_batch_size(loaded.model, spec, score_batch))
     measured_dense = None
     if measure_on:
         measured_dense = measure(loaded.model, spec, fmt, threads, samples[0][0], measure_on)

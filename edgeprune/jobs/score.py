@@ -67,10 +67,10 @@ def score_loaded(loaded: Reference, criterion: str, **options: object) -> ScoreR
 
 def score_model(model: str = "demo", criterion: str = "lrp", weights: Path | str | None = None,
                 samples: int = 500, seed: int = 0, samples_per_class: int | None = None,
-                score_batch: int = 32, criterion_options: dict[str, object] | None = None,
+                score_batch: int | None = None, criterion_options: dict[str, object] | None = None,
                 **data: Any) -> ScoreResult:
-    """Load `model` with its reference data (`score_batch` images a batch) and score it with
-    `criterion` (built with `criterion_options`). `data`: the data options of
+    """Load `model` with its reference data (`score_batch` images a batch; None: auto) and
+    score it with `criterion` (built with `criterion_options`). `data`: the data options of
     `jobs.loading.load_data`."""
     options = criterion_options or {}
     get_criterion(criterion, **options)  # an unknown name or option fails before loading
