@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -44,9 +45,11 @@ def warn(message: str) -> None:
 
 @contextmanager
 def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields `advance(n=1, **fields)`; silent when quiet or when
-    stderr is not a terminal (logs get the one-line stage messages instead)."""
-    if _state["quiet"] or not stderr.is_terminal:
+    """A rich progress bar; yields `advance(n=1, **fields)`; silent when quiet, when
+    stderr is not a terminal (logs get the one-line stage messages instead) and off the main
+    thread (work spread over a device fleet: its caller shows one bar)."""
+    if _state["quiet"] or not stderr.is_terminal or \
+            threading.current_thread() is not threading.main_thread():  # one live display
         yield lambda n=1, **_: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -53,3 +53,15 @@ def sshd(tmp_path_factory):
         pytest.skip(needs_sshd_reason())
     with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def second_sshd(sshd, tmp_path_factory):
+    """Another OpenSSH server on another 127.0.0.1 port that takes `sshd`'s user key, so
+    `sshd.options()` reaches both: a two-device fleet."""
+    from sshd import running_sshd
+
+    with running_sshd(tmp_path_factory.mktemp("sshd2")) as server:
+        keys = server.folder / "authorized_keys"
+        keys.write_text(keys.read_text() + Path(f"{sshd.key}.pub").read_text())
+        yield server

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, run_cli
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.candidates import Candidate, choose, judge
 from edgeprune.jobs.compress import compress
 from edgeprune.models import load_model
@@ -177,6 +178,44 @@ def test_compress_measures_the_candidates_on_the_device(sshd, tiny_checkpoint, t
     assert stages["budget"]["on"] == sshd.url and stages["budget"]["measured_dense_ms"] > 0
     assert "budget (measured on the device)" in result["reason"]
     assert sshd.leftovers() == []
+
+
+def test_compress_measures_the_candidates_on_every_device_of_a_fleet(
+        sshd, second_sshd, tiny_checkpoint, tmp_path, capsys):
+    fleet = [sshd.url, second_sshd.url]
+    code, out, err = run_cli(capsys, "compress", "--model", str(tiny_checkpoint),
+                             "--dataset", "synthetic", "--epochs", "0", "--bench-runs", "3",
+                             "--bench-seconds", "0", "--bench-rounds", "2", "--criterion",
+                             "l1", "--score-samples", "64", "--out", str(tmp_path / "fleet"),
+                             "--json", *sshd.cli_args(), "--device", second_sshd.url)
+    assert code == 0, err
+    result = json.loads(out)
+    for c in result["candidates"]:  # the first device's figures decide; each one's is kept
+        assert c["latency_label"].startswith(f"{sshd.url}, 4 threads")
+        assert list(c["fleet"]) == fleet
+        assert all(c["fleet"][url]["latency_ms"]["p50"] > 0 for url in fleet)
+        assert c["fleet"][sshd.url]["latency_ms"] == c["latency_ms"]
+    stages = json.loads((tmp_path / "fleet" / "manifest.json").read_text())["stages"]
+    assert stages["bench"]["device"] == sshd.url and stages["bench"]["devices"] == fleet
+    assert f"bench on {second_sshd.url}:" in err
+    assert sshd.leftovers() == [] and second_sshd.leftovers() == []
+
+
+def test_sweep_cells_take_the_devices_of_a_fleet_in_turn(tmp_path):
+    from edgeprune.jobs.config import CompressConfig
+    from edgeprune.jobs.sweep import run_sweep
+
+    seen = []
+
+    def fake_compress(cfg, **_):
+        seen.append((cfg.criterion, cfg.flops_reduction, cfg.device))
+        raise EdgepruneError("stop here")
+
+    base = CompressConfig(device=("ssh://a", "ssh://b"))
+    with pytest.raises(EdgepruneError, match="3 of 3 sweep cells failed"):
+        run_sweep(base, ["l1"], [0.3, 0.5, 0.7], tmp_path / "sweep", compress_fn=fake_compress)
+    assert seen == [("l1", 0.3, ("ssh://a",)), ("l1", 0.5, ("ssh://b",)),
+                    ("l1", 0.7, ("ssh://a",))]
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -280,3 +280,59 @@ def test_file_names_that_look_like_a_host_or_an_option_are_sent_as_files(
     result, = sshd.backend().bench([Path(name)], FAST)
     assert result.label == "device" and result.p50_ms > 0
     assert sshd.leftovers() == []
+
+
+# --------------------------------------------------------------------------- device fleets
+
+def _bench_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(bench)
+    app.callback()(lambda: None)
+    return app
+
+
+def _fleet_args(sshd: Sshd, *urls: str) -> list[str]:
+    args = ["--remote-python", sys.executable]
+    for option in sshd.options().options:
+        args += ["--ssh-option", option]
+    for url in urls:
+        args += ["--device", url]
+    return args
+
+
+@needs_sshd
+def test_bench_measures_on_every_device_of_a_fleet(sshd: Sshd, second_sshd: Sshd,
+                                                   models: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    result = CliRunner().invoke(_bench_app(), [
+        "bench", str(models["onnx"]), str(models["tflite"]), "--runs", "2", "--min-seconds",
+        "0", "--warmup", "0", "--rounds", "2", "--json", str(out), "-q",
+        *_fleet_args(sshd, sshd.url, second_sshd.url)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for url in (sshd.url, second_sshd.url):  # one table per device
+        assert f"measured on {url} (device)" in result.output
+    record = json.loads(out.read_text())
+    assert record["schema"] == "edgeprune.bench-fleet/1"
+    assert record["devices"] == [sshd.url, second_sshd.url]
+    for url, device_record in zip(record["devices"], record["records"], strict=True):
+        assert device_record["device"] == url
+        assert [r["model"] for r in device_record["rows"]] == [str(models["onnx"]),
+                                                              str(models["tflite"])]
+        assert all(r["label"] == "device" and r["measurement"]["latency_ms"]["p50"] > 0
+                   for r in device_record["rows"])
+    assert sshd.leftovers() == [] and second_sshd.leftovers() == []
+
+
+@needs_sshd
+def test_a_fleet_with_an_unreachable_device_names_it_and_writes_nothing(
+        sshd: Sshd, models: dict[str, Path], tmp_path: Path) -> None:
+    down = f"ssh://{sshd.user}@127.0.0.1:{free_port()}"
+    out = tmp_path / "fleet.json"
+    result = CliRunner().invoke(_bench_app(), [
+        "bench", str(models["onnx"]), "--runs", "2", "--min-seconds", "0", "--warmup", "0",
+        "--json", str(out), "-q", *_fleet_args(sshd, sshd.url, down)],
+        env={"COLUMNS": "200"})
+    assert result.exit_code != 0
+    assert down in str(result.exception) and "Connection refused" in str(result.exception)
+    assert not out.exists() and sshd.leftovers() == []

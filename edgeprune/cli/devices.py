@@ -62,17 +62,18 @@ def bench(
     timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
     quiet: QuietOpt = False,
 ) -> None:
-    """Benchmark model files on this machine (plus a target estimate) or on a device."""
+    """Benchmark model files on this machine (plus a target estimate) or on devices."""
     console.set_quiet(quiet)
     from edgeprune.devices.bench import BenchOptions
     from edgeprune.devices.ssh import SshOptions
     from edgeprune.devices.targets import load_target
     from edgeprune.jobs.bench import (
         append_to_run,
-        bench_models,
+        bench_fleet,
         bench_record,
         check_run_dir,
         default_threads,
+        fleet_record,
         write_json,
     )
     from edgeprune.jobs.checks import check_output_file
@@ -82,19 +83,22 @@ def bench(
         check_run_dir(run)
     if json_out is not None:  # replaced if it exists, like any results file
         check_output_file(json_out, overwrite=True, flag="--json")
-    options = BenchOptions(threads=threads or default_threads(profile, device), warmup=warmup,
-                           runs=runs, min_seconds=min_seconds, rounds=rounds, timeout_s=timeout,
-                           eval=eval_,
-                           samples=samples)
+    devices = device or ["local"]
+    options = BenchOptions(threads=threads or default_threads(profile, devices[0]),
+                           warmup=warmup, runs=runs, min_seconds=min_seconds, rounds=rounds,
+                           timeout_s=timeout, eval=eval_, samples=samples)
     ssh = SshOptions(options=tuple(ssh_option or ()), remote_python=remote_python)
-    rows = bench_models(models, profile, device, options, ssh)
-    console.stdout.print(bench_table(rows, profile.name, options))
+    fleet = bench_fleet(models, profile, devices, options, ssh)
+    for rows in fleet.values():
+        console.stdout.print(bench_table(rows, profile.name, options))
     if json_out is not None:
-        write_json(json_out, bench_record(rows, profile.name, device, options))
+        records = [bench_record(rows, profile.name, d, options) for d, rows in fleet.items()]
+        write_json(json_out, records[0] if len(records) == 1 else fleet_record(records))
         console.info(f"wrote {json_out}")
-    if run is not None:
-        manifest = append_to_run(run, bench_record(rows, profile.name, device, options, run))
-        console.info(f"appended {len(rows)} result{'s' if len(rows) > 1 else ''} to {manifest}")
+    for d, rows in fleet.items() if run is not None else ():
+        manifest = append_to_run(run, bench_record(rows, profile.name, d, options, run))
+        console.info(f"appended {len(rows)} result{'s' if len(rows) > 1 else ''} from {d} to "
+                     f"{manifest}")
 
 
 def _size(n: int) -> str:

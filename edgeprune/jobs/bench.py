@@ -27,9 +27,11 @@ from edgeprune.devices.ssh import SshOptions
 from edgeprune.devices.targets import TargetProfile, load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_text
+from edgeprune.jobs.candidates import on_each_device
 from edgeprune.manifest import MANIFEST, read_manifest
 
 SCHEMA = "edgeprune.bench/1"
+FLEET_SCHEMA = "edgeprune.bench-fleet/1"
 
 
 @dataclass
@@ -105,6 +107,23 @@ def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi
          f"warm-up {options.warmup}, >= {options.runs} runs and >= {options.min_seconds:g} s "
          f"each, interleaved in {options.rounds} rounds")
     return rows
+
+
+def bench_fleet(paths: Sequence[Path | str], target: str | TargetProfile, devices: Sequence[str],
+                options: BenchOptions, ssh: SshOptions | None = None
+                ) -> dict[str, list[BenchRow]]:
+    """`bench_models` on every device at once (one thread and one connection each), rows per
+    device in the order given; a failure on any device raises, naming it, and returns
+    nothing."""
+    profile = target if isinstance(target, TargetProfile) else load_target(target)
+    return on_each_device(list(dict.fromkeys(devices)), lambda device: bench_models(
+        paths, profile, device, options, ssh))
+
+
+def fleet_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What --json writes for several devices: one `bench_record` per device."""
+    return {"schema": FLEET_SCHEMA, "devices": [r["device"] for r in records],
+            "records": list(records)}
 
 
 def _set_ratios(rows: list[BenchRow]) -> None:

@@ -10,9 +10,11 @@ with a latency budget, a candidate that meets it comes first.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.markup import escape
 
@@ -20,6 +22,9 @@ from edgeprune.console import progress_bar
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.results import BenchOptions, BenchResult, Ratio
 from edgeprune.devices.ssh import SshOptions
+from edgeprune.errors import EdgepruneError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +48,9 @@ class Candidate:
     drop_points: float | None = None
     within_tolerance: bool = False
     meets_budget: bool | None = None
+    fleet: dict[str, dict[str, Any]] | None = None
+    """With several devices: per device, its p50/p90/mean (ms) and speedup over dense fp32
+    there; the first device's measurement is the one above, the one the choice uses."""
 
     @property
     def name(self) -> str:
@@ -125,6 +133,24 @@ def latency_fields(result: BenchResult) -> dict[str, Any]:
                            "mean": result.latency_ms["mean"]},
             "latency_label": f"{where}, {threads}",
             "runtime": f"{result.runtime} {result.runtime_version}"}
+
+
+def on_each_device(devices: Sequence[str], work: Callable[[str], T]) -> dict[str, T]:
+    """`work(device)` for every device at once, one thread (and connection) each, results in
+    the devices' order; a failure on any device raises, naming it, once all have ended."""
+    if len(devices) == 1:
+        return {devices[0]: work(devices[0])}
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool, \
+            progress_bar(None, f"measuring on {len(devices)} devices"):
+        futures = {device: pool.submit(work, device) for device in devices}
+        wait(list(futures.values()))
+    for device, future in futures.items():
+        error = future.exception()
+        if error is not None:
+            if isinstance(error, EdgepruneError):
+                raise EdgepruneError(f"{device}: {error}") from None
+            raise error
+    return {device: future.result() for device, future in futures.items()}
 
 
 def measure(paths: list[Path], device: str | None, options: BenchOptions,

@@ -42,6 +42,7 @@ from edgeprune.jobs.candidates import (
     judge,
     latency_fields,
     measure,
+    on_each_device,
     speedup,
 )
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
@@ -183,8 +184,8 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
         raise EdgepruneError(f"--formats {','.join(cfg.formats)} lacks {target.ship_format}, "
                              f"the format target {target.name}'s runtime ({target.runtime}) "
                              "loads; add it")
-    if cfg.device:
-        backend = get_backend(cfg.device, _ssh(cfg))  # a malformed URL fails here
+    for device in cfg.device or ():
+        backend = get_backend(device, _ssh(cfg))  # a malformed URL fails here
         check = getattr(backend, "check", None)
         if check is not None:  # reachable, with Python, numpy and the runtime, before work
             info(f"device: {check(['.' + target.ship_format])}")
@@ -302,7 +303,8 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     choice = choose(offered, cfg.max_drop, cfg.latency_ms,
                     "measured on the device" if cfg.device else "roofline estimate")
     run.stage_done("bench", wall_s=time.perf_counter() - t0, threads=inputs.threads,
-                   device=cfg.device or "local", rounds=cfg.bench_rounds)
+                   device=cfg.primary_device or "local", devices=list(cfg.device or ()),
+                   rounds=cfg.bench_rounds)
     _say_choice(choice, offered)
     if choice.shipped is not None:
         _ship(inputs, run, choice, samples)
@@ -329,13 +331,13 @@ def _goal(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Go
     if cfg.device:
         dense = next(r for r in dense_files
                      if r.format == target.ship_format and r.precision == precision)
-        result = measure([dense.path], cfg.device, _bench_options(inputs, True),
+        result = measure([dense.path], cfg.primary_device, _bench_options(inputs, True),
                          _ssh(cfg))[dense.path]
         measured = result.p50_ms
-        info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.device}; the "
-             "roofline is scaled to it")
+        info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.primary_device}; "
+             "the roofline is scaled to it")
     run.stage_done("budget", ms=cfg.latency_ms, precision=precision,
-                   measured_dense_ms=measured, on=cfg.device or "estimate")
+                   measured_dense_ms=measured, on=cfg.primary_device or "estimate")
     return LatencyBudget(cfg.latency_ms, target, inputs.threads, measured, precision)
 
 
@@ -545,15 +547,20 @@ def _bench_options(inputs: Inputs, on_device: bool) -> BenchOptions:
 
 def _bench(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
            dense: list[ExportResult], pruned: list[ExportResult]) -> None:
-    """Measure the candidates interleaved in one runner process (on the device when one is
-    given) and the other formats' fp32 files on this machine; add the target's estimates."""
+    """Measure the candidates interleaved in one runner process (on every device at once when
+    devices are given; the first one's figures are the candidates' own) and the other
+    formats' fp32 files on this machine; add the target's estimates."""
     cfg, target = inputs.cfg, inputs.target
     paths = [Path(c.path) for c in candidates]
     others = [r.path for r in dense + pruned if r.format != target.ship_format]
     if cfg.device:
-        results = measure(paths, cfg.device, _bench_options(inputs, True), _ssh(cfg))
+        fleet = on_each_device(cfg.device, lambda device: measure(
+            paths, device, _bench_options(inputs, True), _ssh(cfg)))
+        results = dict(fleet[cfg.primary_device])
         if others:
             results |= measure(others, None, _bench_options(inputs, False))
+        if len(fleet) > 1:
+            _record_fleet(candidates, paths, fleet)
     else:
         results = measure(paths + others, None, _bench_options(inputs, False))
     reference = results[paths[0]]
@@ -572,6 +579,19 @@ def _bench(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
              f"{c.speedup['high']:.2f} over {c.speedup['rounds']} rounds), estimate "
              f"{c.estimate_ms:.3f} ms on {target.name}")
     run.stage_done("measurements", files={c.path: c.latency_ms for c in candidates})
+
+
+def _record_fleet(candidates: list[Candidate], paths: list[Path],
+                  fleet: dict[str, dict[Path, Any]]) -> None:
+    """Every device's p50 and speedup over dense fp32 on each candidate, and one line each."""
+    for device, results in fleet.items():
+        for c, path in zip(candidates, paths, strict=True):
+            c.fleet = (c.fleet or {}) | {device: {
+                **latency_fields(results[path]), "speedup": speedup(results[paths[0]],
+                                                                    results[path])}}
+        info(f"bench on {device}: " + ", ".join(
+            f"{c.name} {results[p].p50_ms:.3f} ms" for c, p in zip(candidates, paths,
+                                                                   strict=True)))
 
 
 def _ship(inputs: Inputs, run: RunFolder, choice: Choice, samples: Samples) -> None:

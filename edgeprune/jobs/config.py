@@ -71,7 +71,8 @@ class CompressConfig:
     max_drop: float = 1.0
     qat_epochs: float | None = None
     latency_ms: float | None = None
-    device: str | None = None
+    device: tuple[str, ...] | None = None
+    """The devices measured on (ssh://...; several: a fleet, the first one decides)."""
     ssh_option: tuple[str, ...] | None = None
     remote_python: str = "python3"
     threads: int | None = None
@@ -97,6 +98,11 @@ class CompressConfig:
         """The target as a file-name part: its name, or a profile file's stem."""
         return Path(self.target).stem if self.target.lower().endswith((".toml", ".json")) \
             else self.target
+
+    @property
+    def primary_device(self) -> str | None:
+        """The device whose measurements drive the choices (the first --device), or None."""
+        return self.device[0] if self.device else None
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()

@@ -119,10 +119,14 @@ def plan(base: CompressConfig, criteria: Sequence[str], flops: Sequence[float],
             for f in sorted(set(flops))]
 
 
-def cell_config(base: CompressConfig, cell: Cell) -> CompressConfig:
+def cell_config(base: CompressConfig, cell: Cell, index: int = 0) -> CompressConfig:
+    """The compress options of the `index`-th cell; with several devices (a fleet of like
+    boards) the cells take them in turn, each cell measured on one."""
+    devices = base.device or ()
+    device = (devices[index % len(devices)],) if len(devices) > 1 else base.device
     return dataclasses.replace(base, criterion=cell.criterion,
                                flops_reduction=cell.flops_reduction, name=None,
-                               out=str(cell.run_dir))
+                               out=str(cell.run_dir), device=device)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -220,7 +224,7 @@ def run_sweep(base: CompressConfig, criteria: Sequence[str], flops: Sequence[flo
     cells = plan(base, criteria, flops, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for i, cell in enumerate(cells, start=1):
-        cfg = cell_config(base, cell)
+        cfg = cell_config(base, cell, i - 1)
         cache = sweep_dir / "scores" / f"{cell.criterion}.pt"
         if is_finished(cell.run_dir) and not overwrite:
             _check_same(cell, cfg)
@@ -331,8 +335,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], fmt: str | None,
     head = ["cell", "criterion", "FLOPs cut (target)", "FLOPs cut (achieved)", "top-1",
             "vs dense", "MMACs", "params"] + [f"{f} p50 ms" for f in formats] + [
         "front: latency", "front: FLOPs"]
+    where = sorted({str(r["latency_label"]) for r in rows})
+    if len(where) > 1:  # cells spread over a fleet: say where each was measured
+        head.insert(-2, "measured on")
     lines = [f"# Sweep: {base.model} on {base.target}", "",
-             f"Latency: pruned model, p50 per image, {rows[0]['latency_label'] if rows else '-'}"
+             f"Latency: pruned model, p50 per image, {where[0] if len(where) == 1 else 'per row'}"
              f"; the latency front uses {fmt or 'no format'}. `*` = on the Pareto front "
              "(no other cell is both cheaper and more accurate).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -343,6 +350,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], fmt: str | None,
                  f"{(r['accuracy'] - r['dense_accuracy']) * 100:+.2f} pts",
                  f"{r['macs'] / 1e6:.2f}", f"{r['params']:,}"]
         cells += [_ms(r["p50_ms"].get(f)) for f in formats]
+        cells += [str(r["latency_label"])] if len(where) > 1 else []
         cells += ["*" if r["pareto_latency"] else "", "*" if r["pareto_flops"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
     if rows:
