@@ -55,6 +55,8 @@ def compress(
 
     cfg = config_from_cli(ctx, options["config"])  # the file's options, then the flags given
     result = run_compress(cfg, overwrite=overwrite, trust_code=options["trust_code"])
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:

@@ -20,8 +20,9 @@ from edgeprune.criteria import (  # noqa: F401  (register the built-ins)
 from edgeprune.criteria.base import (
     CRITERIA,
     Criterion,
+    across_processes,
     get_criterion,
     list_criteria,
 )
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "list_criteria"]
+__all__ = ["CRITERIA", "Criterion", "across_processes", "get_criterion", "list_criteria"]

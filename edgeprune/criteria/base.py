@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from edgeprune import distributed
 from edgeprune.errors import EdgepruneError
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -31,6 +32,10 @@ class Criterion(ABC):
 
     name: ClassVar[str]
     needs_data: ClassVar[bool]
+    reduces_across_processes: ClassVar[bool] = False
+    """True when `score` sums its per-channel statistics over every process of a
+    `torch.distributed` group (`edgeprune.distributed.all_reduce`), so each process may see
+    only its share of the reference images; see `across_processes`."""
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -55,6 +60,41 @@ class Criterion(ABC):
             raise EdgepruneError(f"criterion {self.name!r} needs reference data; pass batches "
                                  "of (images, labels)")
         return data
+
+
+class AcrossProcesses(Criterion):
+    """A criterion run by every process of a `torch.distributed` group (torchrun): one that
+    `reduces_across_processes` scores each process's share of the reference batches and
+    all-reduces its sums; any other scores on rank 0, which sends the scores to the rest.
+    Every process gets the same scores either way, so all of them prune alike."""
+
+    def __init__(self, inner: Criterion) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.needs_data = inner.needs_data
+
+    def __getattr__(self, attr: str) -> object:  # redundancy, votes, options of the inner one
+        return getattr(self.__dict__["inner"], attr)
+
+    def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
+        data = list(batches) if batches is not None else None
+        if self.inner.reduces_across_processes and (
+                data is None or len(data) >= distributed.world_size()):
+            return self.inner.score(model, distributed.shard(data) if data else data)
+        scores = None
+        if distributed.is_main():
+            with distributed.alone():
+                scores = self.inner.score(model, data)
+        return distributed.broadcast(scores)
+
+    def with_keep_counts(self, counts: dict[str, int]) -> Criterion | None:
+        inner = self.inner.with_keep_counts(counts)
+        return None if inner is None else AcrossProcesses(inner)
+
+
+def across_processes(criterion: Criterion) -> Criterion:
+    """`criterion` ready for every process of a torchrun group (itself in one process)."""
+    return AcrossProcesses(criterion) if distributed.active() else criterion
 
 
 CRITERIA: dict[str, type[Criterion]] = {}

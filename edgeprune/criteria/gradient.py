@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from edgeprune import distributed
 from edgeprune.criteria.base import (
     Batches,
     Criterion,
@@ -63,6 +64,8 @@ def output_sums(model: nn.Module, batches: Batches, weight_by_activation: bool
                 dims = [d for d in range(term.ndim) if d != 1]
                 total = term.detach().double().sum(dim=dims).cpu()
                 totals[name] = totals.get(name, 0) + total
+    for total in totals.values():  # every process's share of the images
+        distributed.all_reduce(total)
     return totals
 
 
@@ -71,6 +74,7 @@ class _OutputGradient(Criterion):
 
     weight_by_activation: ClassVar[bool]
     needs_data: ClassVar[bool] = True
+    reduces_across_processes: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = [b[:2] for b in self.require_batches(batches)]

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from edgeprune import distributed
 from edgeprune.criteria.base import (
     Batches,
     Criterion,
@@ -43,6 +44,7 @@ class HRank(Criterion, name="hrank"):
 
     samples: int = 256
     needs_data: ClassVar[bool] = True
+    reduces_across_processes: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = take_samples(self.require_batches(batches), self.samples)
@@ -57,5 +59,8 @@ class HRank(Criterion, name="hrank"):
             for name, value in maps.items():
                 value = torch.relu(value) if name in bare and value.ndim == 4 else value
                 totals[name] += map_ranks(value.cpu())
+        for total in totals.values():  # every process's share of the images
+            distributed.all_reduce(total)
+        seen = int(distributed.all_reduce(torch.tensor(seen, dtype=torch.float64)))
         return {n: normalize_per_layer(v / max(seen, 1)) if n in reached
                 else normalize_per_layer(torch.ones(len(v))) for n, v in totals.items()}

@@ -47,6 +47,7 @@ from zennit.rules import AlphaBeta, Epsilon, ZBox
 from zennit.types import BatchNorm, Convolution
 from zennit.types import Linear as LinearLike
 
+from edgeprune import distributed
 from edgeprune.console import info, progress_bar
 from edgeprune.criteria.base import (
     Batches,
@@ -179,10 +180,13 @@ class RelevanceRecorder:
 
 
 def input_box(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Per-channel (low, high) of the reference inputs, shaped (1, C, 1, 1) for `ZBox`."""
+    """Per-channel (low, high) of the reference inputs (of every process's share), shaped
+    (1, C, 1, 1) for `ZBox`."""
     lows = torch.stack([x.transpose(0, 1).flatten(1).min(1).values for x, _ in batches])
     highs = torch.stack([x.transpose(0, 1).flatten(1).max(1).values for x, _ in batches])
-    return lows.min(0).values.view(1, -1, 1, 1), highs.max(0).values.view(1, -1, 1, 1)
+    low = distributed.all_reduce(lows.min(0).values.contiguous(), "min")
+    high = distributed.all_reduce(highs.max(0).values.contiguous(), "max")
+    return low.view(1, -1, 1, 1), high.view(1, -1, 1, 1)
 
 
 def lrp_composite(low: Tensor | float, high: Tensor | float, epsilon: float,
@@ -233,6 +237,7 @@ class LRP(Criterion, name="lrp"):
     start: str = "one"
     ignore_bias: bool = True
     needs_data: ClassVar[bool] = True
+    reduces_across_processes: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = [b[:2] for b in self.require_batches(batches)]
@@ -252,6 +257,8 @@ class LRP(Criterion, name="lrp"):
                 x, y = x.to(device), y.to(device)
                 attr(x, partial(START_RELEVANCE[self.start], y))
                 advance()
+        for magnitude in rec.magnitudes.values():  # every process's share of the images
+            distributed.all_reduce(magnitude)
         return {n: normalize_per_layer(rec.magnitudes.get(n, torch.zeros(m.weight.shape[0])))
                 for n, m in layers.items()}
 

@@ -16,10 +16,12 @@ import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from edgeprune import distributed
 from edgeprune.criteria.base import Batches, Criterion
 from edgeprune.criteria.tp_layer import per_layer
 
@@ -30,6 +32,7 @@ class Taylor(Criterion, name="taylor"):
 
     multivariable: bool = False
     needs_data: ClassVar[bool] = True
+    reduces_across_processes: ClassVar[bool] = True
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = self.require_batches(batches)
@@ -39,12 +42,14 @@ class Taylor(Criterion, name="taylor"):
             p.requires_grad_(True)
             p.grad = None
         total = sum(len(batch[1]) for batch in data)
+        total = int(distributed.all_reduce(torch.tensor(float(total))))
         for batch in data:  # the mean loss over all samples, whatever the batches
             x, y = batch[0].to(device), batch[1].to(device)
             (F.cross_entropy(work(x), y, reduction="sum") / total).backward()
         for p in work.parameters():  # layers forward never reaches: zero gradient
             if p.grad is None:
                 p.grad = p.detach() * 0
+            distributed.all_reduce(p.grad)  # every process's share of the images
         importance = tp.importance.GroupTaylorImportance(
             normalizer=None, multivariable=self.multivariable)
         return per_layer(importance, work)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.spec import InputSpec
@@ -106,19 +106,26 @@ class DataBundle:
     workers: int = 0
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool = False,
-               limit: int | None = None, seed: int = 0) -> DataLoader:
+               limit: int | None = None, seed: int = 0,
+               sampler: Sampler | None = None) -> DataLoader:
         """A DataLoader over `split` ('train' or 'test'), optionally the first `limit` samples
-        of a seeded class-balanced subset."""
-        ds = self.train if split == "train" else self.test
-        if limit is not None and limit < len(ds):
-            ds = _limited(ds, limit, seed)
+        of a seeded class-balanced subset; `sampler` (e.g. a DistributedSampler over
+        `self.split_of(...)`) replaces `shuffle`."""
+        ds = self.split_of(split, limit, seed)
         g = torch.Generator().manual_seed(seed)
+        order = {"sampler": sampler} if sampler is not None else {"shuffle": shuffle,
+                                                                   "generator": g}
         if isinstance(ds, ArrayImageDataset):  # whole batches at once, in memory
-            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                              collate_fn=_identity_collate)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-                          multiprocessing_context=worker_start(self.workers))
+            return DataLoader(ds, batch_size=batch_size, collate_fn=_identity_collate, **order)
+        return DataLoader(ds, batch_size=batch_size, num_workers=self.workers,
+                          pin_memory=torch.cuda.is_available(),
+                          multiprocessing_context=worker_start(self.workers), **order)
+
+    def split_of(self, split: str, limit: int | None = None, seed: int = 0) -> Dataset:
+        """The dataset `loader` reads: `split`, or the first `limit` samples of a seeded
+        class-balanced subset of it."""
+        ds = self.train if split == "train" else self.test
+        return _limited(ds, limit, seed) if limit is not None and limit < len(ds) else ds
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
                            ) -> DataBundle:

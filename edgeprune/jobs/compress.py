@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 
-from edgeprune.console import info
+from edgeprune import distributed
+from edgeprune.console import info, set_quiet
 from edgeprune.data import DataBundle
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.estimate import estimate_model
@@ -124,8 +126,12 @@ class Inputs:
 
 def compress(config: CompressConfig | None = None, overwrite: bool = False,
              scores: dict[str, torch.Tensor] | None = None, trust_code: bool = False,
-             **options: Any) -> CompressResult:
+             **options: Any) -> CompressResult | None:
     """Run the whole pipeline and publish a complete run folder.
+
+    Under `torchrun --nproc-per-node N -m edgeprune compress ...` every process scores its
+    share of the reference images and fine-tunes under DistributedDataParallel; rank 0 alone
+    writes the run folder and returns the result, the others return None (see `_follow`).
 
     `options` override fields of `config` (same names as the CLI flags). The input model
     file is only read. An interrupted run resumes fine-tuning when the same command is run
@@ -136,9 +142,14 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     `edgeprune.models.load_model`."""
     cfg = merge({}, options, base=config, override_source="compress option")
     t_start = time.perf_counter()
+    if distributed.init_from_env():
+        _check_distributable(cfg)
     inputs = _resolve(cfg, trust_code)
+    if not distributed.is_main():
+        return _follow(inputs, scores)
     run = RunFolder.open(cfg.run_dir(), _config_dict(cfg), overwrite,
                          protect=tuple(Path(p) for p in (cfg.model, cfg.weights) if p))
+    distributed.broadcast(str(run.path("finetune.state")))
     try:
         return _complete(run, inputs, scores, t_start)
     except OSError as e:  # a full or read-only disk: one line, and no half-written run
@@ -150,6 +161,32 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
         raise
     finally:
         run.release()  # a kill or Ctrl-C keeps the .partial folder to resume, never the lock
+
+
+def _check_distributable(cfg: CompressConfig) -> None:
+    """What several processes cannot do alike, refused before any work."""
+    if cfg.step_epochs > 0:
+        raise EdgepruneError("--step-epochs fine-tunes between pruning steps in each process "
+                             "on its own, which torchrun's processes would not do alike; "
+                             "run it in one process, or use --step-epochs 0")
+
+
+def _follow(inputs: Inputs, scores: dict[str, torch.Tensor] | None) -> None:
+    """Ranks > 0 of a torchrun group: score their share of the reference images, prune as
+    rank 0 does (the same scores give the same model), fine-tune under
+    DistributedDataParallel with it, and leave; rank 0 alone writes the run folder, exports,
+    measures and reports. Their own stage records go to a scratch folder, deleted after."""
+    set_quiet(True)  # rank 0 tells the story
+    state_path = Path(distributed.broadcast(None))
+    goal = distributed.broadcast(None)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-rank") as scratch:
+        run = RunFolder.open(Path(scratch) / "run", _config_dict(inputs.cfg))
+        try:
+            _, pruned = _score_and_prune(inputs, run, inputs.loaded.model.eval(), goal, scores)
+            _recover(inputs, run, pruned.model, inputs.loaded.model.eval(), state_path)
+        finally:
+            run.discard()
+            run.release()
 
 
 def _complete(run: RunFolder, inputs: Inputs, scores: dict[str, torch.Tensor] | None,
@@ -184,7 +221,7 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
         raise EdgepruneError(f"--formats {','.join(cfg.formats)} lacks {target.ship_format}, "
                              f"the format target {target.name}'s runtime ({target.runtime}) "
                              "loads; add it")
-    for device in cfg.device or ():
+    for device in cfg.device or () if distributed.is_main() else ():
         backend = get_backend(device, _ssh(cfg))  # a malformed URL fails here
         check = getattr(backend, "check", None)
         if check is not None:  # reachable, with Python, numpy and the runtime, before work
@@ -281,9 +318,10 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     dense_files = _export(inputs, run, "dense", dense, samples, None)
     run.stage_done("export-dense", wall_s=time.perf_counter() - t0)
 
-    goal = _goal(inputs, run, dense_files)
+    goal = distributed.broadcast(_goal(inputs, run, dense_files))
     scores, pruned = _score_and_prune(inputs, run, dense, goal, scores)
-    model, pruned_acc, ft = _recover(inputs, run, pruned.model, dense)
+    model, pruned_acc, ft = _recover(inputs, run, pruned.model, dense,
+                                     run.path("finetune.state"))
     _save(inputs, run, model, pruned, pruned_acc)
 
     t0 = time.perf_counter()
@@ -343,13 +381,13 @@ def _goal(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Go
 
 def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goal: Goal,
                      scores: dict[str, torch.Tensor] | None):
-    from edgeprune.criteria import get_criterion
+    from edgeprune.criteria import across_processes, get_criterion
 
     cfg, spec = inputs.cfg, inputs.spec
     reused = scores is not None
     t0 = time.perf_counter()
     seen = 0
-    criterion = get_criterion(cfg.criterion)
+    criterion = across_processes(get_criterion(cfg.criterion))
     rescored = cfg.schedule != "one-shot" and not reused  # the papers re-score every step
     batches = None
     keep_counts = criterion.with_keep_counts({}) is not None  # fmcluster: scored again in prune
@@ -399,10 +437,12 @@ def _teacher(cfg: CompressConfig, dense: torch.nn.Module) -> torch.nn.Module | N
     return dense if cfg.finetune == "distill" else None
 
 
-def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
-             dense: torch.nn.Module) -> tuple[torch.nn.Module, float, TrainResult]:
-    """BatchNorm re-calibration (if asked) and fine-tuning: distillation from `dense`
-    (`--finetune distill`) or cross-entropy on the labels (`ce`, as the papers do)."""
+def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module, dense: torch.nn.Module,
+             state_path: Path) -> tuple[torch.nn.Module, float | None, TrainResult]:
+    """BatchNorm re-calibration (if asked) and fine-tuning, resumable from `state_path`:
+    distillation from `dense` (`--finetune distill`) or cross-entropy on the labels (`ce`, as
+    the papers do); under torchrun every process fine-tunes its share of each batch and only
+    rank 0 evaluates (the others get accuracy None)."""
     cfg, data = inputs.cfg, inputs.data
     if cfg.bn_recalibration > 0:
         from edgeprune.pruning.bn_recalibration import recalibrate_bn
@@ -418,13 +458,15 @@ def _recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     ft = TrainResult()
     if epochs > 0:
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
-        ft = train(model, data, tcfg, teacher=_teacher(cfg, dense),
-                   state_path=run.path("finetune.state"),
-                   description="fine-tuning")
+        ft = train(model, data, tcfg, teacher=_teacher(cfg, dense), state_path=state_path,
+                   description="fine-tuning", across_processes=True)
     model = model.cpu().eval()
+    if not distributed.is_main():
+        return model, None, ft
     accuracy = evaluate(model, data, limit=cfg.eval_limit, description="evaluating pruned")
     run.stage_done("finetune", wall_s=ft.wall_s, epochs=epochs, loss=cfg.finetune,
-                   history=ft.history, images_per_s=ft.images_per_s)
+                   history=ft.history, images_per_s=ft.images_per_s,
+                   processes=distributed.world_size())
     how = "with distillation" if cfg.finetune == "distill" else "with cross-entropy"
     done = f"{epochs:g} epochs {how}" if epochs > 0 else "none (--epochs 0)"
     info(f"fine-tune: {done}, top-1 {accuracy * 100:.2f}%, {ft.wall_s:.0f} s")

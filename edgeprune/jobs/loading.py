@@ -113,14 +113,14 @@ def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
                              f"{num_classes} classes; pass --weights for a matching head")
 
 
-SCORE_BATCH_BYTES = 512 * 2**20  # feature maps a scoring batch may hold (--score-batch auto)
+SCORE_BATCH_BYTES = 384 * 2**20  # feature maps a scoring batch may hold (--score-batch auto)
 MAX_SCORE_BATCH = 64
 
 
 def score_batch_size(model: nn.Module, spec: InputSpec, requested: int | None = None) -> int:
     """Reference images per scoring batch: `requested`, or (None, auto) as many as keep one
     batch's feature maps under SCORE_BATCH_BYTES, between 1 and MAX_SCORE_BATCH (64 for
-    28-pixel models, 6 for MobileNetV2 and 4 for ResNet-50 at 224 pixels)."""
+    28-pixel models, 5 for MobileNetV2 and 3 for ResNet-50 at 224 pixels)."""
     if requested is not None:
         return requested
     per_image = feature_map_bytes(model, spec.shape)

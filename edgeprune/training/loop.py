@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
+from edgeprune import distributed
 from edgeprune.console import info, progress_bar, warn
 from edgeprune.data import DataBundle, iterate_batches
 from edgeprune.files import atomic_write_bytes
@@ -57,7 +60,10 @@ class TrainResult:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present (this process's GPU under torchrun), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def random_crop_flip(x: torch.Tensor, pad: int = 2, generator=None) -> torch.Tensor:
@@ -155,19 +161,28 @@ def _resume(path: Path, model, opt, sched, device) -> tuple[int, list]:
 
 def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
           teacher: nn.Module | None = None, state_path: Path | None = None,
-          description: str = "training") -> TrainResult:
+          description: str = "training", across_processes: bool = False) -> TrainResult:
     """Train `model` on `data.train` (SGD + cosine schedule, evaluated on `data.test` after
     every epoch). With `teacher`, the loss is knowledge distillation from it. With
     `state_path`, progress is saved there after each epoch and resumed from it if present.
-    Fractional `epochs` (e.g. 0.5) train on that share of one epoch's batches."""
+    Fractional `epochs` (e.g. 0.5) train on that share of one epoch's batches.
+
+    With `across_processes` inside a torchrun group, every process trains the same model
+    under DistributedDataParallel on its share of each epoch (a DistributedSampler), with
+    batch_size / processes images a step each, so a step sees `batch_size` images in all as
+    in one process; only rank 0 writes `state_path`, every process resumes from it."""
     cfg = config or TrainConfig()
     torch.manual_seed(cfg.seed)
+    spread = across_processes and distributed.active()
     device = default_device()
     model.to(device)
     if teacher is not None:
         teacher = copy.deepcopy(teacher).to(device).eval()
-    loader = data.loader("train", cfg.batch_size, shuffle=True, limit=cfg.train_limit,
-                         seed=cfg.seed)
+    sampler = DistributedSampler(data.split_of("train", cfg.train_limit, cfg.seed),
+                                 shuffle=True, seed=cfg.seed) if spread else None
+    batch_size = max(1, cfg.batch_size // distributed.world_size()) if spread else cfg.batch_size
+    loader = data.loader("train", batch_size, shuffle=True, limit=cfg.train_limit,
+                         seed=cfg.seed, sampler=sampler)
     n_epochs = max(1, math.ceil(cfg.epochs))
     steps_total = max(1, round(cfg.epochs * len(loader)))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -179,10 +194,14 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
         start_epoch, result.history = _resume(Path(state_path), model, opt, sched, device)
         if start_epoch:
             info(f"resuming {description} from {state_path} at epoch {start_epoch}")
-    g = torch.Generator().manual_seed(cfg.seed + start_epoch)
+    g = torch.Generator().manual_seed(cfg.seed + start_epoch + 1000 * distributed.rank())
     t0, step = time.perf_counter(), start_epoch * len(loader)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                  else None) if spread else model
     for epoch in range(start_epoch, n_epochs):
         model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         total_loss = seen = 0.0
         n_batches = min(len(loader), steps_total - step)
         t_epoch = time.perf_counter()
@@ -193,20 +212,21 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                 if cfg.augment:
                     x = random_crop_flip(x, generator=g)
                 x, y = x.to(device), y.to(device)
-                loss = training_loss(model(x), x, y, cfg, teacher)
+                loss = training_loss(net(x), x, y, cfg, teacher)
                 optimize(loss, opt, sched)
                 step += 1
                 total_loss += float(loss.detach()) * len(y)
                 seen += len(y)
                 advance(status=f"loss {total_loss / seen:.3f}")
         result.train_s += time.perf_counter() - t_epoch
-        result.images += int(seen)
+        result.images += int(distributed.all_reduce(torch.tensor(seen)).item()) if spread \
+            else int(seen)
         acc = evaluate(model, data, "test", description="  test accuracy")
         result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                                "test_acc": acc})
         info(f"{description} epoch {epoch + 1}/{n_epochs}: loss {total_loss / max(seen, 1):.4f},"
              f" test top-1 {acc * 100:.2f}%")
-        if state_path is not None:
+        if state_path is not None and distributed.is_main():
             _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
     result.wall_s = time.perf_counter() - t0
     model.eval()
