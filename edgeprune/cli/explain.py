@@ -12,6 +12,7 @@ import typer
 
 from edgeprune import console
 from edgeprune.cli.options import (
+    AcceleratorOpt,
     CriterionOpt,
     ModelArg,
     SamplesPerClassOpt,
@@ -79,6 +80,7 @@ def score(
     score_samples: ScoreSamplesOpt = 500,
     score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
+    accelerator: AcceleratorOpt = "auto",
     **options: Any,
 ) -> None:
     """Score every prunable layer's output channels with a criterion (higher = keep)."""
@@ -86,6 +88,7 @@ def score(
     from edgeprune.jobs.score import score_model
 
     result = score_model(model, criterion, samples=score_samples, score_batch=score_batch,
+                         accelerator_choice=accelerator,
                          samples_per_class=samples_per_class, **options)
     if out is not None:
         result.save(out)

@@ -52,6 +52,9 @@ ResidualStreamOpt = Annotated[str, typer.Option(
     help="prune: a residual stream loses channels together with every layer writing to it | "
     "keep: its width stays and only the convs inside the residual blocks are pruned (the "
     "LRP authors mask each conv on its own)")]
+AcceleratorOpt = Annotated[str, typer.Option(
+    help="auto | cpu | cuda: where scoring and fine-tuning run (auto: CUDA when present; "
+    "export, verification and measurements stay on the CPU)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or stage messages")]
 TrustCodeOpt = Annotated[bool, typer.Option(
     "--trust-code", help="allow loading what runs code: a pickled model file, or a checkpoint "
@@ -103,6 +106,7 @@ def compress_options(
     model: ModelOpt = "demo",
     score_samples: ScoreSamplesOpt = 500,
     score_batch: ScoreBatchOpt = None,
+    accelerator: AcceleratorOpt = "auto",
     samples_per_class: SamplesPerClassOpt = None,
     schedule: ScheduleOpt = "one-shot",
     step: StepOpt = 0.05,

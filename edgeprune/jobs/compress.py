@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from edgeprune import distributed
+from edgeprune import accelerator, distributed
 from edgeprune.console import info, set_quiet
 from edgeprune.data import DataBundle
 from edgeprune.devices.bench import get_backend
@@ -144,6 +144,7 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
     t_start = time.perf_counter()
     if distributed.init_from_env():
         _check_distributable(cfg)
+    accelerator.use(cfg.accelerator)
     inputs = _resolve(cfg, trust_code)
     if not distributed.is_main():
         return _follow(inputs, scores)
@@ -396,7 +397,9 @@ def _score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goa
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
                                     cfg.samples_per_class, cfg.seed, batch_size)
     if scores is None:
-        scores = criterion.score(copy.deepcopy(model), batches if criterion.needs_data else None)
+        scores = criterion.score(copy.deepcopy(model).to(accelerator.device()),
+                                 batches if criterion.needs_data else None)
+        scores = {name: values.cpu() for name, values in scores.items()}
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
         info(f"score: {cfg.criterion} on {seen} samples in batches of {batch_size}, "
              f"{len(scores)} layers, {time.perf_counter() - t0:.1f} s")

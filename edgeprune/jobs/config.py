@@ -59,6 +59,7 @@ class CompressConfig:
     residual_stream: str = "prune"
     score_samples: int = 500
     score_batch: int | None = None
+    accelerator: str = "auto"
     samples_per_class: int | None = None
     bn_recalibration: int = 0
     epochs: float | None = None
@@ -211,6 +212,11 @@ def check_ranges(cfg: CompressConfig) -> None:
     if cfg.residual_stream not in RESIDUAL_STREAM_CHOICES:
         raise EdgepruneError(f"--residual-stream {cfg.residual_stream!r}: choose one of "
                              f"{', '.join(RESIDUAL_STREAM_CHOICES)}")
+    from edgeprune.accelerator import CHOICES as ACCELERATORS
+
+    if cfg.accelerator not in ACCELERATORS:
+        raise EdgepruneError(f"--accelerator {cfg.accelerator!r}: choose one of "
+                             f"{', '.join(ACCELERATORS)}")
     if cfg.finetune not in FINETUNE_CHOICES:
         raise EdgepruneError(f"--finetune {cfg.finetune!r}: choose distill (from the dense "
                              "model) or ce (cross-entropy on the labels)")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edgeprune import accelerator
 from edgeprune.criteria import get_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_bytes, atomic_write_text
@@ -52,14 +53,17 @@ class ScoreResult:
 
 
 def score_loaded(loaded: Reference, criterion: str, **options: object) -> ScoreResult:
-    """Run `criterion` on an already loaded model and its reference batches."""
+    """Run `criterion` on an already loaded model and its reference batches, on the
+    accelerator (`edgeprune.accelerator`)."""
     crit = get_criterion(criterion, **options)
     if hasattr(crit, "input_shape") and crit.input_shape is None:
         crit.input_shape = loaded.spec.shape
     if crit.needs_data and not loaded.batches and not hasattr(crit, "input_shape"):
         raise EdgepruneError(f"criterion {criterion!r} needs reference samples (--samples > 0)")
     t0 = time.perf_counter()
-    scores = crit.score(loaded.model, loaded.batches if crit.needs_data else None)
+    scores = crit.score(loaded.model.to(accelerator.device()),
+                        loaded.batches if crit.needs_data else None)
+    scores = {name: values.cpu() for name, values in scores.items()}
     wall = time.perf_counter() - t0
     samples = sum(len(b[0]) for b in loaded.batches) if crit.needs_data else 0
     return ScoreResult(criterion, scores, wall, samples, dict(getattr(crit, "redundancy", {})))
@@ -68,11 +72,12 @@ def score_loaded(loaded: Reference, criterion: str, **options: object) -> ScoreR
 def score_model(model: str = "demo", criterion: str = "lrp", weights: Path | str | None = None,
                 samples: int = 500, seed: int = 0, samples_per_class: int | None = None,
                 score_batch: int | None = None, criterion_options: dict[str, object] | None = None,
-                **data: Any) -> ScoreResult:
+                accelerator_choice: str = "auto", **data: Any) -> ScoreResult:
     """Load `model` with its reference data (`score_batch` images a batch; None: auto) and
     score it with `criterion` (built with `criterion_options`). `data`: the data options of
     `jobs.loading.load_data`."""
     options = criterion_options or {}
+    accelerator.use(accelerator_choice)
     get_criterion(criterion, **options)  # an unknown name or option fails before loading
     loaded = load_reference(model, weights, samples, seed, score_batch,
                             samples_per_class=samples_per_class, **data)

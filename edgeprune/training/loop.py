@@ -7,6 +7,7 @@ import copy
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from edgeprune import distributed
+from edgeprune import accelerator, distributed
 from edgeprune.console import info, progress_bar, warn
 from edgeprune.data import DataBundle, iterate_batches
 from edgeprune.files import atomic_write_bytes
@@ -60,10 +61,9 @@ class TrainResult:
 
 
 def default_device() -> torch.device:
-    """CUDA when present (this process's GPU under torchrun), else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
+    """CUDA when present and allowed (`--accelerator`; this process's GPU under torchrun),
+    else the CPU."""
+    return accelerator.device()
 
 
 def random_crop_flip(x: torch.Tensor, pad: int = 2, generator=None) -> torch.Tensor:
@@ -118,11 +118,17 @@ def training_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: T
 
 
 def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer,
-             sched: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """One optimizer and schedule step on `loss`."""
+             sched: torch.optim.lr_scheduler.LRScheduler,
+             scaler: torch.amp.GradScaler | None = None) -> None:
+    """One optimizer and schedule step on `loss` (scaled by `scaler` under float16)."""
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
     sched.step()
 
 
@@ -157,6 +163,30 @@ def _resume(path: Path, model, opt, sched, device) -> tuple[int, list]:
              "again")
         return 0, []
     return epoch, history
+
+
+def _train_epoch(net: nn.Module, loader: DataLoader, n_batches: int, cfg: TrainConfig,
+                 teacher: nn.Module | None, device: torch.device, steppers: tuple,
+                 generator: torch.Generator, advance: Callable[..., None]
+                 ) -> tuple[float, int]:
+    """One epoch's first `n_batches` steps; (summed loss, images seen)."""
+    opt, sched, scaler = steppers
+    total_loss, seen = 0.0, 0
+    for b, (x, y) in enumerate(iterate_batches(loader)):
+        if b >= n_batches:
+            break
+        if cfg.augment:
+            x = random_crop_flip(x, generator=generator)
+        x, y = x.to(device), y.to(device)
+        if x.ndim == 4 and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast(device):
+            loss = training_loss(net(x), x, y, cfg, teacher)
+        optimize(loss, opt, sched, scaler)
+        total_loss += float(loss.detach()) * len(y)
+        seen += len(y)
+        advance(status=f"loss {total_loss / seen:.3f}")
+    return total_loss, seen
 
 
 def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
@@ -198,36 +228,29 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
     t0, step = time.perf_counter(), start_epoch * len(loader)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if spread else model
-    for epoch in range(start_epoch, n_epochs):
-        model.train()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        total_loss = seen = 0.0
-        n_batches = min(len(loader), steps_total - step)
-        t_epoch = time.perf_counter()
-        with progress_bar(n_batches, f"{description} epoch {epoch + 1}/{n_epochs}") as advance:
-            for b, (x, y) in enumerate(iterate_batches(loader)):
-                if b >= n_batches:
-                    break
-                if cfg.augment:
-                    x = random_crop_flip(x, generator=g)
-                x, y = x.to(device), y.to(device)
-                loss = training_loss(net(x), x, y, cfg, teacher)
-                optimize(loss, opt, sched)
-                step += 1
-                total_loss += float(loss.detach()) * len(y)
-                seen += len(y)
-                advance(status=f"loss {total_loss / seen:.3f}")
-        result.train_s += time.perf_counter() - t_epoch
-        result.images += int(distributed.all_reduce(torch.tensor(seen)).item()) if spread \
-            else int(seen)
-        acc = evaluate(model, data, "test", description="  test accuracy")
-        result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
-                               "test_acc": acc})
-        info(f"{description} epoch {epoch + 1}/{n_epochs}: loss {total_loss / max(seen, 1):.4f},"
-             f" test top-1 {acc * 100:.2f}%")
-        if state_path is not None and distributed.is_main():
-            _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
+    scaler = torch.amp.GradScaler("cuda", enabled=accelerator.training_dtype(device)
+                                  == torch.float16)
+    with accelerator.channels_last(model, device):
+        for epoch in range(start_epoch, n_epochs):
+            model.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            n_batches = min(len(loader), steps_total - step)
+            t_epoch = time.perf_counter()
+            with progress_bar(n_batches, f"{description} epoch {epoch + 1}/{n_epochs}") as bar:
+                total_loss, seen = _train_epoch(net, loader, n_batches, cfg, teacher, device,
+                                                (opt, sched, scaler), g, bar)
+            step += n_batches
+            result.train_s += time.perf_counter() - t_epoch
+            result.images += int(distributed.all_reduce(torch.tensor(seen)).item()) if spread \
+                else int(seen)
+            acc = evaluate(model, data, "test", description="  test accuracy")
+            result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                                   "test_acc": acc})
+            info(f"{description} epoch {epoch + 1}/{n_epochs}: loss "
+                 f"{total_loss / max(seen, 1):.4f}, test top-1 {acc * 100:.2f}%")
+            if state_path is not None and distributed.is_main():
+                _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
     result.wall_s = time.perf_counter() - t0
     model.eval()
     return result
