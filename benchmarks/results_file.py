@@ -15,11 +15,12 @@ class ResultsFile:
         self.path = Path(path)
         self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def save(self, key: str, value: object) -> None:
+    def save(self, key: str, value: object, show: str | None = None) -> None:
+        """Merge `key` = `value` in and write; prints the key and value (or only `show`)."""
         on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.data = {**on_disk, **self.data, key: value}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
         tmp.replace(self.path)
-        print(f"{key}: {value}", flush=True)
+        print(show if show is not None else f"{key}: {value}", flush=True)

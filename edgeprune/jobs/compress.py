@@ -222,7 +222,7 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
         raise EdgepruneError(f"--formats {','.join(cfg.formats)} lacks {target.ship_format}, "
                              f"the format target {target.name}'s runtime ({target.runtime}) "
                              "loads; add it")
-    for device in cfg.device or () if distributed.is_main() else ():
+    for device in (cfg.device or ()) if distributed.is_main() else ():
         backend = get_backend(device, _ssh(cfg))  # a malformed URL fails here
         check = getattr(backend, "check", None)
         if check is not None:  # reachable, with Python, numpy and the runtime, before work
@@ -599,7 +599,7 @@ def _bench(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
     paths = [Path(c.path) for c in candidates]
     others = [r.path for r in dense + pruned if r.format != target.ship_format]
     if cfg.device:
-        fleet = on_each_device(cfg.device, lambda device: measure(
+        fleet = on_each_device(list(dict.fromkeys(cfg.device)), lambda device: measure(
             paths, device, _bench_options(inputs, True), _ssh(cfg)))
         results = dict(fleet[cfg.primary_device])
         if others:
