@@ -130,15 +130,15 @@ def test_score_batch_must_be_positive():
 
 
 def test_auto_score_batch_keeps_a_batch_of_feature_maps_under_the_budget():
-    from edgeprune.criteria.feature_maps import feature_map_bytes
-    from edgeprune.jobs.loading import MAX_SCORE_BATCH, SCORE_BATCH_BYTES, score_batch_size
+    from edgeprune.criteria.feature_maps import BATCH_BYTES, feature_map_bytes
+    from edgeprune.jobs.loading import MAX_SCORE_BATCH, score_batch_size
     from edgeprune.spec import InputSpec
 
     model = create_model("resnet20", in_channels=3, num_classes=4).eval()
     small = InputSpec(3, 32, 32, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
-    large = InputSpec(3, 448, 448, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
+    large = InputSpec(3, 224, 224, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c", "d"))
     assert score_batch_size(model, small) == MAX_SCORE_BATCH
     per_image = feature_map_bytes(model, large.shape)
     batch = score_batch_size(model, large)
-    assert batch * per_image <= SCORE_BATCH_BYTES < (batch + 1) * per_image
+    assert batch * per_image <= BATCH_BYTES < (batch + 1) * per_image
     assert score_batch_size(model, large, requested=3) == 3

@@ -18,6 +18,7 @@ model is never touched.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,13 @@ from torch import Tensor, nn
 
 from edgeprune.console import progress_bar
 from edgeprune.criteria.base import prunable_layers
-from edgeprune.criteria.feature_maps import Tap, attach, find_taps, working_copy
+from edgeprune.criteria.feature_maps import (
+    Tap,
+    attach,
+    find_taps,
+    images_per_batch,
+    working_copy,
+)
 
 
 @dataclass
@@ -168,7 +175,8 @@ def visualize(model: nn.Module, input_shape: tuple[int, ...], names: list[str] |
     """AM images of every filter of the prunable layers `names` (default: all) of `model`,
     layer by layer on an eval-mode working copy. `box` = (low, high) clamps the images."""
     cfg = cfg or AMConfig()
-    work = working_copy(model)
+    work = working_copy(model)  # at most `cfg.batch` images a pass, fewer for large inputs
+    cfg = dataclasses.replace(cfg, batch=images_per_batch(work, tuple(input_shape), cfg.batch))
     layers = prunable_layers(work)
     names = list(layers) if names is None else names
     taps = find_taps(work, names)

@@ -178,6 +178,14 @@ def recording(model: nn.Module, taps: dict[str, Tap], store: dict[str, Tensor],
             handle.remove()
 
 
+BATCH_BYTES = 384 * 2**20  # feature maps one batch may hold, scoring or AM alike
+
+
+def images_per_batch(model: nn.Module, shape: tuple[int, ...], most: int) -> int:
+    """As many images as keep one batch's feature maps under BATCH_BYTES, 1 to `most`."""
+    return max(1, min(most, BATCH_BYTES // max(feature_map_bytes(model, shape), 1)))
+
+
 def feature_map_bytes(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Bytes of every leaf module's output for one input of `shape` (C, H, W): what one
     image's forward pass holds, the unit a criterion's memory grows by per image."""

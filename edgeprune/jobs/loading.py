@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgeprune.criteria.feature_maps import feature_map_bytes
+from edgeprune.criteria.feature_maps import images_per_batch
 from edgeprune.data import DataBundle, first_per_class, iterate_batches, load_dataset
 from edgeprune.data.concept_masks import mask_batches
 from edgeprune.errors import EdgepruneError
@@ -113,18 +113,16 @@ def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
                              f"{num_classes} classes; pass --weights for a matching head")
 
 
-SCORE_BATCH_BYTES = 384 * 2**20  # feature maps a scoring batch may hold (--score-batch auto)
 MAX_SCORE_BATCH = 64
 
 
 def score_batch_size(model: nn.Module, spec: InputSpec, requested: int | None = None) -> int:
     """Reference images per scoring batch: `requested`, or (None, auto) as many as keep one
-    batch's feature maps under SCORE_BATCH_BYTES, between 1 and MAX_SCORE_BATCH (64 for
+    batch's feature maps under BATCH_BYTES (384 MB), between 1 and MAX_SCORE_BATCH (64 for
     28-pixel models, 5 for MobileNetV2 and 3 for ResNet-50 at 224 pixels)."""
     if requested is not None:
         return requested
-    per_image = feature_map_bytes(model, spec.shape)
-    return max(1, min(MAX_SCORE_BATCH, SCORE_BATCH_BYTES // max(per_image, 1)))
+    return images_per_batch(model, spec.shape, MAX_SCORE_BATCH)
 
 
 def reference_batches(data: DataBundle, data_dir: Path | str | None, samples: int,
