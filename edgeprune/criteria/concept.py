@@ -93,10 +93,12 @@ class UnitQuantile:
     edge of the sub-bin holding the k-th value: exact to 1/BINS^2 of the unit's range, and
     values tied with it (a saturated ReLU6, a map constant over positions) all stay above
     it, as with an exact top-k. Only positive thresholds matter (a unit whose threshold is
-    not positive never fires), so values <= 0 are counted but not binned."""
+    not positive never fires): values below 0 are not binned. Each unit's values are counted
+    with `torch.histc`, one unit at a time."""
 
     def __init__(self, peaks: Tensor, quantile: float) -> None:
-        self.peaks = peaks.double().clamp(min=0)
+        # a hair above the largest activation: upsampling can round past it by an ulp
+        self.peaks = peaks.double().clamp(min=0) * (1 + 2**-16)
         self.quantile = quantile
         self.counts = torch.zeros(len(peaks), BINS, dtype=torch.int32)
         self.values = 0
@@ -109,20 +111,16 @@ class UnitQuantile:
         if self.bin is None:
             self.values += maps.shape[0] * size[0] * size[1]
         for start, up in _unit_chunks(maps, size):
-            c = up.shape[1]
-            peak = self.peaks[start:start + c].to(up.device).clamp(min=1e-300)
-            v = up.transpose(0, 1).reshape(c, -1)
-            scaled = v.double() / peak[:, None] * BINS
-            coarse = scaled.floor().clamp(max=BINS - 1)
-            keep = v > 0
-            if self.bin is None:
-                index = coarse.long()
-            else:
-                keep &= coarse == self.bin[start:start + c].to(up.device, torch.float64)[:, None]
-                index = ((scaled - coarse) * BINS).floor().clamp(max=BINS - 1).long()
-            index += torch.arange(c, device=v.device)[:, None] * BINS
-            counts = torch.bincount(index[keep], minlength=c * BINS).view(c, BINS)
-            self.counts[start:start + c] += counts.int().cpu()
+            for j in range(up.shape[1]):
+                unit, peak = start + j, float(self.peaks[start + j])
+                if peak <= 0:
+                    continue
+                low, high = 0.0, peak  # pass 1: the unit's whole positive range
+                if self.bin is not None:  # pass 2: the bin holding its k-th value
+                    low = int(self.bin[unit]) * peak / BINS
+                    high = low + peak / BINS
+                counts = torch.histc(up[:, j].reshape(-1).float(), BINS, low, high)
+                self.counts[unit] += counts.to(torch.int32).cpu()
 
     def _locate(self) -> tuple[Tensor, Tensor, Tensor]:
         """(found, bin index from the bottom, count above that bin) of the k-th value."""
@@ -143,9 +141,10 @@ class UnitQuantile:
         """(C,) thresholds after both passes; 0 where fewer than the quantile's share of
         values are positive."""
         found, sub, _ = self._locate()
-        edge = (self.bin.double() + sub.double() / BINS) / BINS * self.peaks
-        return torch.where(self.found & found & (self.peaks > 0), edge,
-                           torch.zeros_like(edge)).float()
+        coarse = self.bin.double() / BINS * self.peaks
+        fine = (self.bin.double() + sub.double() / BINS) / BINS * self.peaks
+        edge = torch.where(found, fine, coarse)  # (float rounding at a bin edge: the bin)
+        return torch.where(self.found & (self.peaks > 0), edge, torch.zeros_like(edge)).float()
 
 
 def unit_iou(maps: Tensor, concept: Tensor, thresholds: Tensor) -> Tensor:
