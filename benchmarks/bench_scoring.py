@@ -9,9 +9,10 @@ of its own, whose peak resident memory (VmHWM) is read while it runs.
 `--tree DIR` runs another checkout's code (a `git worktree` of an earlier commit) under the
 label given, for the before column. A child that passes `--max-rss-gb` (default 16) or
 `--timeout` seconds is stopped and recorded as such, so a before run that would exhaust the
-machine cannot. `--redo` measures again what the file already holds. `--compare BEFORE AFTER` adds, per model and criterion, the Spearman
+machine cannot. `--compare BEFORE AFTER` adds, per model and criterion, the Spearman
 correlation of the two labels' scores (all channels together, and the lowest of any layer).
-Results merge into --json as they come (a rerun skips what is there); the table goes to --md.
+Results merge into --json as they come (a rerun skips what is there, unless `--redo`); the
+table goes to --md.
 """
 
 from __future__ import annotations
