@@ -80,3 +80,29 @@ def test_options_several_processes_cannot_share_are_refused(tiny_checkpoint, tmp
     assert result.returncode != 0
     assert "--step-epochs" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_distributed_run_resumes_its_fine_tuning(tiny_checkpoint, tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "edgeprune", *ARGS, "--model",
+               str(tiny_checkpoint), "--epochs", "30", "--out", str(tmp_path / "run")]
+    command.remove("--quiet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    state = tmp_path / ".run.partial" / "finetune.state"
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not state.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)  # torchrun stops both ranks, then itself
+    first.wait(timeout=120)
+    assert state.exists() and not (tmp_path / "run").exists()
+    again = _run(command, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming fine-tuning from" in again.stderr
+    history = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"][
+        "finetune"]["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 31))
