@@ -33,7 +33,7 @@ ScoreSamplesOpt = Annotated[int, typer.Option(
 ScoreBatchOpt = Annotated[int | None, typer.Option(
     min=1, help="reference images per forward pass while scoring: peak memory grows with "
     "it, not with the number of reference images [default: auto, as many as keep one "
-    "batch's feature maps under 384 MB, at most 64]")]
+    "batch's feature maps under 256 MB, at most 64]")]
 SamplesPerClassOpt = Annotated[int | None, typer.Option(
     help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
     "data-scarce setting uses 1-10)")]

@@ -178,7 +178,7 @@ def recording(model: nn.Module, taps: dict[str, Tap], store: dict[str, Tensor],
             handle.remove()
 
 
-BATCH_BYTES = 384 * 2**20  # feature maps one batch may hold, scoring or AM alike
+BATCH_BYTES = 256 * 2**20  # feature maps one batch may hold, scoring or AM alike
 
 
 def images_per_batch(model: nn.Module, shape: tuple[int, ...], most: int) -> int:

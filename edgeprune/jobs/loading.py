@@ -118,8 +118,8 @@ MAX_SCORE_BATCH = 64
 
 def score_batch_size(model: nn.Module, spec: InputSpec, requested: int | None = None) -> int:
     """Reference images per scoring batch: `requested`, or (None, auto) as many as keep one
-    batch's feature maps under BATCH_BYTES (384 MB), between 1 and MAX_SCORE_BATCH (64 for
-    28-pixel models, 5 for MobileNetV2 and 3 for ResNet-50 at 224 pixels)."""
+    batch's feature maps under BATCH_BYTES (256 MB), between 1 and MAX_SCORE_BATCH (64 for
+    28-pixel models, 3 for MobileNetV2 and 2 for ResNet-50 at 224 pixels)."""
     if requested is not None:
         return requested
     return images_per_batch(model, spec.shape, MAX_SCORE_BATCH)
