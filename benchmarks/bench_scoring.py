@@ -116,7 +116,9 @@ def table(results: dict, labels: list[str]) -> str:
             if run is None:
                 cells += ["", ""]
             elif run["status"] == "ok":
-                cells += [f"{run['wall_s']:.0f} s", f"{run['peak_rss_gb']:.2f} GB"]
+                batch = "" if run["score_batch"] in ("before", None) else \
+                    f" (batch {run['score_batch']})"
+                cells += [f"{run['wall_s']:.0f} s", f"{run['peak_rss_gb']:.2f} GB{batch}"]
             else:
                 cells += [f"{run['status']}", f"> {run['peak_rss_gb']:.1f} GB"
                           if run["status"].startswith("stopped at") else
