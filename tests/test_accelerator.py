@@ -20,7 +20,8 @@ def _restore():
 
 
 @no_cuda
-@pytest.mark.parametrize("command", [["score", "demo"], ["compress", "--dataset", "synthetic"]])
+@pytest.mark.parametrize("command", [["score", "demo"], ["compress", "--dataset", "synthetic"],
+                                     ["train", "--dataset", "synthetic"]])
 def test_asking_for_cuda_without_it_is_a_one_line_error(capsys, tmp_path, command):
     code, _, err = run_cli(capsys, *command, "--accelerator", "cuda", "--out",
                            str(tmp_path / "out.json"))

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprune.cli.options import (
+    AcceleratorOpt,
     DatasetOpt,
     ModelOpt,
     model_data_options,
@@ -27,6 +28,7 @@ def train(
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    accelerator: AcceleratorOpt = "auto",
     **options: Any,
 ) -> None:
     """Train a model from scratch (or from --weights) and save an edgeprune checkpoint."""
@@ -34,7 +36,8 @@ def train(
     from edgeprune.jobs.train import train_model
 
     result = train_model(model=model, out=out, dataset=dataset, epochs=epochs, lr=lr,
-                         batch_size=batch_size, overwrite=overwrite, **options)
+                         batch_size=batch_size, overwrite=overwrite,
+                         accelerator_choice=accelerator, **options)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:

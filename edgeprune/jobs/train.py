@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeprune import accelerator
 from edgeprune.console import info
 from edgeprune.jobs.checks import check_options, check_output_file
 from edgeprune.jobs.loading import load_model_and_data
@@ -15,7 +16,7 @@ from edgeprune.training import TrainConfig, train
 def train_model(model: str = "democnn", out: Path = Path("model.pt"), weights: Path | None = None,
                 dataset: str = "fashion-mnist", epochs: float = 20, lr: float = 0.1,
                 batch_size: int = 128, seed: int = 0, overwrite: bool = False,
-                **data: Any) -> dict:
+                accelerator_choice: str = "auto", **data: Any) -> dict:
     """Train `model` on `dataset` and write an edgeprune checkpoint to `out` (atomically).
     `data`: the other data options of `jobs.loading.load_data` (data_dir, input_size, ...).
 
@@ -23,6 +24,7 @@ def train_model(model: str = "democnn", out: Path = Path("model.pt"), weights: P
     run continues where it stopped when the same command is run again."""
     out = Path(out)
     check_output_file(out, overwrite)
+    accelerator.use(accelerator_choice)
     check_options(("--epochs", epochs, epochs > 0, "a positive number of epochs, e.g. 20"),
                   ("--lr", lr, lr > 0, "a positive learning rate, e.g. 0.1"),
                   ("--batch-size", batch_size, batch_size >= 1, "at least 1"))
