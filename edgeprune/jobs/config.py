@@ -201,22 +201,16 @@ def check_ranges(cfg: CompressConfig) -> None:
     """The values that have the right type but cannot work, refused before any work starts."""
     if (cfg.mean is None) != (cfg.std is None):
         raise EdgepruneError("pass --mean and --std together (one value per input channel)")
-    if cfg.precision not in PRECISION_CHOICES:
-        raise EdgepruneError(f"--precision {cfg.precision!r}: choose one of "
-                             f"{', '.join(PRECISION_CHOICES)}")
-    if cfg.schedule not in SCHEDULE_CHOICES:
-        raise EdgepruneError(f"--schedule {cfg.schedule!r}: choose one of "
-                             f"{', '.join(SCHEDULE_CHOICES)}")
+    from edgeprune.accelerator import CHOICES as ACCELERATOR_CHOICES
     from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES
 
-    if cfg.residual_stream not in RESIDUAL_STREAM_CHOICES:
-        raise EdgepruneError(f"--residual-stream {cfg.residual_stream!r}: choose one of "
-                             f"{', '.join(RESIDUAL_STREAM_CHOICES)}")
-    from edgeprune.accelerator import CHOICES as ACCELERATORS
-
-    if cfg.accelerator not in ACCELERATORS:
-        raise EdgepruneError(f"--accelerator {cfg.accelerator!r}: choose one of "
-                             f"{', '.join(ACCELERATORS)}")
+    for flag, value, choices in (("--precision", cfg.precision, PRECISION_CHOICES),
+                                 ("--schedule", cfg.schedule, SCHEDULE_CHOICES),
+                                 ("--residual-stream", cfg.residual_stream,
+                                  RESIDUAL_STREAM_CHOICES),
+                                 ("--accelerator", cfg.accelerator, ACCELERATOR_CHOICES)):
+        if value not in choices:
+            raise EdgepruneError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
     if cfg.finetune not in FINETUNE_CHOICES:
         raise EdgepruneError(f"--finetune {cfg.finetune!r}: choose distill (from the dense "
                              "model) or ce (cross-entropy on the labels)")
