@@ -63,9 +63,9 @@ TrustCodeOpt = Annotated[bool, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable summary")]
 
 DeviceOpt = Annotated[list[str] | None, typer.Option(
-    help="ssh://user@host[:port] to measure on the device (default: this machine, plus an "
-    "estimate for --target); repeat it to measure on a fleet at once, one connection each "
-    "(the first device decides what compress ships)")]
+    metavar="URL", help="ssh://user@host[:port] to measure on the device (default: this "
+    "machine, plus an estimate for --target); repeat it to measure on a fleet at once, one "
+    "connection each (the first device decides what compress ships)")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
 RemotePythonOpt = Annotated[str, typer.Option(help="Python on the device")]
