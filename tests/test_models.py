@@ -174,3 +174,17 @@ def test_parse_input_size(text, expect):
 def test_parse_input_size_errors(text):
     with pytest.raises(EdgepruneError):
         parse_input_size(text)
+
+
+def test_a_model_built_without_weights_is_initialised_from_the_seed():
+    from edgeprune.jobs.loading import load_model_and_data
+
+    def first_weights(seed: int) -> torch.Tensor:
+        md = load_model_and_data("resnet20", None, dataset="synthetic", input_size="1x16x16",
+                                 seed=seed)
+        return next(md.model.parameters()).detach().clone()
+
+    before = torch.random.get_rng_state()
+    assert torch.equal(first_weights(0), first_weights(0))
+    assert not torch.equal(first_weights(0), first_weights(1))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's state is kept

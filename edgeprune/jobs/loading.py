@@ -70,10 +70,13 @@ def load_model_and_data(model: str | None = "demo", weights: Path | str | None =
     """The data (see `load_data`) and the model `model` (any --model reference, with
     `weights`) sized for it, checked to agree on the input shape. A checkpoint that carries
     its own normalization gets its data normalized that way, unless --mean/--std are given.
-    `trust_code`: see `edgeprune.models.load_model`."""
+    `trust_code`: see `edgeprune.models.load_model`. A model built without weights is
+    initialised from `seed` (the caller's random state is left as it was)."""
     data = load_data(dataset, data_dir, input_size, mean, std, skip_bad_images, workers, seed)
     size = parse_input_size(input_size) if input_size else None
-    loaded, spec = load_model_for(model, weights, data, size, trust_code=trust_code)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded, spec = load_model_for(model, weights, data, size, trust_code=trust_code)
     if loaded.spec is not None and mean is None:
         data = data.with_normalization(spec.mean, spec.std)
     elif loaded.spec is not None:
