@@ -69,11 +69,6 @@ def init_from_env() -> bool:
     return True
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _device_of(tensor: torch.Tensor) -> torch.device:
     """Where a collective on `tensor` runs: NCCL needs CUDA tensors, gloo takes CPU ones."""
     return torch.device("cuda", torch.cuda.current_device()) \

@@ -70,10 +70,8 @@ class AcrossProcesses(Criterion):
 
     def __init__(self, inner: Criterion) -> None:
         self.inner = inner
-        self.name = inner.name
-        self.needs_data = inner.needs_data
 
-    def __getattr__(self, attr: str) -> object:  # redundancy, votes, options of the inner one
+    def __getattr__(self, attr: str) -> object:  # name, needs_data, redundancy, votes, options
         return getattr(self.__dict__["inner"], attr)
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
