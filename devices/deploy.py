@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeprune.devices.formats import format_of
 from edgeprune.devices.results import BenchOptions, BenchResult, runner_report
-from edgeprune.devices.ssh import RUNTIMES, DeviceFacts, SshBackend, remote_path
+from edgeprune.devices.ssh import DeviceFacts, SshBackend, remote_path
 from edgeprune.errors import EdgepruneError
 
 # Python 3.8+: check the copied files against SHA256SUMS; prints the names that differ.
@@ -54,7 +55,7 @@ def _pip_names(model: Path, requirements: Path) -> dict[str, str]:
     pins = {line.split("=")[0].split(">")[0].strip().lower(): line.strip()
             for line in requirements.read_text().splitlines()
             if line.strip() and not line.startswith("#")} if requirements.is_file() else {}
-    runtime = "onnxruntime" if model.suffix in (".onnx", ".ort") else "ai-edge-litert"
+    runtime = format_of(model).package
     return {"numpy": pins.get("numpy", "numpy"), "PIL": pins.get("pillow", "pillow"),
             "runtime": pins.get(runtime, runtime)}
 
@@ -76,7 +77,7 @@ def deploy_folder(backend: SshBackend, folder: Path, remote_dir: str, model: Pat
     if proc.returncode != 0:
         raise backend.ssh_error(proc.stderr, "copying the folder")
     _check_copy(backend, quoted, timeout_s)
-    runtime_modules = list(RUNTIMES[model.suffix.lower()][0])
+    runtime_modules = list(format_of(model).modules)
     facts = backend.facts([*runtime_modules, "PIL"], timeout_s)
     pins = _pip_names(model, folder / "requirements.txt")
     missing = [pins[k] for k, present in (

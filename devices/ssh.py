@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgeprune.devices.formats import format_of
 from edgeprune.devices.results import RUNNER, BenchOptions, BenchResult, Label, runner_report
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.errors import EdgepruneError
@@ -28,10 +29,6 @@ from edgeprune.errors import EdgepruneError
 ENV_OPTIONS = "EDGEPRUNE_SSH_OPTIONS"
 """Extra `-o` options from the environment, e.g. 'IdentityFile=~/.ssh/pi Compression=yes'."""
 MIN_PYTHON = (3, 8)
-RUNTIMES = {".tflite": (("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-                        "pip install ai-edge-litert"),
-            ".onnx": (("onnxruntime",), "pip install onnxruntime"),
-            ".ort": (("onnxruntime",), "pip install onnxruntime")}
 CHECK_TAG = "EDGEPRUNE_FACTS "
 DIR_TAG = "EDGEPRUNE_DIR "
 # Runs under any python (2.7 and 3.x syntax), so an old Python still gets a clear message:
@@ -96,6 +93,12 @@ class SshOptions:
     options: tuple[str, ...] = ()
     remote_python: str = "python3"
     connect_timeout_s: int = 10
+
+    @classmethod
+    def of(cls, options: Sequence[str] | None, remote_python: str = "python3") -> SshOptions:
+        """The options of --ssh-option (repeatable) and --remote-python, the one place every
+        command builds them."""
+        return cls(options=tuple(options or ()), remote_python=remote_python)
 
     def with_environment(self) -> SshOptions:
         """These options, then those in $EDGEPRUNE_SSH_OPTIONS: ssh keeps the first value of
@@ -266,16 +269,16 @@ class SshBackend:
     def prepare(self, suffixes: Sequence[str], timeout_s: float) -> str:
         """Check Python, numpy and the runtime of every file suffix and make the temporary
         folder, in one connection."""
-        needed = [RUNTIMES[s] for s in dict.fromkeys(suffixes)]
-        script = (self._facts_script([m for group, _ in needed for m in group])
+        needed = list(dict.fromkeys(format_of("model" + s) for s in suffixes))
+        script = (self._facts_script([m for f in needed for m in f.modules])
                   + 'd=$(mktemp -d "${TMPDIR:-/tmp}/edgeprune-bench.XXXXXX") || exit 97\n'
                   f'echo "{DIR_TAG}$d"\n')
         proc = self.run_command(self.ssh_command(script), timeout_s, "checking Python")
         self.found = self._parse_facts(proc)
         folder = _tagged_lines(proc.stdout).get(DIR_TAG, "").strip()
         try:
-            for group, pip_line in needed:
-                self.check_versions(self.found, group, pip_line)
+            for f in needed:
+                self.check_versions(self.found, f.modules, f.install)
         except EdgepruneError:
             if folder:
                 self.remove(folder)
@@ -327,9 +330,7 @@ class SshBackend:
         device's report, labelled 'device'."""
         paths = [Path(p) for p in model_paths]
         for path in paths:
-            if path.suffix.lower() not in RUNTIMES:
-                raise EdgepruneError(f"unsupported model file {path.name}: expected .tflite, "
-                                     ".onnx or .ort")
+            format_of(path)  # an unsupported file fails before connecting
         files = self._files(paths, options)
         what = f"benchmark of {', '.join(p.name for p in paths)}"
         step_timeout = options.timeout_s * len(paths) + self.options.connect_timeout_s

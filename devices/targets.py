@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
@@ -26,12 +27,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edgeprune.devices.formats import EXPORTABLE, RUNTIMES, format_for_runtime
 from edgeprune.errors import EdgepruneError
 from edgeprune.tomlfile import read_toml
 
+DEFAULT_TARGET = "rpi4"
+"""The target every command uses when none is named: its one definition."""
 ARCHES = ("aarch64", "armv7l", "x86_64")
-RUNTIMES = ("tflite", "onnxruntime")
-FORMATS = ("tflite", "onnx")
+FORMATS = EXPORTABLE
 PRECISIONS = ("fp32", "int8")
 """Compute precisions a profile has an efficiency for."""
 SHIP_PRECISIONS = ("int8", "fp16", "fp32")
@@ -94,7 +97,7 @@ class TargetProfile:
     @property
     def ship_format(self) -> str:
         """The file format the profile's runtime loads."""
-        return "onnx" if self.runtime == "onnxruntime" else "tflite"
+        return format_for_runtime(self.runtime).name
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> TargetProfile:
@@ -195,6 +198,25 @@ def load_target(name: str) -> TargetProfile:
     if name.lower().endswith(PROFILE_SUFFIXES):
         return read_profile(Path(name))
     raise unknown_name_error("target", name, registry)
+
+
+def default_target() -> TargetProfile:
+    """The profile of DEFAULT_TARGET, for APIs called without a target."""
+    return load_target(DEFAULT_TARGET)
+
+
+def inference_threads(target: TargetProfile, requested: int | None = None,
+                      where: str = "device") -> int:
+    """The threads a model file runs with. The rule: `requested` (--threads) when given,
+    else the target's `threads`; measured on this machine (`where="host"`) never more than
+    its cores; for a roofline estimate (`where="estimate"`) never more than the target's
+    cores; on the device exactly that."""
+    threads = requested or target.threads
+    if where == "host":
+        return max(1, min(threads, os.cpu_count() or 1))
+    if where == "estimate":
+        return max(1, min(threads, target.cores))
+    return threads
 
 
 def read_profile(path: Path) -> TargetProfile:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from edgeprune.devices.formats import format_named
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.base import (
     Converted,
@@ -106,7 +107,7 @@ class OnnxExporter(Exporter):
     """ONNX at a static batch of 1 (what devices benchmark) unless `dynamic_batch`."""
 
     name = "onnx"
-    suffix = ".onnx"
+    suffix = format_named("onnx").extension
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
 
     def convert(self, model: torch.nn.Module, example: torch.Tensor,

@@ -1,4 +1,5 @@
-"""The exporter registry: format name -> exporter instance, filled here explicitly (no import
+"""The exporter registry: format name -> exporter instance, for every format of the format
+table (`edgeprune.devices.formats`) that names an exporter, filled here explicitly (no import
 side effects). Tests and callers may adjust an instance's tolerances."""
 
 from __future__ import annotations
@@ -6,12 +7,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from edgeprune.devices.formats import FORMATS
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.base import Exporter
 from edgeprune.export.onnx import OnnxExporter
 from edgeprune.export.tflite import TFLiteExporter
 
-EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OnnxExporter(), TFLiteExporter())}
+_BUILT: dict[str, Exporter] = {e.name: e for e in (OnnxExporter(), TFLiteExporter())}
+EXPORTERS: dict[str, Exporter] = {name: _BUILT[f.exporter]
+                                  for name, f in sorted(FORMATS.items()) if f.exporter}
+"""Every format of `edgeprune.devices.formats.FORMATS` that has an exporter, by name."""
 
 
 def select_exporters(formats: Sequence[str]) -> list[Exporter]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeprune.devices.formats import format_named
 from edgeprune.export.base import (
     Converted,
     Exporter,
@@ -84,7 +85,7 @@ class TFLiteExporter(Exporter):
     """TFLite at a static batch of 1; NCHW input as in PyTorch, or NHWC with `nhwc`."""
 
     name = "tflite"
-    suffix = ".tflite"
+    suffix = format_named("tflite").extension
     precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int8-qat")
 
     def convert(self, model: torch.nn.Module, example: torch.Tensor,

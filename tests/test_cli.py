@@ -142,7 +142,7 @@ def test_bad_input_is_one_line_and_leaves_no_run(capsys, tmp_path, tiny_checkpoi
 @pytest.mark.parametrize("loss", ["distill", "ce"])
 def test_finetune_loss_is_distillation_or_the_papers_cross_entropy(capsys, tmp_path, monkeypatch,
                                                                    tiny_checkpoint, loss):
-    import edgeprune.jobs.compress as compress_job
+    import edgeprune.jobs.compress_model as compress_job
 
     seen = []
     original = compress_job.train

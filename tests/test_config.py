@@ -13,10 +13,10 @@ import typer
 from typer.testing import CliRunner
 
 from edgeprune import cli
+from edgeprune.cli.options import config_from_cli
 from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.config import (
     CompressConfig,
-    config_from_cli,
     config_from_dict,
     dump_config,
     load_config,

@@ -18,11 +18,11 @@ from test_reliability import FAST, assert_matches_manifest
 
 # stage: (module, function, which call, kill before or after it runs)
 KILL_POINTS = {
-    "score": ("edgeprune.jobs.compress", "reference_batches", 1, "before"),
-    "prune": ("edgeprune.jobs.compress", "prune", 1, "before"),
+    "score": ("edgeprune.jobs.compress_model", "reference_batches", 1, "before"),
+    "prune": ("edgeprune.jobs.compress_model", "prune", 1, "before"),
     "fine-tune": ("edgeprune.training.loop", "_save_state", 1, "after"),
-    "export": ("edgeprune.jobs.compress", "export_model", 2, "after"),
-    "bench": ("edgeprune.jobs.compress", "measure", 1, "before"),
+    "export": ("edgeprune.jobs.compress_files", "export_model", 2, "after"),
+    "bench": ("edgeprune.jobs.compress_files", "measure_files", 1, "before"),
     "report": ("edgeprune.jobs.compress", "_report", 1, "after"),
 }
 

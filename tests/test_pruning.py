@@ -12,6 +12,7 @@ from torch import nn
 from torch_pruning.pruner import function
 
 from edgeprune.criteria import get_criterion
+from edgeprune.devices.targets import load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create_model, load_model
 from edgeprune.models.checkpoint import ArchRef, save_checkpoint
@@ -245,20 +246,20 @@ def test_params_goal_is_met_and_counted_on_the_pruned_model():
 
 def test_latency_budget_is_met_by_the_targets_prediction():
     model, x = _model("resnet20"), torch.zeros(1, *CASES["resnet20"])
-    dense_ms = LatencyModel.for_target("rpi4").predict_ms(model, x)
-    result = prune(model, x, goal=LatencyBudget(0.6 * dense_ms, "rpi4"))
+    dense_ms = LatencyModel.for_target(load_target("rpi4")).predict_ms(model, x)
+    result = prune(model, x, goal=LatencyBudget(0.6 * dense_ms, load_target("rpi4")))
     lat = result.latency
     assert lat.target == "rpi4" and lat.threads == 4 and lat.scale == 1.0
     assert lat.predicted_before_ms == pytest.approx(dense_ms)
     assert 0.5 * dense_ms < lat.predicted_after_ms <= 0.6 * dense_ms
-    assert LatencyModel.for_target("rpi4").predict_ms(result.model, x) == pytest.approx(
-        lat.predicted_after_ms)
+    rpi4 = LatencyModel.for_target(load_target("rpi4"))
+    assert rpi4.predict_ms(result.model, x) == pytest.approx(lat.predicted_after_ms)
 
 
 def test_a_measurement_of_the_dense_model_calibrates_the_prediction():
     model, x = _model("democnn"), torch.zeros(1, *CASES["democnn"])
-    raw = LatencyModel.for_target("x86-64", threads=1).predict_ms(model, x)
-    budget = LatencyBudget(3.0, "x86-64", threads=1, measured_dense_ms=5.0)
+    raw = LatencyModel.for_target(load_target("x86-64"), threads=1).predict_ms(model, x)
+    budget = LatencyBudget(3.0, load_target("x86-64"), threads=1, measured_dense_ms=5.0)
     result = prune(model, x, goal=budget)
     lat = result.latency
     assert lat.scale == pytest.approx(5.0 / raw) and lat.predicted_before_ms == pytest.approx(5.0)

@@ -13,7 +13,9 @@ import typer
 from edgeprune import console
 from edgeprune.cli.options import (
     CriterionOpt,
+    D,
     compress_options,
+    config_from_cli,
     model_data_options,
     output_options,
     start,
@@ -32,12 +34,13 @@ if TYPE_CHECKING:
 @with_options(compress_options, model_data_options, output_options)
 def compress(
     ctx: typer.Context,
-    criterion: CriterionOpt = "lrp",
+    criterion: CriterionOpt = D.criterion,
     flops_reduction: Annotated[float, typer.Option(
-        help="share of FLOPs to remove (0.5 = half)")] = 0.5,
+        help="share of FLOPs to remove (0.5 = half)")] = D.flops_reduction,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
-        help="rank channels across layers, or cut every layer by the same ratio")] = False,
+        help="rank channels across layers, or cut every layer by the same ratio")
+    ] = D.global_ranking,
     latency_ms: Annotated[float | None, typer.Option(
         help="instead of --flops-reduction: prune until the shipped precision meets this "
         "latency on the target (measured with --device, else the target's roofline "
@@ -51,7 +54,6 @@ def compress(
     """Score, prune, fine-tune, export and benchmark a model for a target device."""
     json_out = start(options)
     from edgeprune.jobs.compress import compress as run_compress
-    from edgeprune.jobs.config import config_from_cli
 
     cfg = config_from_cli(ctx, options["config"])  # the file's options, then the flags given
     result = run_compress(cfg, overwrite=overwrite, trust_code=options["trust_code"])
@@ -83,7 +85,6 @@ def sweep(
 
     Running the same command again resumes an interrupted sweep."""
     json_out = start(options)
-    from edgeprune.jobs.config import config_from_cli
     from edgeprune.jobs.sweep import parse_flops, parse_list, run_sweep
 
     base = config_from_cli(ctx, options["config"])

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from edgeprune import console
 from edgeprune.cli.options import (
+    D,
     DeviceOpt,
     JsonOpt,
     QuietOpt,
@@ -39,7 +40,7 @@ ModelsArg = Annotated[list[Path], typer.Argument(
 
 def bench(
     models: ModelsArg,
-    target: TargetOpt = "rpi4",
+    target: TargetOpt = D.target,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     runs: Annotated[int, typer.Option(min=1, help="timed runs per file (at least)")] = 50,
@@ -58,7 +59,7 @@ def bench(
     run: Annotated[Path | None, typer.Option(
         "--run", help="append the results to this run folder's manifest.json")] = None,
     ssh_option: SshOpt = None,
-    remote_python: RemotePythonOpt = "python3",
+    remote_python: RemotePythonOpt = D.remote_python,
     timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
     quiet: QuietOpt = False,
 ) -> None:
@@ -66,39 +67,19 @@ def bench(
     console.set_quiet(quiet)
     from edgeprune.devices.bench import BenchOptions
     from edgeprune.devices.ssh import SshOptions
-    from edgeprune.devices.targets import load_target
-    from edgeprune.jobs.bench import (
-        append_to_run,
-        bench_fleet,
-        bench_record,
-        check_run_dir,
-        default_threads,
-        fleet_record,
-        write_json,
-    )
-    from edgeprune.jobs.checks import check_output_file
+    from edgeprune.jobs.bench import bench_command
 
-    profile = load_target(target)
-    if run is not None:
-        check_run_dir(run)
-    if json_out is not None:  # replaced if it exists, like any results file
-        check_output_file(json_out, overwrite=True, flag="--json")
-    devices = device or ["local"]
-    options = BenchOptions(threads=threads or default_threads(profile, devices[0]),
-                           warmup=warmup, runs=runs, min_seconds=min_seconds, rounds=rounds,
+    options = BenchOptions(warmup=warmup, runs=runs, min_seconds=min_seconds, rounds=rounds,
                            timeout_s=timeout, eval=eval_, samples=samples)
-    ssh = SshOptions(options=tuple(ssh_option or ()), remote_python=remote_python)
-    fleet = bench_fleet(models, profile, devices, options, ssh)
-    for rows in fleet.values():
-        console.stdout.print(bench_table(rows, profile.name, options))
-    if json_out is not None:
-        records = [bench_record(rows, profile.name, d, options) for d, rows in fleet.items()]
-        write_json(json_out, records[0] if len(records) == 1 else fleet_record(records))
-        console.info(f"wrote {json_out}")
-    for d, rows in fleet.items() if run is not None else ():
-        manifest = append_to_run(run, bench_record(rows, profile.name, d, options, run))
-        console.info(f"appended {len(rows)} result{'s' if len(rows) > 1 else ''} from {d} to "
-                     f"{manifest}")
+    outcome = bench_command(models, target, device, threads, options,
+                            SshOptions.of(ssh_option, remote_python), json_out, run)
+    for rows in outcome.fleet.values():
+        console.stdout.print(bench_table(rows, outcome.target, outcome.options))
+    if outcome.json_path is not None:
+        console.info(f"wrote {outcome.json_path}")
+    for d, manifest in (outcome.appended or {}).items():
+        n = len(outcome.fleet[d])
+        console.info(f"appended {n} result{'s' if n > 1 else ''} from {d} to {manifest}")
 
 
 def _size(n: int) -> str:
@@ -180,7 +161,7 @@ def calibrate(
                                       show_default=False)],
     base: Annotated[str, typer.Option(
         help="shipped profile giving what a benchmark cannot measure (SIMD width, memory "
-        "bandwidth, FLOPs per cycle)")] = "rpi4",
+        "bandwidth, FLOPs per cycle)")] = D.target,
     runtime: Annotated[str | None, typer.Option(
         help="tflite | onnxruntime [default: the base profile's]")] = None,
     model: Annotated[str, typer.Option(help="reference model")] = "torchvision:mobilenet_v2",
@@ -189,7 +170,7 @@ def calibrate(
     min_seconds: Annotated[float, typer.Option(
         min=0, help="timed seconds per file (at least)")] = 1.0,
     ssh_option: SshOpt = None,
-    remote_python: RemotePythonOpt = "python3",
+    remote_python: RemotePythonOpt = D.remote_python,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
     trust_code: TrustCodeOpt = False,
     quiet: QuietOpt = False,
@@ -203,7 +184,7 @@ def calibrate(
     from edgeprune.jobs.calibrate import calibrate_target
 
     result = calibrate_target(device, name, out, base, runtime, model, input_size, runs,
-                              min_seconds, SshOptions(tuple(ssh_option or ()), remote_python),
+                              min_seconds, SshOptions.of(ssh_option, remote_python),
                               overwrite, trust_code)
     if json_out:
         typer.echo(json.dumps({"out": str(result.out), "profile": asdict(result.profile),
@@ -227,7 +208,7 @@ def deploy(
     runs: Annotated[int, typer.Option(min=1, help="timed runs (at least)")] = 50,
     min_seconds: Annotated[float, typer.Option(min=0, help="timed seconds (at least)")] = 1.0,
     ssh_option: SshOpt = None,
-    remote_python: RemotePythonOpt = "python3",
+    remote_python: RemotePythonOpt = D.remote_python,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -238,7 +219,7 @@ def deploy(
     from edgeprune.jobs.deploy import deploy_run
 
     d = deploy_run(run_dir, device, remote_dir, threads, runs, min_seconds,
-                   SshOptions(tuple(ssh_option or ()), remote_python))
+                   SshOptions.of(ssh_option, remote_python))
     if json_out:
         typer.echo(json.dumps(d.to_dict(), indent=2, default=str))
     else:

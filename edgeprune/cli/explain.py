@@ -14,6 +14,7 @@ from edgeprune import console
 from edgeprune.cli.options import (
     AcceleratorOpt,
     CriterionOpt,
+    D,
     ModelArg,
     SamplesPerClassOpt,
     ScoreBatchOpt,
@@ -35,7 +36,7 @@ def _layers(text: str | None) -> list[str] | None:
 
 @with_options(model_data_options, output_options)
 def explain(
-    model: ModelArg = "demo",
+    model: ModelArg = D.model,
     layers: Annotated[str | None, typer.Option(
         help="conv layers to draw, comma-separated qualified names [default: all]")] = None,
     criterion: CriterionOpt = "actmax",
@@ -72,15 +73,15 @@ def explain(
 
 @with_options(model_data_options, output_options)
 def score(
-    model: ModelArg = "demo",
-    criterion: CriterionOpt = "lrp",
+    model: ModelArg = D.model,
+    criterion: CriterionOpt = D.criterion,
     out: Annotated[Path | None, typer.Option(
         help="save the scores: .json (scores, keep order, invalid filters) or .pt "
         "(tensors)")] = None,
-    score_samples: ScoreSamplesOpt = 500,
+    score_samples: ScoreSamplesOpt = D.score_samples,
     score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
-    accelerator: AcceleratorOpt = "auto",
+    accelerator: AcceleratorOpt = D.accelerator,
     **options: Any,
 ) -> None:
     """Score every prunable layer's output channels with a criterion (higher = keep)."""

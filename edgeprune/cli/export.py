@@ -10,12 +10,19 @@ from typing import Annotated, Any
 import typer
 
 from edgeprune import console
-from edgeprune.cli.options import ModelArg, model_data_options, output_options, start, with_options
+from edgeprune.cli.options import (
+    D,
+    ModelArg,
+    model_data_options,
+    output_options,
+    start,
+    with_options,
+)
 
 
 @with_options(model_data_options, output_options)
 def export(
-    model: ModelArg = "demo",
+    model: ModelArg = D.model,
     formats: Annotated[str, typer.Option(
         "--format", "-f", help="formats, comma-separated: onnx, tflite")] = "onnx,tflite",
     precisions: Annotated[str, typer.Option(

@@ -12,6 +12,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edgeprune import console
+from edgeprune.jobs.config import CompressConfig
+
+D = CompressConfig()
+"""Every option's default, written once in CompressConfig and read by each flag here."""
 
 MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
 CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-logit, function, fmcluster, concept; "
@@ -76,7 +80,7 @@ SshOpt = Annotated[list[str] | None, typer.Option(
 
 def model_data_options(
     weights: WeightsOpt = None,
-    dataset: DatasetOpt = "auto",
+    dataset: DatasetOpt = D.dataset,
     data_dir: DataDirOpt = None,
     input_size: InputSizeOpt = None,
     mean: Annotated[str | None, typer.Option(
@@ -87,10 +91,10 @@ def model_data_options(
         help="per-channel normalization std, with --mean")] = None,
     skip_bad_images: Annotated[bool, typer.Option(
         help="imagefolder: decode every file first and leave out (and record) the ones that "
-        "fail, instead of stopping at the first")] = False,
+        "fail, instead of stopping at the first")] = D.skip_bad_images,
     workers: Annotated[int | None, typer.Option(
         help="processes decoding image files (imagefolder) [default: up to 4]")] = None,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = D.seed,
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """The options that say which weights and data a model is loaded with, named as every job
@@ -102,55 +106,57 @@ def output_options(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
 
 
 def compress_options(
-    target: TargetOpt = "rpi4",
-    model: ModelOpt = "demo",
-    score_samples: ScoreSamplesOpt = 500,
-    score_batch: ScoreBatchOpt = None,
-    accelerator: AcceleratorOpt = "auto",
-    samples_per_class: SamplesPerClassOpt = None,
-    schedule: ScheduleOpt = "one-shot",
-    step: StepOpt = 0.05,
-    step_epochs: StepEpochsOpt = 0.0,
-    reestimate: ReestimateOpt = False,
-    residual_stream: ResidualStreamOpt = "prune",
+    target: TargetOpt = D.target,
+    model: ModelOpt = D.model,
+    score_samples: ScoreSamplesOpt = D.score_samples,
+    score_batch: ScoreBatchOpt = D.score_batch,
+    accelerator: AcceleratorOpt = D.accelerator,
+    samples_per_class: SamplesPerClassOpt = D.samples_per_class,
+    schedule: ScheduleOpt = D.schedule,
+    step: StepOpt = D.step,
+    step_epochs: StepEpochsOpt = D.step_epochs,
+    reestimate: ReestimateOpt = D.reestimate,
+    residual_stream: ResidualStreamOpt = D.residual_stream,
     bn_recalibration: Annotated[int, typer.Option(
         help="re-estimate BatchNorm statistics on this many training images after pruning "
-        "(no weight update; 0 = off); use it with --epochs 0")] = 0,
+        "(no weight update; 0 = off); use it with --epochs 0")] = D.bn_recalibration,
     epochs: Annotated[float | None, typer.Option(
         help="fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
-        "fine-tuning)")] = None,
+        "fine-tuning)")] = D.epochs,
     finetune: Annotated[str, typer.Option(
         help="fine-tuning loss: distill (knowledge distillation from the dense model) | ce "
-        "(cross-entropy on the labels, as the criteria papers fine-tune)")] = "distill",
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 128,
-    formats: Annotated[str, typer.Option(help="export formats, comma-separated")] = "onnx,tflite",
-    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = True,
+        "(cross-entropy on the labels, as the criteria papers fine-tune)")] = D.finetune,
+    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = D.lr,
+    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = D.batch_size,
+    formats: Annotated[str, typer.Option(
+        help="export formats, comma-separated")] = ",".join(D.formats),
+    verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = D.verify,
     precision: Annotated[str, typer.Option(
         help="auto | fp32 | fp16 | int8: the precisions tried (auto: the target's list, e.g. "
-        "int8 then fp32); the fastest file within --max-drop ships")] = "auto",
+        "int8 then fp32); the fastest file within --max-drop ships")] = D.precision,
     max_drop: Annotated[float, typer.Option(
         help="accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
-    ] = 1.0,
+    ] = D.max_drop,
     qat_epochs: Annotated[float | None, typer.Option(
         help="when int8 post-training quantization loses more than --max-drop, this many "
         "epochs of quantization-aware training recover it (default: enough to see 15k "
-        "images, at most 10; 0 = off; TFLite targets)")] = None,
-    device: DeviceOpt = None,
-    ssh_option: SshOpt = None,
-    remote_python: RemotePythonOpt = "python3",
+        "images, at most 10; 0 = off; TFLite targets)")] = D.qat_epochs,
+    device: DeviceOpt = D.device,
+    ssh_option: SshOpt = D.ssh_option,
+    remote_python: RemotePythonOpt = D.remote_python,
     threads: Annotated[int | None, typer.Option(
         help="inference threads [default: the target's; on this machine at most its cores]")
-    ] = None,
-    bench_runs: Annotated[int, typer.Option(help="timed runs per model file (at least)")] = 50,
+    ] = D.threads,
+    bench_runs: Annotated[int, typer.Option(
+        help="timed runs per model file (at least)")] = D.bench_runs,
     bench_seconds: Annotated[float, typer.Option(
-        help="timed seconds per model file (at least)")] = 1.0,
+        help="timed seconds per model file (at least)")] = D.bench_seconds,
     bench_rounds: Annotated[int, typer.Option(
         help="the files are timed in turn in this many rounds, so ratios hold under load")
-    ] = 10,
+    ] = D.bench_rounds,
     eval_limit: Annotated[int | None, typer.Option(
-        help="evaluate on this many test images only")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("edgeprune-runs"),
+        help="evaluate on this many test images only")] = D.eval_limit,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path(D.runs_dir),
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of compress options (keys = option names); flags given on "
         "the command line override it")] = None,
@@ -164,6 +170,29 @@ def start(options: dict[str, Any]) -> bool:
     passes straight to the job; returns --json."""
     console.set_quiet(options.pop("quiet"))
     return options.pop("json_out")
+
+
+def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> CompressConfig:
+    """The CompressConfig of a CLI command whose parameters are named like its fields: the
+    --config file (if given) with only the flags given explicitly on top; without a file,
+    every flag's value (defaults included)."""
+    from edgeprune.jobs.config import FIELDS, check_file_model, load_config, merge
+
+    values = {k: v for k, v in ctx.params.items() if k in FIELDS}
+    if config_path is None:
+        return merge({}, values)
+    file_options = load_config(config_path)
+    explicit = {k: v for k, v in values.items() if _explicit(ctx, k)}
+    if "model" not in explicit and not ctx.params.get("trust_code"):
+        check_file_model(file_options.get("model"), config_path)
+    return merge(file_options, explicit)
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    """Whether a flag's value came from the user rather than its default. Compared by name:
+    Typer >= 0.22 carries its own copy of click, whose ParameterSource is another enum."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 Command = TypeVar("Command", bound=Callable[..., Any])

@@ -12,6 +12,7 @@ import typer
 from edgeprune import console
 from edgeprune.cli.options import (
     CriterionOpt,
+    D,
     ModelArg,
     ReestimateOpt,
     ResidualStreamOpt,
@@ -30,11 +31,12 @@ from edgeprune.cli.options import (
 
 @with_options(model_data_options, output_options)
 def prune(
-    model: ModelArg = "demo",
-    target: TargetOpt = "rpi4",
-    criterion: CriterionOpt = "lrp",
+    model: ModelArg = D.model,
+    target: TargetOpt = D.target,
+    criterion: CriterionOpt = D.criterion,
     score_samples: Annotated[int, typer.Option(
-        help="class-balanced training images the criterion (and --reestimate) sees")] = 500,
+        help="class-balanced training images the criterion (and --reestimate) sees")
+    ] = D.score_samples,
     score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
     flops_reduction: Annotated[float | None, typer.Option(
@@ -56,12 +58,12 @@ def prune(
     uniform: Annotated[bool, typer.Option(
         "--uniform/--global", help="the same ratio in every layer, or one global ranking")
     ] = False,
-    schedule: ScheduleOpt = "one-shot",
-    step: StepOpt = 0.05,
+    schedule: ScheduleOpt = D.schedule,
+    step: StepOpt = D.step,
     step_epochs: StepEpochsOpt = 0.0,
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = 0.01,
+    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = D.lr,
     reestimate: ReestimateOpt = False,
-    residual_stream: ResidualStreamOpt = "prune",
+    residual_stream: ResidualStreamOpt = D.residual_stream,
     measure_on: Annotated[str | None, typer.Option(
         help="local | ssh://user@host[:port]: export and time the dense and the pruned model "
         "there; with --latency-ms the dense time calibrates the prediction (so measure on "

@@ -6,13 +6,14 @@ modules, tensors and batches to the stages (`criteria`, `pruning`, `training`, `
 
 | command | job |
 |---|---|
-| compress | `compress.compress` (options: `config.CompressConfig`; run folder: `runs.RunFolder`;
-  candidate files and the choice: `candidates`; RUN/ship/: `ship`) |
+| compress | `compress.compress` (stages: `compress_model`, `compress_files`; decisions:
+  `policy`; options: `config.CompressConfig`; run folder: `runs.RunFolder`; candidate files
+  and the choice: `candidates`; RUN/ship/: `ship`) |
 | sweep | `sweep.run_sweep` |
 | train | `train.train_model` |
 | prune | `prune.prune_file` |
 | export | `export.export_files` |
-| bench | `bench.bench_models` |
+| bench | `bench.bench_command` |
 | deploy | `deploy.deploy_run` |
 | targets calibrate | `calibrate.calibrate_target` |
 | report | `report.report_run` |

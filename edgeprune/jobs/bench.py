@@ -1,4 +1,4 @@
-"""`bench_models`: what `edgeprune bench` does: benchmark several model files the same way and
+"""`bench_command`: what `edgeprune bench` does: benchmark several model files the same way and
 compare them.
 
 Every file is measured with the same warm-up, run count, minimum duration and threads, on this
@@ -9,9 +9,9 @@ into the measurement. Ratios are relative to the first file (e.g. dense vs prune
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,16 @@ from edgeprune.devices.bench import BenchOptions, BenchResult, get_backend
 from edgeprune.devices.estimate import Estimate, ModelCost, estimate_model
 from edgeprune.devices.results import Ratio
 from edgeprune.devices.ssh import SshOptions
-from edgeprune.devices.targets import TargetProfile, load_target
+from edgeprune.devices.targets import (
+    DEFAULT_TARGET,
+    TargetProfile,
+    inference_threads,
+    load_target,
+)
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_text
 from edgeprune.jobs.candidates import on_each_device
+from edgeprune.jobs.checks import check_output_file
 from edgeprune.manifest import MANIFEST, read_manifest
 
 SCHEMA = "edgeprune.bench/1"
@@ -68,16 +74,64 @@ class BenchRow:
         }
 
 
-def default_threads(target: TargetProfile, device: str | None) -> int:
-    """The target's thread count; on the host no more than its cores."""
-    if device and device != "local":
-        return target.threads
-    return max(1, min(target.threads, os.cpu_count() or 1))
+def default_threads(target: TargetProfile, device: str | None,
+                    requested: int | None = None) -> int:
+    """The threads files run with on `device` (see `inference_threads`)."""
+    return inference_threads(target, requested,
+                             "device" if device and device != "local" else "host")
 
 
-def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi4",
+@dataclass
+class BenchOutcome:
+    """What `edgeprune bench` did: the rows of every device, the options they were measured
+    with, and the files it wrote (--json) or appended to (--run)."""
+
+    target: str
+    options: BenchOptions
+    fleet: dict[str, list[BenchRow]]
+    json_path: Path | None = None
+    appended: dict[str, Path] | None = None
+
+
+def bench_command(models: Sequence[Path | str], target: str = DEFAULT_TARGET,
+                  devices: Sequence[str] | None = None, threads: int | None = None,
+                  options: BenchOptions | None = None, ssh: SshOptions | None = None,
+                  json_out: Path | None = None, run: Path | None = None) -> BenchOutcome:
+    """What `edgeprune bench` does: resolve the target once, check the outputs before any
+    measurement, measure every file on every device (this machine without one), then write
+    the raw results to `json_out` and append them to the run folder `run`. A failing device
+    leaves both untouched."""
+    profile = load_target(target)
+    if run is not None:
+        check_run_dir(run)
+    if json_out is not None:  # replaced if it exists, like any results file
+        check_output_file(json_out, overwrite=True, flag="--json")
+    devices = list(devices or ["local"])
+    options = dataclasses.replace(options or BenchOptions(),
+                                  threads=default_threads(profile, devices[0], threads))
+    fleet = bench_fleet(models, profile, devices, options, ssh)
+    outcome = BenchOutcome(profile.name, options, fleet)
+    if json_out is not None:
+        records = [bench_record(rows, profile.name, d, options) for d, rows in fleet.items()]
+        write_json(json_out, records[0] if len(records) == 1 else fleet_record(records))
+        outcome.json_path = json_out
+    if run is not None:
+        outcome.appended = {d: append_to_run(run, bench_record(rows, profile.name, d, options,
+                                                               run))
+                            for d, rows in fleet.items()}
+    return outcome
+
+
+def bench_models(paths: Sequence[Path | str], target: str = DEFAULT_TARGET,
                  device: str | None = None, options: BenchOptions | None = None,
                  ssh: SshOptions | None = None) -> list[BenchRow]:
+    """`bench_rows` for the target named `target` (a shipped name or a profile file)."""
+    return bench_rows(paths, load_target(target), device, options, ssh)
+
+
+def bench_rows(paths: Sequence[Path | str], profile: TargetProfile,
+               device: str | None = None, options: BenchOptions | None = None,
+               ssh: SshOptions | None = None) -> list[BenchRow]:
     """Benchmark every file in `paths` with the same options, interleaved in one runner
     process (rounds of every file in turn), so load from other work hits each file alike;
     one row per file, in order.
@@ -88,7 +142,6 @@ def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi
     paths = [Path(p) for p in paths]
     if not paths:
         raise EdgepruneError("give at least one .onnx or .tflite model file")
-    profile = target if isinstance(target, TargetProfile) else load_target(target)
     options = options or BenchOptions(threads=default_threads(profile, device))
     backend = get_backend(device or "local", ssh)
     for p in paths:  # fail before connecting or measuring anything
@@ -109,14 +162,13 @@ def bench_models(paths: Sequence[Path | str], target: str | TargetProfile = "rpi
     return rows
 
 
-def bench_fleet(paths: Sequence[Path | str], target: str | TargetProfile, devices: Sequence[str],
+def bench_fleet(paths: Sequence[Path | str], profile: TargetProfile, devices: Sequence[str],
                 options: BenchOptions, ssh: SshOptions | None = None
                 ) -> dict[str, list[BenchRow]]:
-    """`bench_models` on every device at once (one thread and one connection each), rows per
+    """`bench_rows` on every device at once (one thread and one connection each), rows per
     device in the order given; a failure on any device raises, naming it, and returns
     nothing."""
-    profile = target if isinstance(target, TargetProfile) else load_target(target)
-    return on_each_device(list(dict.fromkeys(devices)), lambda device: bench_models(
+    return on_each_device(list(dict.fromkeys(devices)), lambda device: bench_rows(
         paths, profile, device, options, ssh))
 
 

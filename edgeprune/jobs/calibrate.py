@@ -24,10 +24,12 @@ import torch
 from edgeprune.console import info
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.estimate import count_model
+from edgeprune.devices.formats import RUNTIMES, format_for_runtime
 from edgeprune.devices.results import BenchOptions, BenchResult
-from edgeprune.devices.ssh import RUNTIMES, DeviceFacts, SshBackend, SshOptions
+from edgeprune.devices.ssh import DeviceFacts, SshBackend, SshOptions
 from edgeprune.devices.targets import (
     ARCHES,
+    DEFAULT_TARGET,
     PROFILE_SUFFIXES,
     Calibration,
     TargetProfile,
@@ -128,7 +130,7 @@ def _profile(name: str, device: str, base: TargetProfile, facts: DeviceFacts, fm
     }
 
 
-def calibrate_target(device: str, name: str, out: Path | str, base: str = "rpi4",
+def calibrate_target(device: str, name: str, out: Path | str, base: str = DEFAULT_TARGET,
                      runtime: str | None = None, model: str = "torchvision:mobilenet_v2",
                      input_size: str = "3x224x224", runs: int = 50, min_seconds: float = 1.0,
                      ssh: SshOptions | None = None, overwrite: bool = False,
@@ -139,16 +141,16 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = "rpi4"
     _check_out(out, name, overwrite)
     base_profile = load_target(base)
     runtime = runtime or base_profile.runtime
-    if runtime not in ("tflite", "onnxruntime"):
-        raise EdgepruneError(f"--runtime {runtime!r}: choose tflite or onnxruntime")
-    fmt = "onnx" if runtime == "onnxruntime" else "tflite"
+    if runtime not in RUNTIMES:
+        raise EdgepruneError(f"--runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+    fmt = format_for_runtime(runtime).name
     backend = get_backend(device, ssh)
     if not isinstance(backend, SshBackend):
         raise EdgepruneError(f"--device {device!r}: calibration measures a device; write "
                              "ssh://user@host[:port]")
-    modules, pip_line = RUNTIMES["." + fmt]
-    facts = backend.facts(list(modules))
-    backend.check_versions(facts, modules, pip_line)
+    runtime_format = format_for_runtime(runtime)
+    facts = backend.facts(list(runtime_format.modules))
+    backend.check_versions(facts, runtime_format.modules, runtime_format.install)
     if facts.machine not in ARCHES:
         raise EdgepruneError(f"{device} is a {facts.machine} machine; profiles describe "
                              f"{', '.join(ARCHES)}")

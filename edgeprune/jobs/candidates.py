@@ -73,13 +73,19 @@ class Choice:
     reason: str
 
 
+def drop_points(reference_accuracy: float, accuracy: float) -> float:
+    """Top-1 points `accuracy` lies below `reference_accuracy` (both shares in [0, 1])."""
+    return (reference_accuracy - accuracy) * 100
+
+
 def judge(candidates: list[Candidate], reference_accuracy: float, max_drop: float,
           budget_ms: float | None, budget_on_device: bool) -> None:
     """Fill in each candidate's accuracy drop (points below `reference_accuracy`), whether it
     is within `max_drop`, and, with a budget, whether it meets it: measured p50 on a device,
     else the roofline estimate."""
     for c in candidates:
-        c.drop_points = None if c.accuracy is None else (reference_accuracy - c.accuracy) * 100
+        c.drop_points = None if c.accuracy is None else drop_points(reference_accuracy,
+                                                                    c.accuracy)
         c.within_tolerance = c.drop_points is not None and c.drop_points <= max_drop + 1e-9
         if budget_ms is not None:
             latency = c.p50 if budget_on_device else c.estimate_ms
@@ -111,12 +117,6 @@ def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None
                    f"; none within the tolerance meets the {budget_ms:g} ms budget "
                    f"({budget_label}): this is the fastest")
     return Choice(shipped, reason)
-
-
-def candidate_precisions(requested: str, preferred: tuple[str, ...]) -> list[str]:
-    """The precisions compress tries: the target's preference list for 'auto', else the one
-    asked for."""
-    return list(preferred) if requested == "auto" else [requested]
 
 
 def speedup(reference: BenchResult, result: BenchResult) -> dict[str, float]:
@@ -153,7 +153,7 @@ def on_each_device(devices: Sequence[str], work: Callable[[str], T]) -> dict[str
     return {device: future.result() for device, future in futures.items()}
 
 
-def measure(paths: list[Path], device: str | None, options: BenchOptions,
+def measure_files(paths: list[Path], device: str | None, options: BenchOptions,
             ssh: SshOptions | None = None) -> dict[Path, BenchResult]:
     """Measure `paths` interleaved in one runner process on `device` (None: this machine)."""
     backend = get_backend(device or "local", ssh)

@@ -19,18 +19,20 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgeprune.devices.formats import EXPORTABLE
+from edgeprune.devices.results import BenchOptions
+from edgeprune.devices.ssh import SshOptions
+from edgeprune.devices.targets import DEFAULT_TARGET
 from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.checks import check_options, check_output_folder
 from edgeprune.tomlfile import dumps, read_toml
 
-if TYPE_CHECKING:
-    import typer
-
 MAX_FLOPS_REDUCTION = 0.95
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
-FORMAT_CHOICES = ("onnx", "tflite")
+FORMAT_CHOICES = tuple(sorted(EXPORTABLE))
+"""What --formats accepts: the exportable formats of the format table."""
 FINETUNE_CHOICES = ("distill", "ce")
 SCHEDULE_CHOICES = ("one-shot", "iterative", "layer-by-layer")
 
@@ -48,7 +50,7 @@ class CompressConfig:
     std: str | None = None
     skip_bad_images: bool = False
     workers: int | None = None
-    target: str = "rpi4"
+    target: str = DEFAULT_TARGET
     criterion: str = "lrp"
     flops_reduction: float = 0.5
     global_ranking: bool = False
@@ -75,11 +77,11 @@ class CompressConfig:
     device: tuple[str, ...] | None = None
     """The devices measured on (ssh://...; several: a fleet, the first one decides)."""
     ssh_option: tuple[str, ...] | None = None
-    remote_python: str = "python3"
+    remote_python: str = SshOptions.remote_python
     threads: int | None = None
-    bench_runs: int = 50
-    bench_seconds: float = 1.0
-    bench_rounds: int = 10
+    bench_runs: int = BenchOptions.runs
+    bench_seconds: float = BenchOptions.min_seconds
+    bench_rounds: int = BenchOptions.rounds
     eval_limit: int | None = None
     seed: int = 0
     name: str | None = None
@@ -104,6 +106,10 @@ class CompressConfig:
     def primary_device(self) -> str | None:
         """The device whose measurements drive the choices (the first --device), or None."""
         return self.device[0] if self.device else None
+
+    def ssh_options(self) -> SshOptions:
+        """How to reach the devices: --ssh-option and --remote-python."""
+        return SshOptions.of(self.ssh_option, self.remote_python)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.runs_dir) / self.run_name()
@@ -260,20 +266,6 @@ def dump_config(cfg: CompressConfig) -> str:
     return dumps({name: getattr(cfg, name) for name in FIELDS}, HEADER)
 
 
-def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> CompressConfig:
-    """The CompressConfig of a CLI command whose parameters are named like its fields: the
-    --config file (if given) with only the flags given explicitly on top; without a file,
-    every flag's value (defaults included)."""
-    values = {k: v for k, v in ctx.params.items() if k in FIELDS}
-    if config_path is None:
-        return merge({}, values)
-    file_options = load_config(config_path)
-    explicit = {k: v for k, v in values.items() if _explicit(ctx, k)}
-    if "model" not in explicit and not ctx.params.get("trust_code"):
-        check_file_model(file_options.get("model"), config_path)
-    return merge(file_options, explicit)
-
-
 def check_file_model(model: str | None, source: Path | str) -> None:
     """EdgepruneError when a config file's `model` is an import string: a file may name only
     what loads as data (see `edgeprune.models.load_model`), unless the command line says
@@ -284,10 +276,3 @@ def check_file_model(model: str | None, source: Path | str) -> None:
         raise EdgepruneError(f"{source}: model = {model!r} imports and runs code, which a "
                              "config file cannot do on its own; pass --trust-code if you "
                              "trust the file, or give --model on the command line")
-
-
-def _explicit(ctx: typer.Context, name: str) -> bool:
-    """Whether a flag's value came from the user rather than its default. Compared by name:
-    Typer >= 0.22 carries its own copy of click, whose ParameterSource is another enum."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")

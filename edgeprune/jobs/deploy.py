@@ -11,7 +11,7 @@ from edgeprune.devices.bench import get_backend
 from edgeprune.devices.deploy import Deployment, deploy_folder
 from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.ssh import SshBackend, SshOptions
-from edgeprune.devices.targets import load_target
+from edgeprune.devices.targets import DEFAULT_TARGET, inference_threads, load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.ship import CHECKSUMS, SHIP
 
@@ -45,7 +45,7 @@ def deploy_run(run_dir: Path | str, device: str, remote_dir: str | None = None,
     if not isinstance(backend, SshBackend):
         raise EdgepruneError(f"--device {device!r}: deploy copies to a device; write "
                              "ssh://user@host[:port]")
-    threads = threads or load_target(config.get("target", "rpi4")).threads
+    threads = inference_threads(load_target(config.get("target", DEFAULT_TARGET)), threads)
     options = BenchOptions(threads=threads, runs=runs, min_seconds=min_seconds)
     return deploy_folder(backend, model.parent, remote_dir or f"~/edgeprune/{run_dir.name}",
                          model, options)

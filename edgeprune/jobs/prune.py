@@ -16,85 +16,19 @@ from torch import nn
 from edgeprune.console import info
 from edgeprune.criteria import get_criterion
 from edgeprune.devices.bench import BenchOptions, get_backend
-from edgeprune.devices.targets import load_target
-from edgeprune.errors import EdgepruneError
+from edgeprune.devices.targets import inference_threads, load_target
 from edgeprune.export import export_model
 from edgeprune.jobs.checks import check_options, check_output_file
-from edgeprune.jobs.config import SCHEDULE_CHOICES
+from edgeprune.jobs.config import CompressConfig
 from edgeprune.jobs.loading import load_model_and_data, reference_batches, score_batch_size
+from edgeprune.jobs.policy import choose_goal, choose_schedule, fine_tune_between
 from edgeprune.models import save_checkpoint
 from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES, PruneResult, prune
-from edgeprune.pruning.goals import (
-    FlopsReduction,
-    Goal,
-    LatencyBudget,
-    LayerRatios,
-    ParamsReduction,
-    parse_layer_ratios,
-)
-from edgeprune.pruning.schedule import (
-    Iterative,
-    LayerByLayer,
-    OneShot,
-    Schedule,
-    StepCallback,
-    StepInfo,
-)
 from edgeprune.spec import InputSpec
-from edgeprune.training import TrainConfig, train
 
 
-def choose_goal(flops_reduction: float | None = None, params_reduction: float | None = None,
-                latency_ms: float | None = None, layer_ratios: str | None = None,
-                target: str = "rpi4", threads: int | None = None,
-                measured_dense_ms: float | None = None) -> Goal:
-    """The one goal the options name (default: 50% of the FLOPs); naming two is an error."""
-    given = [n for n, v in (("--flops-reduction", flops_reduction),
-                            ("--params-reduction", params_reduction),
-                            ("--latency-ms", latency_ms), ("--layer-ratios", layer_ratios))
-             if v is not None]
-    if len(given) > 1:
-        raise EdgepruneError(f"choose one goal, not {' and '.join(given)}")
-    if params_reduction is not None:
-        return ParamsReduction(params_reduction)
-    if latency_ms is not None:
-        return LatencyBudget(latency_ms, target, threads, measured_dense_ms)
-    if layer_ratios is not None:
-        return LayerRatios(parse_layer_ratios(layer_ratios))
-    return FlopsReduction(0.5 if flops_reduction is None else flops_reduction)
-
-
-def choose_schedule(schedule: str, step: float = 0.05,
-                    between: StepCallback | None = None) -> Schedule:
-    """The schedule named by --schedule (one-shot, iterative, layer-by-layer)."""
-    if schedule == "one-shot":
-        return OneShot()
-    if schedule == "iterative":
-        return Iterative(step=step, between=between)
-    if schedule == "layer-by-layer":
-        return LayerByLayer(between=between)
-    raise EdgepruneError(f"unknown schedule {schedule!r}; choose one of "
-                         f"{', '.join(SCHEDULE_CHOICES)}")
-
-
-def fine_tune_between(dense: nn.Module, data: Any, epochs: float, lr: float = 0.01,
-                      seed: int = 0, distill: bool = True) -> StepCallback | None:
-    """A between-steps callback for the iterative and layer-by-layer schedules: `epochs` of
-    distillation from the dense model on `data`, or of cross-entropy without `distill` (None
-    when `epochs` is 0)."""
-    if epochs <= 0:
-        return None
-    def between(model: nn.Module, step: StepInfo) -> None:
-        train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed + step.index),
-              teacher=dense if distill else None,
-              description=f"fine-tuning after step {step.index}")
-        model.cpu()
-
-    return between
-
-
-def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: torch.Tensor,
-            device: str = "local") -> float:
+def export_and_measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int,
+                       samples: torch.Tensor, device: str = "local") -> float:
     """p50 latency (ms) of `model` exported to `fmt` and run on `device` (`local`: this
     machine; `ssh://user@host`: the device, through the device harness)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,18 +38,24 @@ def measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int, samples: 
                                          BenchOptions(threads=threads))[0].p50_ms
 
 
-def prune_file(model: str = "demo", weights: Path | None = None,
-               criterion: str = "lrp", score_samples: int = 500, score_batch: int | None = None,
-               samples_per_class: int | None = None, target: str = "rpi4",
+DEFAULTS = CompressConfig()
+
+
+def prune_file(model: str = DEFAULTS.model, weights: Path | None = None,
+               criterion: str = DEFAULTS.criterion, score_samples: int = DEFAULTS.score_samples,
+               score_batch: int | None = None, samples_per_class: int | None = None,
+               target: str = DEFAULTS.target,
                flops_reduction: float | None = None, params_reduction: float | None = None,
                latency_ms: float | None = None, layer_ratios: str | None = None,
                threads: int | None = None, round_to: int | None = None,
                min_channels: int | None = None, uniform: bool = False,
-               schedule: str = "one-shot", step: float = 0.05, step_epochs: float = 0.0,
-               lr: float = 0.01, reestimate: bool = False, residual_stream: str = "prune",
+               schedule: str = DEFAULTS.schedule, step: float = DEFAULTS.step,
+               step_epochs: float = DEFAULTS.step_epochs, lr: float = DEFAULTS.lr,
+               reestimate: bool = DEFAULTS.reestimate,
+               residual_stream: str = DEFAULTS.residual_stream,
                measure_on: str | None = None,
                out: Path = Path("pruned.pt"), overwrite: bool = False,
-               seed: int = 0, **data: Any) -> dict[str, Any]:
+               seed: int = DEFAULTS.seed, **data: Any) -> dict[str, Any]:
     """Prune a model file for a target and save it; returns the summary the CLI prints.
     `data`: the data options of `jobs.loading.load_data` (dataset, data_dir, ...)."""
     out = Path(out)
@@ -136,17 +76,18 @@ def prune_file(model: str = "demo", weights: Path | None = None,
     md = load_model_and_data(model, weights, seed=seed, **data)
     loaded, spec = md.loaded, md.spec
     x = torch.zeros(1, *spec.shape)
-    threads = threads or profile.threads
+    threads = inference_threads(profile, threads)
     fmt = profile.formats[0]
     samples = reference_batches(md.data, data.get("data_dir"), max(score_samples, 64),
                                 samples_per_class, seed,
                                 score_batch_size(loaded.model, spec, score_batch))
     measured_dense = None
     if measure_on:
-        measured_dense = measure(loaded.model, spec, fmt, threads, samples[0][0], measure_on)
+        measured_dense = export_and_measure(loaded.model, spec, fmt, threads, samples[0][0],
+                                            measure_on)
         info(f"measure: dense {fmt} p50 {measured_dense:.3f} ms on {measure_on}, "
              f"{threads} threads")
-    goal = choose_goal(flops_reduction, params_reduction, latency_ms, layer_ratios, target,
+    goal = choose_goal(flops_reduction, params_reduction, latency_ms, layer_ratios, profile,
                        threads, measured_dense)
     between = fine_tune_between(loaded.model, md.data, step_epochs, lr, seed)
     plan = choose_schedule(schedule, step, between)
@@ -157,7 +98,7 @@ def prune_file(model: str = "demo", weights: Path | None = None,
                    schedule=plan, reestimate=reestimate, residual_stream=residual_stream)
     wall = time.perf_counter() - t0
     if measure_on:
-        pruned_ms = measure(result.model, spec, fmt, threads, samples[0][0], measure_on)
+        pruned_ms = export_and_measure(result.model, spec, fmt, threads, samples[0][0], measure_on)
         info(f"measure: pruned {fmt} p50 {pruned_ms:.3f} ms on {measure_on}, {threads} threads")
         if result.latency is not None:
             result.latency.measured_after_ms = pruned_ms

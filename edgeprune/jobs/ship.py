@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.console import info
+from edgeprune.devices.formats import format_named
 from edgeprune.devices.samples import default_samples_path
 from edgeprune.devices.targets import TargetProfile
 from edgeprune.export.ort import export_ort
@@ -29,7 +30,6 @@ from edgeprune.export.validate import EvalSet
 from edgeprune.files import atomic_write_bytes, atomic_write_text, sha256_file
 
 SHIP = "ship"
-RUNTIME_PACKAGES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "ort": "onnxruntime"}
 TOOLS = (("edgeprune.devices", "runner.py"), ("edgeprune.devices", "predict.py"),
          ("edgeprune.data", "preprocess.py"))
 CHECKSUMS = "SHA256SUMS"
@@ -38,7 +38,7 @@ CHECKSUMS = "SHA256SUMS"
 def requirements(fmt: str) -> str:
     """requirements.txt: the runtime at the version installed here (the one the file was
     verified with), numpy and Pillow."""
-    package = RUNTIME_PACKAGES[fmt]
+    package = format_named(fmt).package
     try:
         runtime = f"{package}=={importlib.metadata.version(package)}"
     except importlib.metadata.PackageNotFoundError:
@@ -80,7 +80,7 @@ def write_ship(run_work: Path, run_dir: Path, target: TargetProfile, model_ref: 
     model = run_work / shipped["path"]
     files = [model, model.with_name(model.name + ".json"), default_samples_path(model)]
     fmt = shipped["format"]
-    if fmt == "onnx":  # ONNX Runtime Mobile loads the ORT format
+    if "ort" in format_named(fmt).twins:  # ONNX Runtime Mobile loads the ORT format
         ort, metrics = export_ort(model, verify_x, eval_set)
         files += [ort, ort.with_name(ort.name + ".json")]
         info(f"ort: {ort.name} {ort.stat().st_size / 1e6:.2f} MB, max|diff| vs .onnx "

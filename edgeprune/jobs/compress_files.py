@@ -1,0 +1,238 @@
+"""The file half of `compress`: export a model into the candidate files (the target's format
+at every precision tried, the other formats at fp32), recover int8 by quantization-aware
+training when post-training quantization alone falls short, measure the candidates
+interleaved (on the devices when given), and write RUN/ship/ for the one chosen."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeprune.console import info
+from edgeprune.devices.estimate import estimate_model
+from edgeprune.devices.formats import format_named
+from edgeprune.devices.results import BenchOptions
+from edgeprune.devices.samples import default_samples_path, write_eval_samples
+from edgeprune.devices.targets import inference_threads
+from edgeprune.export import EvalSet, ExportOptions, ExportResult, export_model
+from edgeprune.jobs.candidates import (
+    Candidate,
+    Choice,
+    drop_points,
+    latency_fields,
+    measure_files,
+    on_each_device,
+    speedup,
+)
+from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
+from edgeprune.jobs.policy import qat_epochs, qat_wanted, teacher
+from edgeprune.jobs.runs import RunFolder
+from edgeprune.jobs.ship import write_ship
+from edgeprune.pruning import FlopsReduction, Goal, LatencyBudget
+from edgeprune.training import TrainConfig
+from edgeprune.training.qat import train_qat
+
+
+def goal_of(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Goal:
+    """--flops-reduction, or with --latency-ms the budget for the first precision tried,
+    calibrated by measuring the dense file of that precision on the device when one is
+    given (else the target's roofline alone)."""
+    cfg, target = inputs.cfg, inputs.target
+    if cfg.latency_ms is None:
+        return FlopsReduction(cfg.flops_reduction)
+    precision = inputs.precisions[0]
+    measured = None
+    if cfg.device:
+        dense = next(r for r in dense_files
+                     if r.format == target.ship_format and r.precision == precision)
+        result = measure_files([dense.path], cfg.primary_device, bench_options(inputs, True),
+                         cfg.ssh_options())[dense.path]
+        measured = result.p50_ms
+        info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.primary_device}; "
+             "the roofline is scaled to it")
+    run.stage_done("budget", ms=cfg.latency_ms, precision=precision,
+                   measured_dense_ms=measured, on=cfg.primary_device or "estimate")
+    return LatencyBudget(cfg.latency_ms, target, inputs.threads, measured, precision)
+
+
+def export_files(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Module,
+            samples: Samples, summary: dict[str, Any] | None) -> list[ExportResult]:
+    """Export one model: in the target's format at fp32 and every precision tried, each file's
+    top-1 measured on the test images (fp32 must reproduce PyTorch; the others are judged
+    later, against the tolerance); in every other requested format at fp32. The runner's
+    --eval batch is written once per model."""
+    cfg, spec, ship = inputs.cfg, inputs.spec, inputs.target.ship_format
+    verify_x = samples.x[:VERIFY_SAMPLES]
+    precisions = list(dict.fromkeys(["fp32", *inputs.precisions]))
+    results = export_model(model, spec, run.path("models"), verify_x, formats=[ship], stem=tag,
+                           verify={"fp32"} if cfg.verify else False, precisions=precisions,
+                           calibration=samples.calibration,
+                           eval_samples=(samples.x, samples.y), summary=summary)
+    others = [f for f in cfg.formats if f != ship]
+    if others:
+        results += export_model(model, spec, run.path("models"), verify_x, formats=others,
+                                stem=tag, verify=cfg.verify, summary=summary)
+    for r in results:
+        run.record(r.path, r.format, "export", model=tag, precision=r.precision)
+        run.record(r.sidecar, "sidecar", "export", model=tag)
+    eval_path = default_samples_path(results[0].path)
+    n = samples.shipped
+    write_eval_samples(eval_path, samples.x[:n].numpy(), samples.y[:n].numpy())
+    run.record(eval_path, "eval-samples", "export", model=tag, count=n)
+    return results
+
+
+def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
+                   dense: torch.nn.Module, dense_files: list[ExportResult],
+                   pruned_files: list[ExportResult], samples: Samples,
+                   summary: dict[str, Any]) -> list[ExportResult]:
+    """When the pruned int8 file (post-training quantization) is outside the tolerance while
+    the pruned fp32 file is within it, recover int8 by quantization-aware training and export
+    the result (TFLite targets, --qat-epochs > 0); returns the new file, if any."""
+    cfg, ship = inputs.cfg, inputs.target.ship_format
+    mine = {r.precision: r for r in pruned_files if r.format == ship}
+    reference = next(r.accuracy for r in dense_files
+                     if r.format == ship and r.precision == "fp32")
+    epochs = qat_epochs(cfg, len(inputs.data.train))
+    if epochs <= 0 or not format_named(ship).qat or "int8" not in mine or reference is None:
+        return []
+    drop = {p: drop_points(reference, mine[p].accuracy or 0.0) for p in ("fp32", "int8")}
+    if not qat_wanted(drop, cfg.max_drop):
+        return []
+    info(f"qat: pruned int8 loses {drop['int8']:.2f} points (fp32: {drop['fp32']:.2f}), more "
+         f"than --max-drop {cfg.max_drop:g}: quantization-aware training for {epochs:g} "
+         "epochs")
+    t0 = time.perf_counter()
+    tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
+                       seed=cfg.seed)
+    qat = train_qat(model, inputs.data, tcfg, teacher=teacher(cfg, dense),
+                    eval_limit=cfg.eval_limit)
+    results = export_model(qat.model, inputs.spec, run.path("models"),
+                           samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
+                           verify=False, precisions=["int8-qat"],
+                           eval_samples=(samples.x, samples.y), summary=summary,
+                           options=ExportOptions(quantizer=qat.quantizer))
+    for r in results:
+        run.record(r.path, r.format, "qat", model="pruned", precision=r.precision)
+        run.record(r.sidecar, "sidecar", "qat", model="pruned")
+    run.stage_done("qat", wall_s=time.perf_counter() - t0, epochs=epochs,
+                   images_per_s=qat.images_per_s, ptq_drop=drop["int8"],
+                   qat_accuracy=results[0].accuracy)
+    return results
+
+
+def candidates_of(inputs: Inputs, dense: list[ExportResult],
+                pruned: list[ExportResult]) -> list[Candidate]:
+    """Every file in the target's format, dense fp32 (the reference) first."""
+    ship = inputs.target.ship_format
+    out = []
+    for tag, results in (("dense", dense), ("pruned", pruned)):
+        for r in results:
+            if r.format == ship:
+                qat = r.precision == "int8-qat"
+                out.append(Candidate(
+                    tag, "int8" if qat else r.precision, r.format, str(r.path), r.size_bytes,
+                    r.accuracy, quantization="qat" if qat else
+                    "none" if r.precision == "fp32" else "ptq"))
+    return out
+
+
+def bench_options(inputs: Inputs, on_device: bool) -> BenchOptions:
+    cfg = inputs.cfg
+    threads = inference_threads(inputs.target, inputs.threads, "device" if on_device else "host")
+    return BenchOptions(threads=threads, runs=cfg.bench_runs, min_seconds=cfg.bench_seconds,
+                        rounds=cfg.bench_rounds)
+
+
+def bench_candidates(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
+           dense: list[ExportResult], pruned: list[ExportResult]) -> None:
+    """Measure the candidates interleaved in one runner process (on every device at once when
+    devices are given; the first one's figures are the candidates' own) and the other
+    formats' fp32 files on this machine; add the target's estimates."""
+    cfg, target = inputs.cfg, inputs.target
+    paths = [Path(c.path) for c in candidates]
+    others = [r.path for r in dense + pruned if r.format != target.ship_format]
+    if cfg.device:
+        fleet = on_each_device(list(dict.fromkeys(cfg.device)), lambda device: measure_files(
+            paths, device, bench_options(inputs, True), cfg.ssh_options()))
+        results = dict(fleet[cfg.primary_device])
+        if others:
+            results |= measure_files(others, None, bench_options(inputs, False))
+        if len(fleet) > 1:
+            _record_fleet(candidates, paths, fleet)
+    else:
+        results = measure_files(paths + others, None, bench_options(inputs, False))
+    reference = results[paths[0]]
+    for c, path in zip(candidates, paths, strict=True):
+        measured = latency_fields(results[path])
+        c.latency_ms, c.latency_label = measured["latency_ms"], measured["latency_label"]
+        c.speedup = speedup(reference, results[path])
+        c.size_ratio = candidates[0].size_bytes / c.size_bytes
+        c.estimate_ms = estimate_model(path, target, inputs.threads)[1].latency_ms
+        c.path = path.relative_to(run.work).as_posix()
+    for r in dense + pruned:
+        r.details["bench"] = latency_fields(results[r.path])
+    for c in candidates:
+        info(f"bench: {c.name} p50 {c.p50:.3f} ms ({c.latency_label}), "
+             f"{c.speedup['value']:.2f}x dense fp32 ({c.speedup['low']:.2f}-"
+             f"{c.speedup['high']:.2f} over {c.speedup['rounds']} rounds), estimate "
+             f"{c.estimate_ms:.3f} ms on {target.name}")
+    run.stage_done("measurements", files={c.path: c.latency_ms for c in candidates})
+
+
+def _record_fleet(candidates: list[Candidate], paths: list[Path],
+                  fleet: dict[str, dict[Path, Any]]) -> None:
+    """Every device's p50 and speedup over dense fp32 on each candidate, and one line each."""
+    for device, results in fleet.items():
+        for c, path in zip(candidates, paths, strict=True):
+            c.fleet = (c.fleet or {}) | {device: {
+                **latency_fields(results[path]), "speedup": speedup(results[paths[0]],
+                                                                    results[path])}}
+        info(f"bench on {device}: " + ", ".join(
+            f"{c.name} {results[p].p50_ms:.3f} ms" for c, p in zip(candidates, paths,
+                                                                   strict=True)))
+
+
+def ship_choice(inputs: Inputs, run: RunFolder, choice: Choice, samples: Samples) -> None:
+    """Write RUN/ship/ for the shipped candidate and record its files."""
+    t0 = time.perf_counter()
+    shipped = choice.shipped.to_dict()
+    eval_set = EvalSet(samples.x.numpy(), samples.y.numpy(), choice.shipped.accuracy or 0.0)
+    files = write_ship(run.work, run.final, inputs.target, inputs.cfg.model, shipped,
+                       choice.reason, inputs.threads, samples.x[:VERIFY_SAMPLES].numpy(),
+                       eval_set)
+    for path in files:
+        run.record(path, "ship", "ship")
+    for path in run.work.joinpath("models").glob("*.ort*"):
+        run.record(path, "ort" if path.suffix == ".ort" else "sidecar", "ship")
+    run.stage_done("ship", wall_s=time.perf_counter() - t0, file=shipped["path"],
+                   files=len(files))
+    info(f"ship: {run.final / 'ship'} ({len(files)} files: the model, runner.py, predict.py, "
+         "requirements.txt, SHA256SUMS, README.md)")
+
+
+def by_format(results: list[ExportResult]) -> dict[str, dict[str, Any]]:
+    """The fp32 file of each format with its measurement (the dense/pruned comparison)."""
+    out = {}
+    for r in results:
+        if r.precision == "fp32":
+            run_root = r.path.parent.parent
+            out[r.format] = {"path": r.path.relative_to(run_root).as_posix(),
+                             "precision": r.precision, "size_bytes": r.size_bytes,
+                             "max_abs_diff": r.max_abs_diff, "top1_agreement": r.top1_agreement,
+                             "accuracy": r.accuracy, "export_s": r.wall_s,
+                             **r.details.get("bench", {})}
+    return out
+
+
+def say_choice(choice: Choice, candidates: list[Candidate]) -> None:
+    for c in candidates:
+        mark = "shipped" if c is choice.shipped else (
+            "within tolerance" if c.within_tolerance else "outside tolerance")
+        info(f"candidate: {c.name}: top-1 {c.accuracy * 100:.2f}% "
+             f"({0.0 - c.drop_points:+.2f} points), {c.size_bytes / 1e6:.2f} MB, p50 {c.p50:.3f} ms"
+             f" ({c.latency_label}), {mark}")
+    info(f"ship: {choice.shipped.name if choice.shipped else 'nothing'}: {choice.reason}")

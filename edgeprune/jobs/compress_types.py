@@ -1,0 +1,94 @@
+"""What the stages of `compress` hand each other: the resolved inputs of a run, the images its
+files are checked on, and the figures and result it reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeprune.data import DataBundle
+from edgeprune.devices.targets import TargetProfile
+from edgeprune.jobs.config import CompressConfig
+from edgeprune.jobs.loading import take
+from edgeprune.models import LoadedModel
+from edgeprune.spec import InputSpec
+
+EVAL_SAMPLES = 100  # shipped beside each model for the on-device runner's --eval ...
+EVAL_SAMPLES_BYTES = 8_000_000  # ... fewer when 100 would make the batch larger than this
+CALIBRATION_SAMPLES = 512  # training images int8 activation ranges are calibrated on
+VERIFY_SAMPLES = 32  # test images every file's logits are compared with PyTorch's on
+
+
+@dataclass
+class Inputs:
+    """Everything a run works on, resolved and checked before any work starts."""
+
+    cfg: CompressConfig
+    target: TargetProfile
+    loaded: LoadedModel
+    data: DataBundle
+    spec: InputSpec
+    precisions: list[str]
+    threads: int
+    """The target's threads (or --threads): for the device and the estimates; this machine
+    runs at most as many threads as it has cores (`inference_threads`)."""
+
+
+@dataclass
+class Samples:
+    """The images a run's files are checked on: labelled test images (accuracy, and the
+    first VERIFY_SAMPLES for parity), training images for int8 calibration, and the small
+    batch shipped for the runner's --eval."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    calibration: torch.Tensor | None
+    shipped: int
+
+    @classmethod
+    def draw(cls, inputs: Inputs) -> Samples:
+        cfg, data = inputs.cfg, inputs.data
+        x, y = take(data, "test", cfg.eval_limit or len(data.test), cfg.seed)
+        calibration = None
+        if {"int8"} & set(inputs.precisions):
+            calibration = take(data, "train", CALIBRATION_SAMPLES, cfg.seed)[0]
+        per_image = x[0].numel() * 4
+        shipped = max(8, min(EVAL_SAMPLES, len(y), EVAL_SAMPLES_BYTES // per_image))
+        return cls(x, y, calibration, shipped)
+
+
+@dataclass
+class ModelFigures:
+    """What the summary compares between the dense and the pruned model: PyTorch's figures
+    and, per format, the fp32 file."""
+
+    accuracy: float
+    params: int
+    macs: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class CompressResult:
+    """The outcome of a compress run: where it is, the before/after figures, every candidate
+    file and the one shipped (None when none was within the tolerance) with the reason."""
+
+    run_dir: Path
+    target: str
+    dense: ModelFigures
+    pruned: ModelFigures
+    wall_s: float
+    stages: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    shipped: dict[str, Any] | None = None
+    reason: str = ""
+    max_drop: float = CompressConfig.max_drop
+    latency_budget_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
