@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from edgeprune.devices.targets import TargetProfile
+from edgeprune.devices.targets import TargetProfile, default_target
 from edgeprune.errors import EdgepruneError
 
 
@@ -77,7 +77,7 @@ class LatencyBudget:
     efficiency)."""
 
     ms: float
-    target: str | TargetProfile = "rpi4"
+    target: TargetProfile = field(default_factory=default_target)
     threads: int | None = None
     measured_dense_ms: float | None = None
     precision: str = "fp32"
@@ -92,8 +92,7 @@ class LatencyBudget:
         return after.latency_ms is not None and after.latency_ms <= self.ms
 
     def describe(self) -> str:
-        name = self.target if isinstance(self.target, str) else self.target.name
-        return f"<= {self.ms:g} ms on {name} ({self.precision})"
+        return f"<= {self.ms:g} ms on {self.target.name} ({self.precision})"
 
     def shortfall(self, before: Figures, best: Figures) -> str:
         return (f"the smallest model this policy allows is predicted at {best.latency_ms:.2f} "

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeprune.devices.estimate import Estimate, ModelCost, estimate_latency
-from edgeprune.devices.targets import TargetProfile, load_target
+from edgeprune.devices.targets import TargetProfile
 
 FOLDED = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Identity)
 """Layers an exporter folds away or drops at inference: no activation is written for them."""
@@ -70,10 +70,9 @@ class LatencyModel:
     precision: str = "fp32"
 
     @classmethod
-    def for_target(cls, target: str | TargetProfile, threads: int | None = None,
+    def for_target(cls, target: TargetProfile, threads: int | None = None,
                    scale: float = 1.0, precision: str = "fp32") -> LatencyModel:
-        profile = load_target(target) if isinstance(target, str) else target
-        return cls(profile, threads, scale, precision)
+        return cls(target, threads, scale, precision)
 
     def estimate(self, model: nn.Module, example_inputs: Tensor) -> Estimate:
         """The roofline estimate before calibration."""
