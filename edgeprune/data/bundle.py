@@ -1,5 +1,9 @@
 """The dataset container every stage takes: train and test splits of normalized images plus the
-InputSpec a model trained on them carries, with seeded class-balanced sampling."""
+InputSpec a model trained on them carries, with seeded class-balanced sampling.
+
+A bundle may also hold a validation split carved from the training images
+(`DataBundle.with_validation`): seeded, class-balanced and disjoint from what stays in `train`,
+so choices made on it (a schedule, a stopping point) never see the test images."""
 
 from __future__ import annotations
 
@@ -91,12 +95,66 @@ def _identity_collate(batch):
     return batch
 
 
+VALIDATION_FRACTION = 0.10
+"""Share of the training images `validation_size` sets aside, before its bounds."""
+VALIDATION_MIN, VALIDATION_MAX = 200, 5000
+"""Bounds on `validation_size`: enough images for a usable estimate, no more than it needs."""
+
+
+def validation_size(train_images: int) -> int:
+    """How many of `train_images` to hold out for validation: 10% of them, at least 200 and at
+    most 5000, but never more than a quarter (so a small training set stays mostly training);
+    0 when there are fewer than 4 images."""
+    share = max(int(train_images * VALIDATION_FRACTION), VALIDATION_MIN)
+    return min(share, VALIDATION_MAX, train_images // 4)
+
+
+class LabelledSubset(torch.utils.data.Subset):
+    """A `Subset` that keeps its base's `.targets` (for class-balanced sampling later) and
+    re-normalizes like its base."""
+
+    @property
+    def targets(self) -> list[int]:
+        base = self.dataset.targets
+        return [int(base[i]) for i in self.indices]
+
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
+                           ) -> LabelledSubset:
+        """The same images of the base re-normalized with another mean/std."""
+        return LabelledSubset(self.dataset.with_normalization(mean, std), self.indices)
+
+
+def _split_off(ds: Dataset, n: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(the rest, `n` held-out samples) of `ds`: the held-out ones seeded and class-balanced
+    (from `.targets` when a file-backed dataset has them, else a seeded draw), disjoint from
+    the rest, which keeps its original order."""
+    if isinstance(ds, ArrayImageDataset):
+        held = balanced_indices(ds.labels, n, seed)
+    elif getattr(ds, "targets", None) is not None:
+        held = balanced_indices(torch.as_tensor(ds.targets), n, seed)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        held = torch.randperm(len(ds), generator=g)[:n]
+    keep = torch.ones(len(ds), dtype=torch.bool)
+    keep[held] = False
+    rest = torch.nonzero(keep).flatten()
+    if isinstance(ds, ArrayImageDataset):
+        mean, std = ds.mean.flatten().tolist(), ds.std.flatten().tolist()
+        return (ArrayImageDataset(ds.images[rest], ds.labels[rest], mean, std),
+                ArrayImageDataset(ds.images[held], ds.labels[held], mean, std))
+    subset = LabelledSubset if getattr(ds, "targets", None) is not None \
+        else torch.utils.data.Subset
+    return subset(ds, rest.tolist()), subset(ds, held.tolist())
+
+
 @dataclass
 class DataBundle:
     """A dataset's train and test splits plus the InputSpec models trained on it carry.
 
     `record` says what the dataset is made of (written to a run folder as dataset.json);
-    `workers` DataLoader processes decode files-backed datasets (in-memory ones need none)."""
+    `workers` DataLoader processes decode files-backed datasets (in-memory ones need none);
+    `val`, when set by `with_validation`, holds training images kept out of `train`, drawn
+    with `validation_seed`."""
 
     name: str
     train: Dataset
@@ -104,12 +162,14 @@ class DataBundle:
     spec: InputSpec
     record: dict[str, Any] = field(default_factory=dict)
     workers: int = 0
+    val: Dataset | None = None
+    validation_seed: int | None = None
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool = False,
                limit: int | None = None, seed: int = 0,
                sampler: Sampler | None = None) -> DataLoader:
-        """A DataLoader over `split` ('train' or 'test'), optionally the first `limit` samples
-        of a seeded class-balanced subset; `sampler` (e.g. a DistributedSampler over
+        """A DataLoader over `split` ('train', 'val' or 'test'), optionally the first `limit`
+        samples of a seeded class-balanced subset; `sampler` (e.g. a DistributedSampler over
         `self.split_of(...)`) replaces `shuffle`."""
         ds = self.split_of(split, limit, seed)
         g = torch.Generator().manual_seed(seed)
@@ -124,8 +184,31 @@ class DataBundle:
     def split_of(self, split: str, limit: int | None = None, seed: int = 0) -> Dataset:
         """The dataset `loader` reads: `split`, or the first `limit` samples of a seeded
         class-balanced subset of it."""
-        ds = self.train if split == "train" else self.test
+        ds = self._split(split)
         return _limited(ds, limit, seed) if limit is not None and limit < len(ds) else ds
+
+    def _split(self, split: str) -> Dataset:
+        if split == "train":
+            return self.train
+        if split != "val":
+            return self.test
+        if self.val is None:
+            raise EdgepruneError(f"dataset {self.name} has no validation split; carve one from "
+                                 "the training images with DataBundle.with_validation(n, seed)")
+        return self.val
+
+    def with_validation(self, n: int, seed: int) -> DataBundle:
+        """A copy whose `val` is `n` seeded, class-balanced training images and whose `train` is
+        the rest of them (no image in both); see `validation_size` for a default `n`."""
+        if self.val is not None:
+            raise EdgepruneError(f"dataset {self.name} already has a validation split of "
+                                 f"{len(self.val)} images; carve it once")
+        if not 1 <= n < len(self.train):
+            raise EdgepruneError(f"a validation split of {n} images needs 1 to "
+                                 f"{len(self.train) - 1}: dataset {self.name} has "
+                                 f"{len(self.train)} training images")
+        train, val = _split_off(self.train, n, seed)
+        return dataclasses.replace(self, train=train, val=val, validation_seed=seed)
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
                            ) -> DataBundle:
@@ -134,13 +217,21 @@ class DataBundle:
         if (mean, std) == (self.spec.mean, self.spec.std):
             return self
         spec = dataclasses.replace(self.spec, mean=mean, std=std)
+        val = self.val.with_normalization(mean, std) if self.val is not None else None
         return dataclasses.replace(self, train=self.train.with_normalization(mean, std),
-                                   test=self.test.with_normalization(mean, std), spec=spec)
+                                   test=self.test.with_normalization(mean, std), val=val,
+                                   spec=spec)
 
     def describe(self) -> dict[str, Any]:
-        """What the data is: name, split sizes, input spec, and the loader's record."""
-        return {"name": self.name, "train_images": len(self.train),
+        """What the data is: name, split sizes, input spec, and the loader's record; with a
+        validation split, its size and seed, and `train_images` counting what is left."""
+        info = {"name": self.name, "train_images": len(self.train),
                 "test_images": len(self.test), "spec": self.spec.to_dict(), **self.record}
+        if self.val is None:
+            return info
+        # the loader's record counted the training images before the split
+        return {**info, "train_images": len(self.train), "validation_images": len(self.val),
+                "validation_seed": self.validation_seed}
 
     def reference(self, samples: int, per_class: int | None = None, seed: int = 0,
                   batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
