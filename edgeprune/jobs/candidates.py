@@ -96,10 +96,17 @@ def _points(n: float) -> str:
     return f"{n:g} point{'' if n == 1 else 's'}"
 
 
+def _slowness(c: Candidate) -> tuple[float, float]:
+    """What the choice ranks by: the statistic the table, the reason and the report print,
+    the speedup over dense fp32 (median of the per-round ratios, files interleaved), so the
+    file chosen is the one shown fastest; p50 breaks ties and ranks files without one."""
+    return (-c.speedup["value"] if c.speedup else 0.0, c.p50)
+
+
 def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None,
            budget_label: str) -> Choice:
     """The fastest candidate within the tolerance (one that meets the budget first)."""
-    fit = sorted((c for c in candidates if c.within_tolerance), key=lambda c: c.p50)
+    fit = sorted((c for c in candidates if c.within_tolerance), key=_slowness)
     if not fit:
         best = max(candidates, key=lambda c: c.accuracy or 0.0)
         return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32 (the "
