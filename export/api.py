@@ -359,3 +359,17 @@ def shown(path: Path) -> Path:
         return path.resolve().relative_to(Path.cwd())
     except ValueError:
         return path
+
+
+def file_predictions(path: Path, x: torch.Tensor) -> np.ndarray:
+    """Top-1 class of every image in `x` (preprocessed NCHW) from the exported file at `path`,
+    run in its runtime with the input layout its sidecar records."""
+    from edgeprune.devices.formats import format_of
+    from edgeprune.export.registry import EXPORTERS
+    from edgeprune.export.validate import run_each, top1
+
+    sidecar = Path(str(path) + ".json")
+    layout = json.loads(sidecar.read_text()).get("layout", "NCHW") if sidecar.is_file() \
+        else "NCHW"
+    runner = EXPORTERS[format_of(path).name].runner(Path(path), layout)
+    return top1(run_each(runner, x.numpy().astype(np.float32)))

@@ -12,7 +12,8 @@ from helpers import FINISHED_RUN, assert_one_line_error, run_cli, sha
 
 from edgeprune.models import create_model, load_model
 
-FAST = ["--epochs", "1", "--bench-runs", "5", "--bench-seconds", "0.1", "--score-samples", "64",
+FAST = ["--flops-reduction", "0.5",
+        "--epochs", "1", "--bench-runs", "5", "--bench-seconds", "0.1", "--score-samples", "64",
         "--dataset", "synthetic", "--quiet"]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ARGS = ["compress", "--dataset", "synthetic", "--criterion", "lrp", "--score-samples", "128",
+ARGS = ["compress", "--flops-reduction", "0.5",
+        "--dataset", "synthetic", "--criterion", "lrp", "--score-samples", "128",
         "--score-batch", "32", "--epochs", "3", "--batch-size", "32", "--lr", "0.05",
         "--precision", "fp32", "--bench-runs", "3", "--bench-seconds", "0", "--bench-rounds",
         "2", "--json", "--quiet"]

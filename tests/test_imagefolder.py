@@ -162,7 +162,8 @@ def test_skip_bad_images_leaves_them_out_and_records_them(broken):
 
 # ---------------------------------------------------------------- through compress
 
-COMPRESS = ["--model", "imagetree:tiny_net", "--dataset", "imagefolder", "--criterion", "l1",
+COMPRESS = ["--flops-reduction", "0.5",
+        "--model", "imagetree:tiny_net", "--dataset", "imagefolder", "--criterion", "l1",
             "--epochs", "1", "--formats", "tflite", "--bench-runs", "2", "--bench-seconds", "0",
             "--quiet", "--json"]
 

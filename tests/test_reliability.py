@@ -28,7 +28,8 @@ from edgeprune.models.checkpoint import ArchRef
 # A compress run small enough for a unit test: the embedded demo data, a data-free
 # criterion, a short fine-tune, one format (ONNX: the quickest to export) and precision, a
 # few timed runs.
-FAST = ["--target", "x86-64", "--dataset", "demo", "--criterion", "l1", "--score-samples", "32",
+FAST = ["--flops-reduction", "0.5",
+        "--target", "x86-64", "--dataset", "demo", "--criterion", "l1", "--score-samples", "32",
         "--epochs", "0.2", "--eval-limit", "100", "--formats", "onnx", "--precision", "fp32",
         "--bench-runs", "2", "--bench-seconds", "0", "--bench-rounds", "1", "--quiet"]
 

@@ -21,7 +21,8 @@ from edgeprune.jobs.compress import compress
 from edgeprune.models import load_model
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
-FAST = dict(dataset="synthetic", epochs=3, batch_size=32, lr=0.05, bench_runs=5,
+FAST = dict(flops_reduction=0.5,
+            dataset="synthetic", epochs=3, batch_size=32, lr=0.05, bench_runs=5,
             bench_seconds=0, bench_rounds=4, score_samples=64, criterion="l1")
 
 

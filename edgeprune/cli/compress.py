@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 def compress(
     ctx: typer.Context,
     criterion: CriterionOpt = D.criterion,
-    flops_reduction: Annotated[float, typer.Option(
-        help="share of FLOPs to remove (0.5 = half)")] = D.flops_reduction,
+    flops_reduction: Annotated[float | None, typer.Option(
+        help="pin one pruning level: the share of FLOPs to remove (0.5 = half) [default: "
+        "search the deepest cut whose shipped file stays within --max-drop on validation "
+        "data, see --search-budget]")] = D.flops_reduction,
+    search_budget: Annotated[float | None, typer.Option(
+        help="fine-tuning epochs the level search may spend on its trials [default: as many "
+        "as the run's fine-tuning, i.e. four trials]")] = D.search_budget,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")

@@ -24,6 +24,7 @@ import torch
 
 from edgeprune import accelerator, distributed
 from edgeprune.console import info, set_quiet
+from edgeprune.data.bundle import validation_size
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.formats import format_named
 from edgeprune.devices.targets import inference_threads, load_target
@@ -36,13 +37,21 @@ from edgeprune.jobs.compress_files import (
     candidates_of,
     export_files,
     goal_of,
+    paired_figures,
     qat_file,
     say_choice,
     ship_choice,
 )
 from edgeprune.jobs.compress_model import recover, save_model, score_and_prune
-from edgeprune.jobs.compress_types import CompressResult, Inputs, ModelFigures, Samples
+from edgeprune.jobs.compress_types import (
+    CompressResult,
+    Inputs,
+    ModelFigures,
+    PrunedModel,
+    Samples,
+)
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
+from edgeprune.jobs.deepest_cut import search_deepest_cut
 from edgeprune.jobs.loading import check_outputs, load_model_and_data
 from edgeprune.jobs.policy import precisions_to_try
 from edgeprune.jobs.runs import RunFolder
@@ -94,6 +103,9 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
 
 def _check_distributable(cfg: CompressConfig) -> None:
     """What several processes cannot do alike, refused before any work."""
+    if cfg.searches:
+        raise EdgepruneError("the level search runs in one process; under torchrun pin the "
+                             "level with --flops-reduction (e.g. 0.5)")
     if cfg.step_epochs > 0:
         raise EdgepruneError("--step-epochs fine-tunes between pruning steps in each process "
                              "on its own, which torchrun's processes would not do alike; "
@@ -158,6 +170,8 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
     md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
                              cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed,
                              trust_code=trust_code)
+    if cfg.searches:  # every decision of the search is made on images the report never uses
+        md.data = md.data.with_validation(validation_size(len(md.data.train)), cfg.seed)
     check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
     return Inputs(cfg, target, md.loaded, md.data, md.spec,
                   precisions_to_try(cfg, target, len(md.data.train)),
@@ -182,6 +196,18 @@ def _config_dict(cfg: CompressConfig) -> dict[str, Any]:
     return d
 
 
+def _searched(inputs: Inputs, run: RunFolder, dense: torch.nn.Module, samples: Samples,
+              scores: dict[str, torch.Tensor] | None) -> PrunedModel:
+    """The level search's winner (see `search_deepest_cut`) with its figures."""
+    outcome = search_deepest_cut(inputs, run, dense, samples, scores)
+    params = count(outcome.model, torch.zeros(1, *inputs.spec.shape))[1]
+    search = {"trials": [t.to_dict() for t in outcome.state.trials],
+              "stopped": outcome.state.stopped, "found": outcome.found,
+              "shipped_level": outcome.trial.level, "decided_on": "validation"}
+    return PrunedModel(outcome.model, outcome.trial.achieved, outcome.trial.macs, params,
+                       search)
+
+
 def _run_stages(inputs: Inputs, run: RunFolder,
                 scores: dict[str, torch.Tensor] | None) -> CompressResult:
     cfg, data, spec, target = inputs.cfg, inputs.data, inputs.spec, inputs.target
@@ -199,8 +225,11 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     dense_files = export_files(inputs, run, "dense", dense, samples, None)
     run.stage_done("export-dense", wall_s=time.perf_counter() - t0)
 
-    goal = distributed.broadcast(goal_of(inputs, run, dense_files))
-    scores, pruned = score_and_prune(inputs, run, dense, goal, scores)
+    if cfg.searches:
+        pruned = _searched(inputs, run, dense, samples, scores)
+    else:
+        goal = distributed.broadcast(goal_of(inputs, run, dense_files))
+        _, pruned = score_and_prune(inputs, run, dense, goal, scores)
     model, pruned_acc, ft = recover(inputs, run, pruned.model, dense,
                                      run.path("finetune.state"))
     save_model(inputs, run, model, pruned, pruned_acc)
@@ -217,7 +246,9 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     candidates = candidates_of(inputs, dense_files, pruned_files)
     bench_candidates(inputs, run, candidates, dense_files, pruned_files)
     reference = next(c for c in candidates if (c.model, c.precision) == ("dense", "fp32"))
-    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, bool(cfg.device))
+    reference_validation = paired_figures(inputs, run, candidates, samples)
+    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, bool(cfg.device),
+          reference_validation)
     offered = [c for c in candidates if c.precision in inputs.precisions]
     choice = choose(offered, cfg.max_drop, cfg.latency_ms,
                     "measured on the device" if cfg.device else "roofline estimate")
@@ -235,4 +266,5 @@ def _run_stages(inputs: Inputs, run: RunFolder,
         wall_s=0.0, stages=run.manifest["stages"],
         candidates=[c.to_dict() for c in offered],
         shipped=choice.shipped.to_dict() if choice.shipped else None, reason=choice.reason,
-        max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms)
+        max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms,
+        search=getattr(pruned, "search", None))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgeprune.console import info
@@ -18,6 +19,7 @@ from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.samples import default_samples_path, write_eval_samples
 from edgeprune.devices.targets import inference_threads
 from edgeprune.export import EvalSet, ExportOptions, ExportResult, export_model
+from edgeprune.export.api import file_predictions
 from edgeprune.jobs.candidates import (
     Candidate,
     Choice,
@@ -32,6 +34,7 @@ from edgeprune.jobs.policy import qat_epochs, qat_wanted, teacher
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
 from edgeprune.pruning import FlopsReduction, Goal, LatencyBudget
+from edgeprune.stats import paired_drop
 from edgeprune.training import TrainConfig
 from edgeprune.training.qat import train_qat
 
@@ -138,6 +141,31 @@ def candidates_of(inputs: Inputs, dense: list[ExportResult],
                     r.accuracy, quantization="qat" if qat else
                     "none" if r.precision == "fp32" else "ptq"))
     return out
+
+
+def paired_figures(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
+                   samples: Samples) -> float | None:
+    """Each candidate's test drop with its 95% interval from the paired test predictions
+    (against dense fp32, the first candidate) and, when the data has a validation split, its
+    validation top-1; returns dense fp32's validation top-1 (None without a split)."""
+    val = validation_images(inputs) if inputs.data.val is not None else None
+    right = {}
+    for c in candidates:
+        path = run.work / c.path
+        right[c.name] = file_predictions(path, samples.x) == samples.y.numpy()
+        if val is not None:
+            c.validation_accuracy = float(np.mean(file_predictions(path, val[0])
+                                                  == val[1].numpy()))
+    reference = candidates[0]
+    for c in candidates:
+        c.test_drop = paired_drop(right[reference.name], right[c.name]).to_dict()
+    return reference.validation_accuracy
+
+
+def validation_images(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split as one (images, labels) pair."""
+    x, y = zip(*inputs.data.loader("val", batch_size=512), strict=True)
+    return torch.cat(x), torch.cat([torch.as_tensor(v) for v in y])
 
 
 def bench_options(inputs: Inputs, on_device: bool) -> BenchOptions:

@@ -61,6 +61,17 @@ class Samples:
 
 
 @dataclass
+class PrunedModel:
+    """The level search's model with the figures the pipeline reads of a PruneResult."""
+
+    model: torch.nn.Module
+    flops_reduction: float
+    macs_after: int
+    params_after: int
+    search: dict[str, Any]
+
+
+@dataclass
 class ModelFigures:
     """What the summary compares between the dense and the pruned model: PyTorch's figures
     and, per format, the fp32 file."""
@@ -87,6 +98,9 @@ class CompressResult:
     reason: str = ""
     max_drop: float = CompressConfig.max_drop
     latency_budget_ms: float | None = None
+    search: dict[str, Any] | None = None
+    """The level search: every trial (level, MACs, validation drop, accepted), why it
+    stopped, the level shipped; None when --flops-reduction or --latency-ms pinned it."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -52,7 +52,9 @@ class CompressConfig:
     workers: int | None = None
     target: str = DEFAULT_TARGET
     criterion: str = "lrp"
-    flops_reduction: float = 0.5
+    flops_reduction: float | None = None
+    """A pinned level; None: search the deepest cut within --max-drop (jobs/deepest_cut.py)."""
+    search_budget: float | None = None
     global_ranking: bool = False
     schedule: str = "one-shot"
     step: float = 0.05
@@ -89,8 +91,13 @@ class CompressConfig:
     runs_dir: str = "edgeprune-runs"
 
     def run_name(self) -> str:
-        percent = round(self.flops_reduction * 100)
-        return self.name or f"{self.model_tag()}-{self.target_tag()}-{self.criterion}-{percent}"
+        level = "auto" if self.searches else round(self.flops_reduction * 100)
+        return self.name or f"{self.model_tag()}-{self.target_tag()}-{self.criterion}-{level}"
+
+    @property
+    def searches(self) -> bool:
+        """Whether compress searches the pruning level (no --flops-reduction, no budget)."""
+        return self.flops_reduction is None and self.latency_ms is None
 
     def model_tag(self) -> str:
         """The model reference as a file-name part ('resnet20', 'torchvision-mobilenet_v2')."""
@@ -234,9 +241,11 @@ def check_ranges(cfg: CompressConfig) -> None:
                 ("--threads", cfg.threads, "at least 1", lambda v: v >= 1),
                 ("--qat-epochs", cfg.qat_epochs, "0 (off) or more", lambda v: v >= 0)]
     check_options(
-        ("--flops-reduction", cfg.flops_reduction, 0.0 < cfg.flops_reduction
-         < MAX_FLOPS_REDUCTION, f"between 0 and {MAX_FLOPS_REDUCTION} (e.g. 0.5 for half the "
-         "FLOPs)"),
+        ("--flops-reduction", cfg.flops_reduction, cfg.flops_reduction is None or 0.0 <
+         cfg.flops_reduction < MAX_FLOPS_REDUCTION, f"between 0 and {MAX_FLOPS_REDUCTION} "
+         "(e.g. 0.5 for half the FLOPs)"),
+        ("--search-budget", cfg.search_budget, cfg.search_budget is None or
+         cfg.search_budget > 0, "a positive number of fine-tuning epochs"),
         ("--score-samples", cfg.score_samples, cfg.score_samples >= 1, "at least 1"),
         ("--score-batch", cfg.score_batch, cfg.score_batch is None or cfg.score_batch >= 1,
          "at least 1, e.g. 16"),

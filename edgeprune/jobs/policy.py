@@ -23,6 +23,7 @@ from edgeprune.pruning.goals import (
     ParamsReduction,
     parse_layer_ratios,
 )
+from edgeprune.pruning.level_search import SearchSettings
 from edgeprune.pruning.schedule import (
     Iterative,
     LayerByLayer,
@@ -37,7 +38,10 @@ FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIS
 MAX_AUTO_EPOCHS = 60  # ... but no more epochs than this on a small dataset
 QAT_SAMPLES = 15_000  # images quantization-aware training sees by default ...
 MAX_QAT_EPOCHS = 10  # ... in at most this many epochs
-DEFAULT_FLOPS_REDUCTION = CompressConfig.flops_reduction
+DEFAULT_FLOPS_REDUCTION = 0.5
+"""The one level `prune` cuts to when no goal is named."""
+TRIALS_PER_BUDGET = 4  # the default search budget is four trials' fine-tuning ...
+SEARCH_START, SEARCH_STEP, SEARCH_MIN_STEP = 0.5, 0.2, 0.05
 
 
 def finetune_epochs(cfg: CompressConfig, train_images: int) -> float:
@@ -49,6 +53,24 @@ def finetune_epochs(cfg: CompressConfig, train_images: int) -> float:
     if cfg.epochs is not None:
         return cfg.epochs
     return float(min(MAX_AUTO_EPOCHS, max(1, math.ceil(FINETUNE_SAMPLES / train_images))))
+
+
+def trial_epochs(cfg: CompressConfig, train_images: int) -> float:
+    """Fine-tuning epochs of one level-search trial: a quarter of the run's fine-tuning
+    (each trial starts from the deepest accepted model below it, so fine-tuning accumulates
+    along the accepted path)."""
+    return finetune_epochs(cfg, train_images) / TRIALS_PER_BUDGET
+
+
+def search_settings(cfg: CompressConfig, train_images: int) -> SearchSettings:
+    """How the level search runs: from SEARCH_START up in SEARCH_STEP steps, the step halved
+    on each rejection, until the bracket is narrower than SEARCH_MIN_STEP or --search-budget
+    (default: as many epochs as the run's fine-tuning, i.e. TRIALS_PER_BUDGET trials) is
+    spent."""
+    budget = cfg.search_budget if cfg.search_budget is not None else \
+        finetune_epochs(cfg, train_images)
+    return SearchSettings(start=SEARCH_START, step=SEARCH_STEP, min_step=SEARCH_MIN_STEP,
+                          max_level=0.9, budget=max(budget, 1e-9))
 
 
 def qat_epochs(cfg: CompressConfig, train_images: int) -> float:

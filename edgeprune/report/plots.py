@@ -199,7 +199,7 @@ def finetune_plot(history: Sequence[dict[str, Any]],
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    acc = [h["test_acc"] * 100 for h in history if "test_acc" in h]
+    acc = [h["test_acc"] * 100 for h in history if h.get("test_acc") is not None]
     acc_ax.plot(epochs[:len(acc)], acc, marker="o", color=PRUNED, label="pruned, fine-tuning")
     if dense_accuracy is not None:
         acc_ax.axhline(dense_accuracy * 100, color=DENSE, linestyle="--",

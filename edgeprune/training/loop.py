@@ -38,6 +38,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     train_limit: int | None = None
+    monitor: bool = True
+    """Evaluate on the test split after every epoch, for the history and the log only (no
+    decision reads it); off where the test images must stay unseen, e.g. search trials."""
 
 
 @dataclass
@@ -244,11 +247,13 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
             result.train_s += time.perf_counter() - t_epoch
             result.images += int(distributed.all_reduce(torch.tensor(seen)).item()) if spread \
                 else int(seen)
-            acc = evaluate(model, data, "test", description="  test accuracy")
+            acc = evaluate(model, data, "test", description="  test accuracy") \
+                if cfg.monitor else None
             result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                                    "test_acc": acc})
+            shown = f", test top-1 {acc * 100:.2f}%" if acc is not None else ""
             info(f"{description} epoch {epoch + 1}/{n_epochs}: loss "
-                 f"{total_loss / max(seen, 1):.4f}, test top-1 {acc * 100:.2f}%")
+                 f"{total_loss / max(seen, 1):.4f}{shown}")
             if state_path is not None and distributed.is_main():
                 _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
     result.wall_s = time.perf_counter() - t0

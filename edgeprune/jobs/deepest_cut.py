@@ -1,0 +1,190 @@
+"""The deepest cut within the tolerance: the level search of `compress` (on unless
+`--flops-reduction` pins one level or `--latency-ms` sets a budget).
+
+The policy (which level next, when to stop, which trial wins) is
+`edgeprune.pruning.level_search`; this module carries a trial out. Each trial prunes
+progressively: from the model of the deepest accepted trial below it (the dense model at
+first), with the criterion's scores of the channels that model kept (scored once, on the
+dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
+for `policy.trial_epochs` epochs and is judged by the file that would ship (the target's
+format at its first precision, int8 post-training quantization on the Pi profiles) on the
+validation split carved from the training data. The test images are never read here.
+
+Every trial is written to the run folder as it ends (`search.json`, and the trial's
+state_dict and channel scores under `search/`), so a run killed during the search resumes at
+the trial it was in: the finished trials' models are rebuilt by replaying their pruning from
+the dense model and loading their weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.console import info
+from edgeprune.devices.estimate import estimate_model
+from edgeprune.export import export_model
+from edgeprune.files import atomic_write_text
+from edgeprune.jobs.candidates import drop_points
+from edgeprune.jobs.compress_files import validation_images
+from edgeprune.jobs.compress_model import score_and_prune
+from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
+from edgeprune.jobs.policy import search_settings, teacher, trial_epochs
+from edgeprune.jobs.runs import RunFolder
+from edgeprune.pruning import FlopsReduction, prune
+from edgeprune.pruning.level_search import SearchState, Trial, run_search
+from edgeprune.pruning.search import count
+from edgeprune.training import TrainConfig, evaluate, train
+
+SEARCH_FILE = "search.json"
+TRIALS = "search"
+MAX_RELATIVE = 0.95
+
+
+@dataclass
+class SearchOutcome:
+    """The winning trial and its model (when no level was within the tolerance, the
+    shallowest trial, so that the dense files decide what ships), and the whole search."""
+
+    model: nn.Module
+    trial: Trial
+    found: bool
+    state: SearchState
+
+
+class _Trials:
+    """The models and channel scores of the trials, in memory and in the run folder."""
+
+    def __init__(self, inputs: Inputs, run: RunFolder, dense: nn.Module) -> None:
+        self.inputs, self.run, self.dense = inputs, run, dense
+        self.models: dict[int | None, nn.Module] = {None: dense}
+        self.scores: dict[int | None, dict[str, torch.Tensor]] = {}
+        self.x = torch.zeros(1, *inputs.spec.shape)
+
+    def prune_from(self, parent: int | None, level: float, parent_level: float) -> nn.Module:
+        """The parent's model pruned one-shot to `level` of the dense FLOPs, with its scores;
+        the kept channels' scores become the child's."""
+        cfg = self.inputs.cfg
+        relative = min(MAX_RELATIVE, 1 - (1 - level) / (1 - parent_level))
+        result = prune(copy.deepcopy(self.models[parent]), self.x, scores=self.scores[parent],
+                       round_to=self.inputs.target.simd_width,
+                       global_ranking=cfg.global_ranking, goal=FlopsReduction(relative),
+                       residual_stream=cfg.residual_stream)
+        self._child_scores = {n: s[result.kept[n]] if n in result.kept else s
+                              for n, s in self.scores[parent].items()}
+        return result.model
+
+    def keep(self, index: int, model: nn.Module) -> None:
+        """Remember trial `index`'s model and scores, and write both beside search.json."""
+        self.models[index], self.scores[index] = model, self._child_scores
+        folder = self.run.path(TRIALS)
+        folder.mkdir(exist_ok=True)
+        for name, obj in (("pt", model.state_dict()), ("scores.pt", self.scores[index])):
+            path = folder / f"trial-{index}.{name}"
+            torch.save(obj, path)
+            self.run.record(path, "search-trial", "search", trial=index)
+
+    def restore(self, state: SearchState, levels: dict[int | None, float]) -> None:
+        """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
+        for index, trial in enumerate(state.trials):
+            model = self.prune_from(trial.parent, trial.level, levels[trial.parent])
+            weights = torch.load(self.run.path(TRIALS) / f"trial-{index}.pt",
+                                 weights_only=True)
+            model.load_state_dict(weights)
+            self.models[index] = model
+            self.scores[index] = self._child_scores
+
+
+def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
+                       samples: Samples, scores: dict[str, torch.Tensor] | None
+                       ) -> SearchOutcome:
+    """Search the deepest pruning level whose shipped file stays within --max-drop on the
+    validation split; returns the winner, fine-tuned for its trial only."""
+    cfg, data = inputs.cfg, inputs.data
+    settings = search_settings(cfg, len(data.train))
+    epochs = trial_epochs(cfg, len(data.train))
+    precision = inputs.precisions[0]
+    dense_val = evaluate(dense, data, split="val", description="evaluating dense (val)")
+    dense_macs = count(dense, torch.zeros(1, *inputs.spec.shape))[0]
+    val_x, val_y = validation_images(inputs)
+    trials = _Trials(inputs, run, dense)
+    scores, _ = score_and_prune(inputs, run, dense, FlopsReduction(settings.start), scores)
+    trials.scores[None] = scores
+    state = _load_state(run)
+    levels: dict[int | None, float] = {None: 0.0} | {
+        i: t.level for i, t in enumerate(state.trials)}
+    if state.trials:
+        info(f"search: resuming after {len(state.trials)} finished trial"
+             f"{'s' if len(state.trials) > 1 else ''}")
+        trials.restore(state, levels)
+    info(f"search: the deepest cut whose {inputs.target.ship_format} {precision} file stays "
+         f"within {cfg.max_drop:g} points of dense on {len(val_y)} validation images "
+         f"(dense top-1 {dense_val * 100:.2f}%); {epochs:g} fine-tuning epochs a trial, "
+         f"budget {settings.budget:g} epochs")
+
+    def evaluate_level(level: float, parent: int | None) -> Trial:
+        t0 = time.perf_counter()
+        model = trials.prune_from(parent, level, levels[parent])
+        tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                           seed=cfg.seed + len(levels), monitor=False)
+        if epochs > 0:
+            train(model, data, tcfg, teacher=teacher(cfg, dense),
+                  description=f"fine-tuning level {level:.0%}")
+        model = model.cpu().eval()
+        accuracy, latency = _judge(inputs, model, samples, val_x, val_y, precision)
+        macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
+        drop = drop_points(dense_val, accuracy)
+        trial = Trial(level, 1 - macs / dense_macs, macs, drop, drop <= cfg.max_drop + 1e-9,
+                      epochs, time.perf_counter() - t0, latency, parent,
+                      f"{inputs.target.ship_format} {precision}")
+        index = len(levels) - 1
+        levels[index] = trial.level
+        trials.keep(index, model)
+        info(f"search: level {level:.1%} -> MACs {macs / 1e6:.2f}M (-{trial.achieved:.1%}), "
+             f"validation drop {drop:+.2f} points, ~{latency:.3f} ms on {inputs.target.name}: "
+             f"{'accepted' if trial.accepted else 'rejected'}")
+        return trial
+
+    state = run_search(evaluate_level, settings, state,
+                       on_trial=lambda s, _: _save_state(run, s))
+    _save_state(run, state)
+    best = state.best()
+    index = state.trials.index(best) if best is not None else min(
+        range(len(state.trials)), key=lambda i: state.trials[i].level)
+    info(f"search: {state.stopped}; "
+         + (f"deepest within the tolerance: level {best.level:.1%} (-{best.achieved:.1%} MACs)"
+            if best else "no level was within the tolerance"))
+    run.stage_done("search", wall_s=state.wall(), trials=len(state.trials),
+                   stopped=state.stopped, best=index, epochs_spent=state.spent())
+    return SearchOutcome(trials.models[index], state.trials[index], best is not None, state)
+
+
+def _judge(inputs: Inputs, model: nn.Module, samples: Samples, val_x: torch.Tensor,
+           val_y: torch.Tensor, precision: str) -> tuple[float, float]:
+    """The would-be shipped file's top-1 on the validation images and its target estimate."""
+    with tempfile.TemporaryDirectory(prefix="edgeprune-trial-") as tmp:
+        result = export_model(model, inputs.spec, Path(tmp), val_x[:VERIFY_SAMPLES],
+                              formats=[inputs.target.ship_format], stem="trial",
+                              verify=False, precisions=[precision],
+                              calibration=samples.calibration, eval_samples=(val_x, val_y))[0]
+        latency = estimate_model(result.path, inputs.target, inputs.threads)[1].latency_ms
+    return result.accuracy or 0.0, latency
+
+
+def _load_state(run: RunFolder) -> SearchState:
+    path = run.path(SEARCH_FILE)
+    if not path.is_file():
+        return SearchState()
+    return SearchState.from_dict(json.loads(path.read_text()))
+
+
+def _save_state(run: RunFolder, state: SearchState) -> None:
+    atomic_write_text(run.path(SEARCH_FILE), json.dumps(state.to_dict(), indent=1))
+    run.record(run.work / SEARCH_FILE, "search", "search")

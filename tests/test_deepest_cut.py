@@ -1,0 +1,120 @@
+"""compress without --flops-reduction searches the deepest cut within --max-drop: every trial
+is judged on a validation split carved from the training images, no decision reads a test
+image, the report's figures carry paired intervals, and a run killed during the search
+resumes at the trial it was in."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from test_faults import compress as compress_process
+from test_reliability import assert_matches_manifest
+
+import edgeprune.jobs.deepest_cut as deepest_cut
+from edgeprune.data.bundle import DataBundle
+from edgeprune.jobs.compress import compress
+
+SEARCH = dict(dataset="synthetic", criterion="l1", epochs=2, search_budget=1.5, batch_size=32,
+              lr=0.05, bench_runs=3, bench_seconds=0, bench_rounds=2, score_samples=64,
+              precision="fp32", formats=("tflite",))
+SEARCH_ARGS = ["--dataset", "synthetic", "--criterion", "l1", "--epochs", "2",
+               "--search-budget", "1.5", "--batch-size", "32", "--lr", "0.05",
+               "--bench-runs", "3", "--bench-seconds", "0", "--bench-rounds", "2",
+               "--score-samples", "64", "--precision", "fp32", "--formats", "tflite"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("search") / "run"
+    seen: list[tuple[bool, str]] = []
+    searching = [False]
+    original_loader, original_search = DataBundle.loader, deepest_cut.search_deepest_cut
+
+    def loader(self, split, *args, **kwargs):
+        seen.append((searching[0], split))
+        return original_loader(self, split, *args, **kwargs)
+
+    def search(*args, **kwargs):
+        searching[0] = True
+        try:
+            return original_search(*args, **kwargs)
+        finally:
+            searching[0] = False
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(DataBundle, "loader", loader)
+    mp.setattr("edgeprune.jobs.compress.search_deepest_cut", search)
+    try:
+        result = compress(model=str(tiny_checkpoint), out=str(out), **SEARCH)
+    finally:
+        mp.undo()
+    return result, seen
+
+
+def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
+    result, _ = searched
+    search = result.search
+    trials = search["trials"]
+    assert 2 <= len(trials) <= 3  # 0.75 epochs a trial, 1.5 in all
+    assert trials[0]["level"] == 0.5 and trials[0]["parent"] is None
+    assert sum(t["cost"] for t in trials) == pytest.approx(1.5)
+    assert search["stopped"].startswith("budget of 1.5 epochs")
+    for t in trials:
+        assert t["accepted"] == (t["drop_points"] <= result.max_drop + 1e-9)
+        assert 0 < t["macs"] < result.dense.macs
+    if search["found"]:
+        best = max((t for t in trials if t["accepted"]), key=lambda t: t["achieved"])
+        assert search["shipped_level"] == best["level"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["search"] == search
+    assert json.loads((result.run_dir / "search.json").read_text())["trials"] == trials
+    dataset = json.loads((result.run_dir / "dataset.json").read_text())
+    assert dataset["validation_images"] >= 1 and dataset["validation_seed"] == 0
+    assert_matches_manifest(result.run_dir)
+
+
+def test_no_decision_reads_a_test_image(searched):
+    result, seen = searched
+    during = {split for searching, split in seen if searching}
+    assert "val" in during and "test" not in during
+    for c in result.candidates:  # the tolerance judged the validation drop
+        assert c["validation_accuracy"] is not None
+        assert c["within_tolerance"] == (c["validation_drop_points"] <= result.max_drop + 1e-9)
+
+
+def test_each_candidate_reports_its_test_drop_with_a_paired_interval(searched):
+    result, _ = searched
+    test_images = json.loads((result.run_dir / "dataset.json").read_text())["test_images"]
+    for c in result.candidates:
+        drop = c["test_drop"]
+        assert drop["low"] <= drop["points"] <= drop["high"] and drop["high"] - drop["low"] > 0
+        assert drop["points"] == pytest.approx(c["drop_points"])
+        assert drop["n"] == test_images
+    assert result.candidates[0]["test_drop"]["points"] == 0.0
+
+
+def test_a_pinned_level_does_not_search(tiny_checkpoint, tmp_path):
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "pinned"),
+                      **(SEARCH | {"flops_reduction": 0.5, "epochs": 0.5}))
+    assert result.search is None
+    assert not (result.run_dir / "search.json").exists()
+    assert "validation_images" not in json.loads((result.run_dir / "dataset.json").read_text())
+
+
+def test_a_run_killed_during_the_search_resumes_at_its_trial(tiny_checkpoint, tmp_path):
+    args = ["compress", "--model", str(tiny_checkpoint), *SEARCH_ARGS, "--runs-dir",
+            str(tmp_path), "--name", "r"]
+    kill = ("edgeprune.jobs.deepest_cut", "_save_state", 1, "after")  # after the first trial
+    proc = compress_process(args, kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / ".r.partial" / "search.json").read_text())
+    assert len(saved["trials"]) == 1
+    proc = compress_process(args, None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "search: resuming after 1 finished trial" in proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["search"]["trials"][0] == saved["trials"][0]
+    assert len(summary["search"]["trials"]) >= 2
+    assert_matches_manifest(tmp_path / "r")
