@@ -72,6 +72,8 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     assert json.loads((result.run_dir / "search.json").read_text())["trials"] == trials
     dataset = json.loads((result.run_dir / "dataset.json").read_text())
     assert dataset["validation_images"] >= 1 and dataset["validation_seed"] == 0
+    html = (result.run_dir / "report.html").read_text()
+    assert "<h2>Level search</h2>" in html and "validation accuracy drop against" in html
     assert_matches_manifest(result.run_dir)
 
 

@@ -25,6 +25,9 @@ CAPTIONS = {
               "channels need not be exactly its own top scores.",
     "latency": "Dark bars: median (p50); light bars: p90; grey = dense, blue = pruned; hatched "
                "orange: estimate for the target from its profile (not a measurement).",
+    "search": "Each point is one level the search tried: its file's top-1 drop on the "
+              "validation split (what decided) against the target's roofline estimate of its "
+              "latency. The starred level was fine-tuned further and its files measured.",
     "finetune": "Test top-1 accuracy of the pruned model after each fine-tuning epoch (dashed: "
                 "the dense model) and the training loss.",
 }
@@ -37,11 +40,13 @@ def _plots(report: dict[str, Any], run: RunData) -> dict[str, Image]:
         "latency": plots.latency_plot(report["latency"]),
         "finetune": plots.finetune_plot(report["finetune"]["history"],
                                         report["finetune"]["dense_accuracy"]),
+        "search": plots.search_plot(report.get("search"), report["shipped"]["max_drop"]),
     }
     alts = {"channels": "output channels per layer before and after pruning",
             "scores": "criterion score distribution per layer",
             "latency": "latency per model file in milliseconds",
-            "finetune": "accuracy and loss during fine-tuning"}
+            "finetune": "accuracy and loss during fine-tuning",
+            "search": "validation accuracy drop against estimated latency for every level tried"}
     captions = dict(CAPTIONS)
     hidden = [plots.layer_label(c) for c in report["channels"]
               if c["protected"] and c["layer"] in run.scores]

@@ -200,6 +200,7 @@ def collect(run: RunData) -> dict[str, Any]:
                     "max_drop": (summary or {}).get("max_drop"),
                     "latency_budget_ms": (summary or {}).get("latency_budget_ms")},
         "files": _files(summary) if summary else [],
+        "search": (summary or {}).get("search"),
         "latency": latency,
         "channels": _channels(run),
         "scores": _score_stats(run),

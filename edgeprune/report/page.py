@@ -271,6 +271,8 @@ def render(report: dict[str, Any], images: dict[str, Image], atlas: list[Image],
     body = (_header(report) + "<h2>Shipped file</h2>" + _shipped(report)
             + "<h2>Summary: dense vs pruned</h2>" + summary
             + "<h2>Latency</h2>" + latency
+            + ("<h2>Level search</h2>" + _figure(images, "search", "No latency estimates.")
+               if report.get("search") else "")
             + "<h2>What was pruned</h2>"
             + _figure(images, "channels", "No channel counts recorded (no prune stage).")
             + _figure(images, "scores", "No criterion scores stored (no scores.pt).")

@@ -227,3 +227,34 @@ def finetune_plot(history: Sequence[dict[str, Any]],
         ax.margins(x=0.12, y=0.15)
     fig.tight_layout(w_pad=3)
     return to_png(fig)
+
+
+def search_plot(search: dict[str, Any] | None, max_drop: float | None) -> bytes | None:
+    """The level search's path: every trial's validation drop against its estimated latency
+    on the target, accepted and rejected apart, the tolerance as a line and the level that
+    went on to ship starred."""
+    trials = (search or {}).get("trials") or []
+    if not trials or any(t.get("latency_ms") is None for t in trials):
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for accepted, color, label in ((True, PRUNED, "accepted"), (False, ESTIMATE, "rejected")):
+        chosen = [t for t in trials if t["accepted"] == accepted]
+        ax.scatter([t["latency_ms"] for t in chosen], [t["drop_points"] for t in chosen],
+                   color=color, label=label, zorder=3)
+    for i, t in enumerate(trials, start=1):
+        ax.annotate(f"{i}: {t['level']:.0%}", (t["latency_ms"], t["drop_points"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    shipped = [t for t in trials if t["level"] == search.get("shipped_level")]
+    if shipped and search.get("found"):
+        ax.scatter([shipped[0]["latency_ms"]], [shipped[0]["drop_points"]], marker="*", s=260,
+                   facecolors="none", edgecolors=DENSE, label="went on to ship", zorder=4)
+    if max_drop is not None:
+        ax.axhline(max_drop, color=DENSE, linestyle="--", label=f"tolerance {max_drop:g} points")
+    ax.set_xlabel("estimated latency on the target (ms)")
+    ax.set_ylabel("validation top-1 drop (points)")
+    ax.set_title("Level search: every trial (number: order, %: FLOPs level)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)
