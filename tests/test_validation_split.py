@@ -175,8 +175,8 @@ def test_imagefolder_split(tmp_path):
 
 
 @pytest.mark.parametrize(("train_images", "expected"), [
-    (0, 0), (3, 0), (4, 1), (100, 25), (800, 200), (1000, 200), (20_000, 2000),
-    (60_000, 5000), (1_000_000, 5000),
+    (0, 0), (3, 0), (4, 1), (100, 25), (800, 200), (2000, 500), (3000, 600),
+    (20_000, 4000), (60_000, 5000), (1_000_000, 5000),
 ])
 def test_validation_size(train_images, expected):
     assert validation_size(train_images) == expected
