@@ -1,5 +1,5 @@
 """compress without --flops-reduction searches the deepest cut within --max-drop: every trial
-is judged on a validation split carved from the training images, no decision reads a test
+is judged on a validation half of the held-out images, no decision reads a test
 image, the report's figures carry paired intervals, and a run killed during the search
 resumes at the trial it was in."""
 
@@ -72,6 +72,7 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     assert json.loads((result.run_dir / "search.json").read_text())["trials"] == trials
     dataset = json.loads((result.run_dir / "dataset.json").read_text())
     assert dataset["validation_images"] >= 1 and dataset["validation_seed"] == 0
+    assert dataset["validation_from"].startswith("test")  # held out: the model never saw it
     html = (result.run_dir / "report.html").read_text()
     assert "<h2>Level search</h2>" in html and "validation accuracy drop against" in html
     assert_matches_manifest(result.run_dir)

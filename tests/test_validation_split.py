@@ -16,6 +16,7 @@ from edgeprune.data.bundle import (
     ArrayImageDataset,
     DataBundle,
     LabelledSubset,
+    held_out_size,
     iterate_batches,
     validation_size,
 )
@@ -180,3 +181,14 @@ def test_imagefolder_split(tmp_path):
 ])
 def test_validation_size(train_images, expected):
     assert validation_size(train_images) == expected
+
+
+def test_a_split_of_the_held_out_images_leaves_training_alone_and_says_so():
+    data = bundle(indexed_images(400), indexed_images(40)).with_validation(
+        held_out_size(40), seed=1, source="test")
+    assert len(data.train) == 400 and len(data.val) == 20 and len(data.test) == 20
+    assert not image_ids(data.val) & image_ids(data.test)
+    assert image_ids(data.val) | image_ids(data.test) == set(range(40))
+    record = data.describe()
+    assert record["test_images"] == 20 and record["validation_from"].startswith("test")
+    assert held_out_size(10_000) == 5000 and held_out_size(100_000) == 5000

@@ -101,6 +101,12 @@ VALIDATION_MIN, VALIDATION_MAX = 500, 5000
 """Bounds on `validation_size`: enough images for a usable estimate, no more than it needs."""
 
 
+def held_out_size(test_images: int) -> int:
+    """Half the held-out images, at most VALIDATION_MAX: the decision half when the
+    validation split comes from the test split (0 when there are fewer than 2)."""
+    return min(test_images // 2, VALIDATION_MAX)
+
+
 def validation_size(train_images: int) -> int:
     """How many of `train_images` to hold out for validation: 20% of them, at least 500 and at
     most 5000, but never more than a quarter (so a small training set stays mostly training);
@@ -199,18 +205,25 @@ class DataBundle:
                                  "the training images with DataBundle.with_validation(n, seed)")
         return self.val
 
-    def with_validation(self, n: int, seed: int) -> DataBundle:
-        """A copy whose `val` is `n` seeded, class-balanced training images and whose `train` is
-        the rest of them (no image in both); see `validation_size` for a default `n`."""
+    def with_validation(self, n: int, seed: int, source: str = "train") -> DataBundle:
+        """A copy whose `val` is `n` seeded, class-balanced images of `source` ('train' or
+        'test') and whose `source` split is the rest of them (no image in both); see
+        `validation_size` and `held_out_size` for a default `n`."""
         if self.val is not None:
             raise EdgepruneError(f"dataset {self.name} already has a validation split of "
                                  f"{len(self.val)} images; carve it once")
-        if not 1 <= n < len(self.train):
+        pool = self.train if source == "train" else self.test
+        if not 1 <= n < len(pool):
             raise EdgepruneError(f"a validation split of {n} images needs 1 to "
-                                 f"{len(self.train) - 1}: dataset {self.name} has "
-                                 f"{len(self.train)} training images")
-        train, val = _split_off(self.train, n, seed)
-        return dataclasses.replace(self, train=train, val=val, validation_seed=seed)
+                                 f"{len(pool) - 1}: dataset {self.name} has "
+                                 f"{len(pool)} {'training' if source == 'train' else 'test'} "
+                                 "images")
+        rest, val = _split_off(pool, n, seed)
+        record = self.record if source == "train" else self.record | {
+            "validation_from": "test: the held-out images, split into a decision half "
+                               "(validation) and a report half (test)"}
+        return dataclasses.replace(self, **{source: rest}, val=val, validation_seed=seed,
+                                   record=record)
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]
                            ) -> DataBundle:

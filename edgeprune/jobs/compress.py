@@ -24,7 +24,7 @@ import torch
 
 from edgeprune import accelerator, distributed
 from edgeprune.console import info, set_quiet
-from edgeprune.data.bundle import validation_size
+from edgeprune.data.bundle import held_out_size
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.formats import format_named
 from edgeprune.devices.targets import inference_threads, load_target
@@ -171,7 +171,7 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
                              cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed,
                              trust_code=trust_code)
     if cfg.searches:  # every decision of the search is made on images the report never uses
-        md.data = md.data.with_validation(validation_size(len(md.data.train)), cfg.seed)
+        md.data = md.data.with_validation(held_out_size(len(md.data.test)), cfg.seed, "test")
     check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
     return Inputs(cfg, target, md.loaded, md.data, md.spec,
                   precisions_to_try(cfg, target, len(md.data.train)),
