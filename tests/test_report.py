@@ -51,8 +51,8 @@ def run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
 
     runs = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeprune", "compress", "--flops-reduction", "0.5", "--model",
-         str(tiny_checkpoint),
+        [sys.executable, "-m", "edgeprune", "compress", "--model", str(tiny_checkpoint),
+         "--flops-reduction", "0.5",
          "--dataset", "synthetic", "--criterion", "l1", "--epochs", "1.2", "--score-samples",
          "32", "--bench-runs", "3", "--bench-seconds", "0.05", "--runs-dir", str(runs),
          "--name", "tiny", "--quiet"], capture_output=True, text=True, timeout=600)

@@ -30,6 +30,7 @@ from torch import nn
 
 from edgeprune.console import info
 from edgeprune.devices.estimate import estimate_model
+from edgeprune.errors import EdgepruneError
 from edgeprune.export import export_model
 from edgeprune.files import atomic_write_text
 from edgeprune.jobs.candidates import drop_points
@@ -155,6 +156,9 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     state = run_search(evaluate_level, settings, state,
                        on_trial=lambda s, _: _save_state(run, s))
     _save_state(run, state)
+    if not state.trials:
+        raise EdgepruneError(f"the level search ran no trial ({state.stopped}); raise "
+                             "--search-budget or pin a level with --flops-reduction")
     best = state.best()
     index = state.trials.index(best) if best is not None else min(
         range(len(state.trials)), key=lambda i: state.trials[i].level)

@@ -66,11 +66,13 @@ def search_settings(cfg: CompressConfig, train_images: int) -> SearchSettings:
     """How the level search runs: from SEARCH_START up in SEARCH_STEP steps, the step halved
     on each rejection, until the bracket is narrower than SEARCH_MIN_STEP or --search-budget
     (default: as many epochs as the run's fine-tuning, i.e. TRIALS_PER_BUDGET trials) is
-    spent."""
+    spent; with --epochs 0 the trials fine-tune nothing and only the bracket ends it."""
     budget = cfg.search_budget if cfg.search_budget is not None else \
         finetune_epochs(cfg, train_images)
+    if trial_epochs(cfg, train_images) == 0:  # --epochs 0: trials cost no fine-tuning, so
+        budget = math.inf  # the bracket alone ends the search (a handful of trials)
     return SearchSettings(start=SEARCH_START, step=SEARCH_STEP, min_step=SEARCH_MIN_STEP,
-                          max_level=0.9, budget=max(budget, 1e-9))
+                          max_level=0.9, budget=budget)
 
 
 def qat_epochs(cfg: CompressConfig, train_images: int) -> float:
