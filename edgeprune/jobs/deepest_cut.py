@@ -69,7 +69,8 @@ class _Trials:
         self.scores: dict[int | None, dict[str, torch.Tensor]] = {}
         self.x = torch.zeros(1, *inputs.spec.shape)
 
-    def prune_from(self, parent: int | None, level: float, parent_level: float) -> nn.Module:
+    def prune_from(self, parent: int | None, level: float, parent_level: float
+                   ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         """The parent's model pruned one-shot to `level` of the dense FLOPs, with its scores;
         the kept channels' scores become the child's."""
         cfg = self.inputs.cfg
@@ -78,13 +79,12 @@ class _Trials:
                        round_to=self.inputs.target.simd_width,
                        global_ranking=cfg.global_ranking, goal=FlopsReduction(relative),
                        residual_stream=cfg.residual_stream)
-        self._child_scores = {n: s[result.kept[n]] if n in result.kept else s
+        return result.model, {n: s[result.kept[n]] if n in result.kept else s
                               for n, s in self.scores[parent].items()}
-        return result.model
 
-    def keep(self, index: int, model: nn.Module) -> None:
+    def keep(self, index: int, model: nn.Module, scores: dict[str, torch.Tensor]) -> None:
         """Remember trial `index`'s model and scores, and write both beside search.json."""
-        self.models[index], self.scores[index] = model, self._child_scores
+        self.models[index], self.scores[index] = model, scores
         folder = self.run.path(TRIALS)
         folder.mkdir(exist_ok=True)
         for name, obj in (("pt", model.state_dict()), ("scores.pt", self.scores[index])):
@@ -95,12 +95,12 @@ class _Trials:
     def restore(self, state: SearchState, levels: dict[int | None, float]) -> None:
         """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
         for index, trial in enumerate(state.trials):
-            model = self.prune_from(trial.parent, trial.level, levels[trial.parent])
+            model, scores = self.prune_from(trial.parent, trial.level, levels[trial.parent])
             weights = torch.load(self.run.path(TRIALS) / f"trial-{index}.pt",
                                  weights_only=True)
             model.load_state_dict(weights)
             self.models[index] = model
-            self.scores[index] = self._child_scores
+            self.scores[index] = scores
 
 
 def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
@@ -132,7 +132,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
 
     def evaluate_level(level: float, parent: int | None) -> Trial:
         t0 = time.perf_counter()
-        model = trials.prune_from(parent, level, levels[parent])
+        model, kept_scores = trials.prune_from(parent, level, levels[parent])
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            seed=cfg.seed + len(levels), monitor=False)
         if epochs > 0:
@@ -147,7 +147,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                       f"{inputs.target.ship_format} {precision}")
         index = len(levels) - 1
         levels[index] = trial.level
-        trials.keep(index, model)
+        trials.keep(index, model, kept_scores)
         info(f"search: level {level:.1%} -> MACs {macs / 1e6:.2f}M (-{trial.achieved:.1%}), "
              f"validation drop {drop:+.2f} points, ~{latency:.3f} ms on {inputs.target.name}: "
              f"{'accepted' if trial.accepted else 'rejected'}")
