@@ -136,7 +136,8 @@ def staged(folder: Path) -> Iterator[Staging]:
 def staged_folder(final: Path) -> Iterator[Path]:
     """A hidden sibling folder to write into; on success it replaces `final` in one rename
     (an old `final` is moved aside first and deleted after), on failure it is removed. The
-    published folder has plain permissions, not `mkdtemp`'s 0700."""
+    published folder has plain permissions, not `mkdtemp`'s 0700. A link at `final` is
+    replaced, never followed: what it points to is left alone."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
@@ -144,12 +145,22 @@ def staged_folder(final: Path) -> Iterator[Path]:
         yield stage
         os.chmod(stage, folder_mode())
         old = None
-        if final.exists():
+        if os.path.lexists(final):
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
         stage.rename(final)
         if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            remove_path(old)
     finally:
         if stage.exists():
             shutil.rmtree(stage)
+
+
+def remove_path(path: Path | str) -> None:
+    """Remove `path` without following it: a link or a file is unlinked, a folder deleted
+    with everything in it (links inside are unlinked, not followed)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)

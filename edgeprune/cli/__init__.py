@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from edgeprune import console
+from edgeprune import console, interrupts
 from edgeprune.cli import compress, devices, explain, export, prune, report, train
 from edgeprune.errors import EdgepruneError
 
@@ -39,6 +39,7 @@ def _fail(message: str) -> None:
 
 def main() -> None:
     """Entry point: run the app, turning every failure into one line and exit code 2."""
+    interrupts.install()  # SIGTERM and SIGHUP unwind like Ctrl-C, and each says so
     try:
         app()
     except EdgepruneError as e:

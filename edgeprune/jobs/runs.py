@@ -6,28 +6,69 @@ that folder so the same command resumes it; only a complete run appears under `<
 A file lock (`.<name>.lock`, holding the owner's PID) lets one process at a time work on a
 run; the operating system releases it when the owner dies, so a killed run's lock is taken
 over. `--overwrite` replaces only a finished run folder, recognized by its manifest.
+
+Nothing here writes through a link or leaves the runs folder: a run name is one path
+component, the lock is created with O_EXCL and opened with O_NOFOLLOW, and a run folder,
+`.partial` folder or lock that is a symbolic link is refused in one line. Replacing a finished
+run moves it aside under a fresh name (`.<name>.XXXXXXXX.old`) that is deleted once the new
+run is in place; a leftover of a killed publish is removed the next time the run is opened.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import platform
+import re
 import shutil
+import stat
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune import __version__
+from edgeprune import __version__, interrupts
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import TEMP_SUFFIX, atomic_write_text, sha256_file
 from edgeprune.jobs.checks import check_output_folder
 from edgeprune.manifest import MANIFEST, manifest_problem
 
 CONFIG = "config.json"
+MAX_NAME_BYTES = 200
+"""The longest run name: `.<name>.partial` and `.<name>.lock` must fit a file name (255)."""
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run folder (one path component, nothing that leaves the runs
+    folder, no control characters), or None when it can."""
+    if name in ("", ".", ".."):
+        return "is not a folder name"
+    if "/" in name or "\\" in name:
+        return "has a path separator; a run name is one folder name, not a path"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "has a control character"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_run_name(name: str, flag: str = "--name") -> None:
+    """EdgepruneError unless `name` is a valid run name (see `run_name_problem`)."""
+    problem = run_name_problem(name)
+    if problem is not None:
+        raise EdgepruneError(f"{flag} {name!r} {problem}: give a plain name such as "
+                             "'resnet18-rpi4', or --out PATH for a folder elsewhere")
+
+
+def _refuse_link(path: Path, what: str) -> None:
+    """EdgepruneError when `path` is a symbolic link: edgeprune never writes through one."""
+    if path.is_symlink():
+        raise EdgepruneError(f"{path} ({what}) is a symbolic link; edgeprune never writes "
+                             "through links: remove it, or choose another --name/--out")
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -47,6 +88,7 @@ class RunFolder:
     work: Path = field(init=False)
     manifest: dict[str, Any] = field(init=False)
     lock: RunLock | None = field(init=False, default=None)
+    hint: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.final = Path(self.final)
@@ -73,13 +115,17 @@ class RunFolder:
         check_destination(run.final, overwrite, protect)
         run.lock = RunLock.acquire(run.final)
         try:
+            _refuse_link(run.work, "the unfinished run")
+            _remove_old(run.final)
             if run.work.exists() and run._stale():
                 shutil.rmtree(run.work)
             run.work.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.work / CONFIG, json.dumps(config, indent=2, sort_keys=True))
         except BaseException:
-            run.lock.release()
+            run.release()
             raise
+        run.hint = interrupts.add_hint(f"{run.work} is kept; run the same command again to "
+                                       f"resume {run.final}")
         return run
 
     def _stale(self) -> bool:
@@ -118,6 +164,8 @@ class RunFolder:
     def _tidy(self) -> None:
         """Make the folder what the manifest says: resume states and temporary files of
         interrupted writes go; any other file the manifest does not list is recorded."""
+        for link in [p for p in self.work.rglob("*") if p.is_symlink()]:
+            link.unlink()  # a link never ships: it would publish whatever it points to
         for tmp in self.work.rglob("*.state"):
             tmp.unlink()
         listed = {a["path"] for a in self.manifest["artefacts"]} | {MANIFEST, CONFIG}
@@ -133,17 +181,28 @@ class RunFolder:
         self._tidy()
         self.manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self._write_manifest()
-        old = self.final.with_name(f".{self.final.name}.old")
-        if self.final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
+        _refuse_link(self.final, "the run folder")
+        old = None
+        if self.final.exists():  # a finished run (check_destination): moved aside, then gone
+            old = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=OLD_SUFFIX,
+                                        dir=self.final.parent))
+            os.replace(self.final, old)  # a folder replaces the fresh empty one
         os.replace(self.work, self.final)
-        shutil.rmtree(old, ignore_errors=True)
-        self.release()
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._done()
         return self.final
 
     def discard(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        """Remove the unfinished run and its lock (a failure that leaves nothing to resume)."""
+        if not self.work.is_symlink():
+            shutil.rmtree(self.work, ignore_errors=True)
+        self._done()
+
+    def _done(self) -> None:
+        if self.hint is not None:
+            interrupts.remove_hint(self.hint)
+            self.hint = None
         self.release()
 
     def release(self) -> None:
@@ -157,6 +216,8 @@ def check_destination(final: Path, overwrite: bool, protect: tuple[Path, ...] = 
     """EdgepruneError unless a run may be written to `final`: a new path, or with `overwrite`
     a finished run folder that holds none of the `protect` paths (the user's inputs)."""
     check_output_folder(final)
+    _refuse_link(final, "the run folder")
+    _refuse_link(final.with_name(f".{final.name}.partial"), "the unfinished run")
     if not final.exists():
         return
     problem = manifest_problem(final)
@@ -184,10 +245,14 @@ class RunLock:
 
     @classmethod
     def acquire(cls, final: Path) -> RunLock:
+        """Lock `final` (EdgepruneError when another process holds it, or when the lock file
+        is a symbolic link or not a plain file)."""
         path = final.with_name(f".{final.name}.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(path)
+            if fd is None:
+                continue  # removed between our two opens: try again
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -196,11 +261,7 @@ class RunLock:
                 raise EdgepruneError(f"another edgeprune process (PID {owner}) is writing "
                                      f"{final}; wait for it to finish or choose another "
                                      "--name/--out") from None
-            try:  # the owner before us may have removed the file after we opened it
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
+            if _same_file(fd, path):  # the owner before us may have removed it meanwhile
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
@@ -208,5 +269,58 @@ class RunLock:
         return cls(path, fd)
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the lock file (only if it is still ours) and drop the lock."""
+        if _same_file(self.fd, self.path):
+            self.path.unlink(missing_ok=True)
         os.close(self.fd)
+
+
+LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+OLD_SUFFIX = ".old"
+
+
+def _open_lock(path: Path) -> int | None:
+    """A descriptor of lock file `path`: created with O_EXCL, or else the existing plain file
+    opened with O_NOFOLLOW; None when it vanished in between. A link is refused."""
+    try:
+        return os.open(path, LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, LOCK_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        _refuse_link(path, "the run's lock")
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EdgepruneError(f"{path} (the run's lock) is not a plain file; remove it, or "
+                             "choose another --name/--out")
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` (not followed if a link) is still the file open as `fd`."""
+    try:
+        st, mine = os.lstat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _remove_old(final: Path) -> None:
+    """Remove what a killed publish of `final` left moved aside (`.<name>.XXXXXXXX.old`):
+    folders are deleted, links unlinked (never followed)."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}{re.escape(OLD_SUFFIX)}")
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        if not pattern.fullmatch(entry.name):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            entry.unlink()
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
