@@ -145,6 +145,44 @@ def parse_ssh_url(url: str) -> SshDevice:
     return SshDevice(host=parts.hostname, user=parts.username or None, port=port)
 
 
+_RUNS = "runs a program or loads code on this machine"
+_WRITES = "writes a file or socket at a path it names"
+_STAYS = "leaves an ssh process running after edgeprune exits"
+_OPENS = "gives the device a way into this machine or its secrets"
+RISKY_OPTIONS = {
+    "proxycommand": _RUNS, "localcommand": _RUNS, "permitlocalcommand": _RUNS,
+    "knownhostscommand": _RUNS, "match": _RUNS, "pkcs11provider": _RUNS,
+    "securitykeyprovider": _RUNS, "smartcarddevice": _RUNS, "xauthlocation": _RUNS,
+    "include": "reads another ssh config file, which may run programs",
+    "proxyjump": "starts another ssh through a host of its choosing",
+    "userknownhostsfile": _WRITES, "controlpath": _WRITES,
+    "controlmaster": _STAYS, "controlpersist": _STAYS,
+    "forwardagent": _OPENS, "forwardx11": _OPENS, "forwardx11trusted": _OPENS,
+    "localforward": _OPENS, "remoteforward": _OPENS, "dynamicforward": _OPENS,
+    "sendenv": _OPENS, "tunnel": _OPENS, "tunneldevice": _OPENS,
+}
+"""ssh_config(5) options that do more than say how to connect, by lower-case name, with why:
+a config file may not set them (edgeprune.jobs.config.check_file_trust); the command line,
+$EDGEPRUNE_SSH_OPTIONS and --trust-code may."""
+
+
+def option_risk(option: str) -> str | None:
+    """Why `ssh -o OPTION` is more than connection settings (see RISKY_OPTIONS), or None."""
+    key = re.split(r"[=\s]", option.strip(), maxsplit=1)[0].lower()
+    return RISKY_OPTIONS.get(key)
+
+
+REMOTE_PYTHON = re.compile(r"(~/|/)?([\w.+-]+/)*(python|pypy)[0-9.]*")
+"""What --remote-python looks like when it names a Python interpreter."""
+
+
+def remote_python_problem(name: str) -> str | None:
+    """Why `name` is not plainly a Python interpreter on the device, or None."""
+    if REMOTE_PYTHON.fullmatch(name):
+        return None
+    return "is not a Python interpreter's name (python3, /usr/bin/python3.11, ~/venv/bin/python)"
+
+
 def check_options(options: tuple[str, ...]) -> None:
     """Each extra option must be KEY=VALUE, as `ssh -o` takes it."""
     for option in options:

@@ -6,6 +6,7 @@ the marker absent."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -193,3 +194,106 @@ def test_cifar10_batches_are_read_as_data_only(tmp_path, marker):
     with pytest.raises(EdgepruneError, match="test_batch.*refusing to load .*exec"):
         load_dataset("cifar10", tmp_path)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------- config keys that reach ssh
+
+NOWHERE = "ssh://nobody@127.0.0.1:9"
+
+
+def _ssh_probes(marker: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """ssh options that would create `marker` (or load code) if ssh honoured them."""
+    other = tmp_path / "other_ssh_config"
+    other.write_text(f"ProxyCommand touch {marker}\n")
+    touch = f"touch {marker}"
+    return {
+        "ProxyCommand": [f"ProxyCommand={touch}"],
+        "LocalCommand": ["PermitLocalCommand=yes", f"LocalCommand={touch}"],
+        "KnownHostsCommand": [f"KnownHostsCommand={touch}"],
+        "Match exec": [f"Match=exec \"{touch}\""],
+        "Include (another config)": [f"Include={other}"],
+        "lower case": [f"proxycommand={touch}"],
+        "PKCS11Provider": [f"PKCS11Provider={tmp_path / 'evil.so'}"],
+        "XAuthLocation": [f"XAuthLocation={tmp_path / 'evil'}", "ForwardX11=yes"],
+        "ProxyJump": ["ProxyJump=evil.example"],
+        "ForwardAgent": ["ForwardAgent=yes"],
+        "UserKnownHostsFile": [f"UserKnownHostsFile={tmp_path / '.bashrc'}"],
+    }
+
+
+@pytest.mark.parametrize("command", ["compress", "sweep"])
+@pytest.mark.parametrize("probe", ["ProxyCommand", "LocalCommand", "KnownHostsCommand",
+                                   "Match exec", "Include (another config)", "lower case",
+                                   "PKCS11Provider", "XAuthLocation", "ProxyJump",
+                                   "ForwardAgent", "UserKnownHostsFile"])
+def test_a_config_cannot_set_ssh_options_that_run_programs(tmp_path, capsys, marker, command,
+                                                            probe):
+    options = _ssh_probes(marker, tmp_path)[probe]
+    config = tmp_path / "stranger.toml"
+    config.write_text(f"ssh_option = {json.dumps(options)}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli(capsys, command, "--config", str(config), "--device", NOWHERE,
+                           "--dataset", "demo", "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "ssh_option = ")
+    assert "--trust-code" in err and "--ssh-option on the command line" in err
+    assert any(o.split("=")[0] in err for o in options)  # names the option it refused
+    assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_trust_code_lets_the_configs_proxy_command_run(tmp_path, capsys, marker):
+    """The refusal is the only thing between the file and ssh: with --trust-code, ssh runs
+    the file's ProxyCommand (which fails to connect, after creating the marker)."""
+    config = tmp_path / "mine.toml"
+    config.write_text(f'ssh_option = ["ProxyCommand=touch {marker}"]\n')
+    code, _, err = run_cli(capsys, "compress", "--config", str(config), "--device", NOWHERE,
+                           "--dataset", "demo", "--out", str(tmp_path / "out"), "--trust-code")
+    assert code == 2 and marker.exists(), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ssh_options_typed_on_the_command_line_are_the_users_own(tmp_path, capsys, marker):
+    config = tmp_path / "stranger.toml"
+    config.write_text('ssh_option = ["ProxyCommand=touch /nonexistent/x"]\nlr = 0.02\n')
+    code, _, err = run_cli(capsys, "compress", "--config", str(config), "--device", NOWHERE,
+                           "--ssh-option", f"ProxyCommand=touch {marker}", "--dataset", "demo",
+                           "--out", str(tmp_path / "out"))
+    assert code == 2 and marker.exists(), err  # the flag replaced the file's value
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('device = ["ssh://pi@example.com"]\n', "device = ['ssh://pi@example.com'] connects"),
+    ('remote_python = "sh"\n', "remote_python = 'sh' runs that program on the device"),
+    ('remote_python = "python3; touch x"\n', "is not a Python interpreter's name"),
+])
+def test_a_config_cannot_name_a_device_or_a_remote_program(tmp_path, capsys, text, message):
+    config = tmp_path / "stranger.toml"
+    config.write_text(text)
+    code, _, err = run_cli(capsys, "compress", "--config", str(config), "--dataset", "demo",
+                           "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, message)
+    assert "--trust-code" in err and sorted(p.name for p in tmp_path.iterdir()) == [
+        "stranger.toml"]
+
+
+def test_what_a_config_may_say_about_ssh():
+    from edgeprune.jobs.config import check_file_trust
+
+    safe = {"device": None, "remote_python": "~/venv/bin/python3.11",
+            "ssh_option": ("IdentityFile=~/.ssh/pi", "Port=2222", "StrictHostKeyChecking=yes",
+                           "ConnectTimeout=5", "Compression=yes")}
+    check_file_trust(safe, set(), "f.toml")
+    for key, value in [("device", ("ssh://pi@h",)), ("remote_python", "/bin/sh"),
+                       ("ssh_option", ("ProxyCommand=x",))]:
+        with pytest.raises(EdgepruneError, match=f"f.toml: {key} = "):
+            check_file_trust({key: value}, set(), "f.toml")
+        check_file_trust({key: value}, {key}, "f.toml")  # the command line replaces it
+
+
+def test_every_risky_ssh_option_is_named_whatever_its_case():
+    from edgeprune.devices.ssh import RISKY_OPTIONS, option_risk
+
+    assert {"proxycommand", "localcommand", "permitlocalcommand", "knownhostscommand",
+            "match", "include", "pkcs11provider", "securitykeyprovider"} <= set(RISKY_OPTIONS)
+    for key in RISKY_OPTIONS:
+        assert option_risk(f"{key.upper()}=x") == RISKY_OPTIONS[key]
+    assert option_risk("IdentityFile=~/.ssh/pi") is None

@@ -176,15 +176,15 @@ def config_from_cli(ctx: typer.Context, config_path: Path | str | None) -> Compr
     """The CompressConfig of a CLI command whose parameters are named like its fields: the
     --config file (if given) with only the flags given explicitly on top; without a file,
     every flag's value (defaults included)."""
-    from edgeprune.jobs.config import FIELDS, check_file_model, load_config, merge
+    from edgeprune.jobs.config import FIELDS, check_file_trust, load_config, merge
 
     values = {k: v for k, v in ctx.params.items() if k in FIELDS}
     if config_path is None:
         return merge({}, values)
     file_options = load_config(config_path)
     explicit = {k: v for k, v in values.items() if _explicit(ctx, k)}
-    if "model" not in explicit and not ctx.params.get("trust_code"):
-        check_file_model(file_options.get("model"), config_path)
+    if not ctx.params.get("trust_code"):  # nothing in a file imports, runs or connects
+        check_file_trust(file_options, explicit, config_path)
     return merge(file_options, explicit)
 
 

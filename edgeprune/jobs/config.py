@@ -6,8 +6,10 @@ underscores); command-line flags override the file, and every run folder keeps i
 Unknown keys, wrong types and values out of range raise EdgepruneError naming the key (with a
 close-match suggestion for unknown keys), before any work starts. Values are data only;
 nothing in a file is evaluated, and a file cannot make edgeprune run code: a `model` that is
-an import string needs `--trust-code` on the command line, which no file can set. Paths are
-taken as they are written, like the same flags: relative to the directory edgeprune runs in.
+an import string, a `device`, ssh options that run programs and a `remote_python` that is not
+a Python need `--trust-code` or the flag on the command line, which no file can set
+(`check_file_trust`). Paths are taken as they are written, like the same flags: relative to the
+directory edgeprune runs in; a run name is one folder name.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import dataclasses
 import difflib
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeprune.devices.formats import EXPORTABLE
 from edgeprune.devices.results import BenchOptions
-from edgeprune.devices.ssh import SshOptions
+from edgeprune.devices.ssh import SshOptions, option_risk, remote_python_problem
 from edgeprune.devices.targets import DEFAULT_TARGET
 from edgeprune.errors import EdgepruneError
 from edgeprune.jobs.checks import check_options, check_output_folder
+from edgeprune.jobs.runs import check_run_name
 from edgeprune.tomlfile import dumps, read_toml
 
 MAX_FLOPS_REDUCTION = 0.95
@@ -261,6 +264,8 @@ def check_ranges(cfg: CompressConfig) -> None:
         ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1"),
         *((flag, value, ok(value), expected) for flag, value, expected, ok in optional
           if value is not None))
+    if not cfg.out:  # the run folder is RUNS_DIR/NAME: NAME must not lead out of it
+        check_run_name(cfg.run_name(), "--name" if cfg.name else "the run name (set --name)")
     check_output_folder(cfg.run_dir(), "--out" if cfg.out else "--runs-dir")
 
 
@@ -285,3 +290,38 @@ def check_file_model(model: str | None, source: Path | str) -> None:
         raise EdgepruneError(f"{source}: model = {model!r} imports and runs code, which a "
                              "config file cannot do on its own; pass --trust-code if you "
                              "trust the file, or give --model on the command line")
+
+
+def check_file_trust(options: Mapping[str, Any], explicit: Collection[str],
+                     source: Path | str) -> None:
+    """EdgepruneError for the first value of config file `source` that would import code, run
+    a program or connect to a machine: a `model` import string, a `device`, a risky
+    `ssh_option` (`devices.ssh.RISKY_OPTIONS`), a `remote_python` that is not a Python. Keys
+    in `explicit` were given on the command line, which replaces the file's value; the CLI
+    skips this check under --trust-code."""
+    if "model" not in explicit:
+        check_file_model(options.get("model"), source)
+    for key in FILE_GUARDED:
+        value = options.get(key)
+        why = None if key in explicit or value is None else _file_risk(key, value)
+        if why is not None:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise EdgepruneError(f"{source}: {key} = {shown!r} {why}, which a config file "
+                                 "cannot do on its own; pass --trust-code if you trust the "
+                                 f"file, or give --{key.replace('_', '-')} on the command line")
+
+
+FILE_GUARDED = ("device", "ssh_option", "remote_python")
+"""The keys (besides `model`) a config file sets only under --trust-code when they reach a
+program (see `check_file_trust`)."""
+
+
+def _file_risk(key: str, value: Any) -> str | None:
+    """What `key = value` from a file would do that a file may not, or None."""
+    if key == "device":
+        return "connects to it and copies your model there"
+    if key == "ssh_option":
+        return next((f"has {o!r}, which {option_risk(o)}" for o in value if option_risk(o)),
+                    None)
+    problem = remote_python_problem(value)
+    return f"runs that program on the device, and it {problem}" if problem else None
