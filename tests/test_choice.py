@@ -28,3 +28,16 @@ def test_without_speedups_the_lowest_p50_wins() -> None:
     a.speedup = b.speedup = None
     judge([a, b], 0.9, 1.0, None, False)
     assert choose([a, b], 1.0, None, "estimate").shipped is a
+
+
+def test_a_latency_budget_ships_the_fastest_that_meets_it_else_states_the_miss() -> None:
+    dense, slow, fast = (_candidate("dense", 1.0, 1.0), _candidate("slow", 0.5, 2.0),
+                         _candidate("fast", 0.25, 4.0))
+    candidates = [dense, slow, fast]
+    judge(candidates, 0.9, 1.0, 0.3, True)  # on the device: p50 is what the budget judges
+    choice = choose(candidates, 1.0, 0.3, "measured on the device")
+    assert choice.shipped is fast and "meets the 0.3 ms budget" in choice.reason
+    judge(candidates, 0.9, 1.0, 0.1, True)
+    choice = choose(candidates, 1.0, 0.1, "measured on the device")
+    assert choice.shipped is fast and not fast.meets_budget
+    assert "misses it by 0.150 ms (0.250 ms)" in choice.reason

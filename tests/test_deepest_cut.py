@@ -47,7 +47,7 @@ def searched(tmp_path_factory, tiny_checkpoint):
     mp.setattr(DataBundle, "loader", loader)
     mp.setattr("edgeprune.jobs.compress.search_deepest_cut", search)
     try:
-        result = compress(model=str(tiny_checkpoint), out=str(out), **SEARCH)
+        result = compress(model=str(tiny_checkpoint), out=str(out), latency_ms=1e-6, **SEARCH)
     finally:
         mp.undo()
     return result, seen
@@ -64,9 +64,13 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     for t in trials:
         assert t["accepted"] == (t["drop_points"] <= result.max_drop + 1e-9)
         assert 0 < t["macs"] < result.dense.macs
+    stage = json.loads((result.run_dir / "manifest.json").read_text())["stages"]["search"]
     if search["found"]:
         best = max((t for t in trials if t["accepted"]), key=lambda t: t["achieved"])
         assert search["shipped_level"] == best["level"]
+        # --latency-ms is a second constraint: no level is that fast, and the miss is stated
+        assert stage["latency_budget_ms"] == 1e-6 and stage["budget_met"] is False
+        assert stage["budget_missed_by_ms"] == pytest.approx(best["latency_ms"] - 1e-6)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["search"] == search
     assert json.loads((result.run_dir / "search.json").read_text())["trials"] == trials
@@ -121,3 +125,25 @@ def test_a_run_killed_during_the_search_resumes_at_its_trial(tiny_checkpoint, tm
     assert summary["search"]["trials"][0] == saved["trials"][0]
     assert len(summary["search"]["trials"]) >= 2
     assert_matches_manifest(tmp_path / "r")
+
+
+def test_a_level_whose_int8_file_falls_short_is_judged_after_quantization_aware_training(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Post-training int8 calibrated on ranges a thousand times too narrow loses its accuracy
+    while fp32 keeps it, so each trial trains quantization-aware, as compress would for the
+    file it ships, and judges that file; the QAT epochs count against the budget."""
+    from edgeprune.export import tflite_quant
+
+    calibrate = tflite_quant.calibrate
+    monkeypatch.setattr(tflite_quant, "calibrate",
+                        lambda data, recipe, samples: calibrate(data, recipe, samples * 1e-3))
+    options = SEARCH | dict(precision="int8", search_budget=1.0, qat_epochs=0.5,
+                            max_drop=5.0)
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "qat"), **options)
+    trials = result.search["trials"]
+    qat = [t for t in trials if t["note"] == "tflite int8 (QAT)"]
+    assert qat and all(t["cost"] == pytest.approx(0.5 + 0.5) for t in qat)  # fine-tune + QAT
+    assert all(t["accepted"] for t in qat)
+    # a trial without QAT is one whose fp32 model was outside the tolerance too
+    assert all(not t["accepted"] and t["cost"] == 0.5 for t in trials if t not in qat)
+    assert result.shipped["quantization"] == "qat"

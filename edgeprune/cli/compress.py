@@ -47,9 +47,9 @@ def compress(
         help="rank channels across layers, or cut every layer by the same ratio")
     ] = D.global_ranking,
     latency_ms: Annotated[float | None, typer.Option(
-        help="instead of --flops-reduction: prune until the shipped precision meets this "
-        "latency on the target (measured with --device, else the target's roofline "
-        "estimate)")] = None,
+        help="a second constraint: ship the deepest cut within --max-drop that also meets "
+        "this latency on the target (measured with --device, else the target's roofline "
+        "estimate); when none does, the miss is stated")] = None,
     name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"
                                               "CRITERION-PERCENT)")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default: RUNS_DIR/NAME)")] = None,

@@ -101,8 +101,12 @@ def load_demo_subset() -> DataBundle:
 
 
 def write_demo_subset(out: Path, full: DataBundle, n_train: int = 2000,
-                      n_test: int = 1000) -> None:
-    """Write a class-balanced subset of a Fashion-MNIST bundle as a compressed .npz."""
+                      n_test: int = 5000) -> None:
+    """Write a class-balanced subset of a Fashion-MNIST bundle as a compressed .npz.
+
+    The shipped one (3.1 MB) holds 2,000 training and 5,000 held-out images: compress's
+    level search decides on half of the held-out images and reports on the other half, and
+    with 500 a half (one image = 0.2 points) a 1-point tolerance was at the level of noise."""
     tr = balanced_indices(full.train.labels, n_train, seed=0)
     te = balanced_indices(full.test.labels, n_test, seed=0)
     np.savez_compressed(

@@ -36,7 +36,6 @@ from edgeprune.jobs.compress_files import (
     by_format,
     candidates_of,
     export_files,
-    goal_of,
     paired_figures,
     qat_file,
     say_choice,
@@ -55,6 +54,7 @@ from edgeprune.jobs.deepest_cut import search_deepest_cut
 from edgeprune.jobs.loading import check_outputs, load_model_and_data
 from edgeprune.jobs.policy import precisions_to_try
 from edgeprune.jobs.runs import RunFolder
+from edgeprune.pruning import FlopsReduction
 from edgeprune.pruning.search import count
 from edgeprune.training import evaluate
 
@@ -228,8 +228,8 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     if cfg.searches:
         pruned = _searched(inputs, run, dense, samples, scores)
     else:
-        goal = distributed.broadcast(goal_of(inputs, run, dense_files))
-        _, pruned = score_and_prune(inputs, run, dense, goal, scores)
+        _, pruned = score_and_prune(inputs, run, dense, FlopsReduction(cfg.flops_reduction),
+                                    scores)
     model, pruned_acc, ft = recover(inputs, run, pruned.model, dense,
                                      run.path("finetune.state"))
     save_model(inputs, run, model, pruned, pruned_acc)

@@ -33,32 +33,9 @@ from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
 from edgeprune.jobs.policy import qat_epochs, qat_wanted, teacher
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
-from edgeprune.pruning import FlopsReduction, Goal, LatencyBudget
 from edgeprune.stats import paired_drop
 from edgeprune.training import TrainConfig
 from edgeprune.training.qat import train_qat
-
-
-def goal_of(inputs: Inputs, run: RunFolder, dense_files: list[ExportResult]) -> Goal:
-    """--flops-reduction, or with --latency-ms the budget for the first precision tried,
-    calibrated by measuring the dense file of that precision on the device when one is
-    given (else the target's roofline alone)."""
-    cfg, target = inputs.cfg, inputs.target
-    if cfg.latency_ms is None:
-        return FlopsReduction(cfg.flops_reduction)
-    precision = inputs.precisions[0]
-    measured = None
-    if cfg.device:
-        dense = next(r for r in dense_files
-                     if r.format == target.ship_format and r.precision == precision)
-        result = measure_files([dense.path], cfg.primary_device, bench_options(inputs, True),
-                         cfg.ssh_options())[dense.path]
-        measured = result.p50_ms
-        info(f"budget: dense {precision} measures {measured:.3f} ms on {cfg.primary_device}; "
-             "the roofline is scaled to it")
-    run.stage_done("budget", ms=cfg.latency_ms, precision=precision,
-                   measured_dense_ms=measured, on=cfg.primary_device or "estimate")
-    return LatencyBudget(cfg.latency_ms, target, inputs.threads, measured, precision)
 
 
 def export_files(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Module,
@@ -97,17 +74,18 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     the result (TFLite targets, --qat-epochs > 0); returns the new file, if any."""
     cfg, ship = inputs.cfg, inputs.target.ship_format
     mine = {r.precision: r for r in pruned_files if r.format == ship}
-    reference = next(r.accuracy for r in dense_files
-                     if r.format == ship and r.precision == "fp32")
+    dense_fp32 = next(r for r in dense_files if r.format == ship and r.precision == "fp32")
     epochs = qat_epochs(cfg, len(inputs.data.train))
-    if epochs <= 0 or not format_named(ship).qat or "int8" not in mine or reference is None:
+    if epochs <= 0 or not format_named(ship).qat or "int8" not in mine or \
+            dense_fp32.accuracy is None:
         return []
-    drop = {p: drop_points(reference, mine[p].accuracy or 0.0) for p in ("fp32", "int8")}
+    top1, where = _decision_top1(inputs, [dense_fp32, mine["fp32"], mine["int8"]])
+    drop = {p: drop_points(top1[0], top1[i]) for i, p in ((1, "fp32"), (2, "int8"))}
     if not qat_wanted(drop, cfg.max_drop):
         return []
-    info(f"qat: pruned int8 loses {drop['int8']:.2f} points (fp32: {drop['fp32']:.2f}), more "
-         f"than --max-drop {cfg.max_drop:g}: quantization-aware training for {epochs:g} "
-         "epochs")
+    info(f"qat: pruned int8 loses {drop['int8']:.2f} points on {where} (fp32: "
+         f"{drop['fp32']:.2f}), more than --max-drop {cfg.max_drop:g}: quantization-aware "
+         f"training for {epochs:g} epochs")
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
                        seed=cfg.seed)
@@ -125,6 +103,16 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
                    images_per_s=qat.images_per_s, ptq_drop=drop["int8"],
                    qat_accuracy=results[0].accuracy)
     return results
+
+
+def _decision_top1(inputs: Inputs, results: list[ExportResult]) -> tuple[list[float], str]:
+    """The files' top-1 on the images decisions are made on: the validation split when the
+    data has one (a level search), else the test images they were exported with."""
+    if inputs.data.val is None:
+        return [r.accuracy or 0.0 for r in results], "the test images"
+    x, y = validation_images(inputs)
+    return ([float(np.mean(file_predictions(r.path, x) == y.numpy())) for r in results],
+            "validation")
 
 
 def candidates_of(inputs: Inputs, dense: list[ExportResult],

@@ -99,8 +99,9 @@ class CompressConfig:
 
     @property
     def searches(self) -> bool:
-        """Whether compress searches the pruning level (no --flops-reduction, no budget)."""
-        return self.flops_reduction is None and self.latency_ms is None
+        """Whether compress searches the pruning level (no --flops-reduction pins one); a
+        --latency-ms budget is a second constraint on what the search finds, not a level."""
+        return self.flops_reduction is None
 
     def model_tag(self) -> str:
         """The model reference as a file-name part ('resnet20', 'torchvision-mobilenet_v2')."""

@@ -1,5 +1,6 @@
 """The deepest cut within the tolerance: the level search of `compress` (on unless
-`--flops-reduction` pins one level or `--latency-ms` sets a budget).
+`--flops-reduction` pins one level; a `--latency-ms` budget is checked against the deepest cut
+found, and the miss is stated when it falls short).
 
 The policy (which level next, when to stop, which trial wins) is
 `edgeprune.pruning.level_search`; this module carries a trial out. Each trial prunes
@@ -8,7 +9,8 @@ first), with the criterion's scores of the channels that model kept (scored once
 dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
 for `policy.trial_epochs` epochs and is judged by the file that would ship (the target's
 format at its first precision, int8 post-training quantization on the Pi profiles) on the
-validation split carved from the training data. The test images are never read here.
+validation split (half of the held-out images, see `compress._resolve`). The images the report
+uses are never read here.
 
 Every trial is written to the run folder as it ends (`search.json`, and the trial's
 state_dict and channel scores under `search/`), so a run killed during the search resumes at
@@ -24,25 +26,34 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from edgeprune.console import info
 from edgeprune.devices.estimate import estimate_model
+from edgeprune.devices.formats import format_named
 from edgeprune.errors import EdgepruneError
-from edgeprune.export import export_model
+from edgeprune.export import ExportOptions, export_model
 from edgeprune.files import atomic_write_text
 from edgeprune.jobs.candidates import drop_points
 from edgeprune.jobs.compress_files import validation_images
 from edgeprune.jobs.compress_model import score_and_prune
 from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
-from edgeprune.jobs.policy import search_settings, teacher, trial_epochs
+from edgeprune.jobs.policy import (
+    qat_epochs,
+    qat_wanted,
+    search_settings,
+    teacher,
+    trial_epochs,
+)
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.pruning import FlopsReduction, prune
 from edgeprune.pruning.level_search import SearchState, Trial, run_search
 from edgeprune.pruning.search import count
 from edgeprune.training import TrainConfig, evaluate, train
+from edgeprune.training.qat import train_qat
 
 SEARCH_FILE = "search.json"
 TRIALS = "search"
@@ -111,7 +122,8 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     cfg, data = inputs.cfg, inputs.data
     settings = search_settings(cfg, len(data.train))
     epochs = trial_epochs(cfg, len(data.train))
-    precision = inputs.precisions[0]
+    precision, ship = inputs.precisions[0], inputs.target.ship_format
+    qat_epochs_ = qat_epochs(cfg, len(data.train)) if format_named(ship).qat else 0.0
     dense_val = evaluate(dense, data, split="val", description="evaluating dense (val)")
     dense_macs = count(dense, torch.zeros(1, *inputs.spec.shape))[0]
     val_x, val_y = validation_images(inputs)
@@ -125,8 +137,9 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
         info(f"search: resuming after {len(state.trials)} finished trial"
              f"{'s' if len(state.trials) > 1 else ''}")
         trials.restore(state, levels)
-    info(f"search: the deepest cut whose {inputs.target.ship_format} {precision} file stays "
-         f"within {cfg.max_drop:g} points of dense on {len(val_y)} validation images "
+    info(f"search: the deepest cut whose {ship} {precision} file stays within "
+         f"{cfg.max_drop:g} point{'' if cfg.max_drop == 1 else 's'} of dense on {len(val_y)} "
+         "validation images "
          f"(dense top-1 {dense_val * 100:.2f}%); {epochs:g} fine-tuning epochs a trial, "
          f"budget {settings.budget:g} epochs")
 
@@ -140,11 +153,25 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                   description=f"fine-tuning level {level:.0%}")
         model = model.cpu().eval()
         accuracy, latency = _judge(inputs, model, samples, val_x, val_y, precision)
+        drop, note, cost = drop_points(dense_val, accuracy), f"{ship} {precision}", epochs
+        if precision == "int8" and qat_epochs_ > 0 and qat_wanted(
+                {"int8": drop, "fp32": drop_points(dense_val, _top1(model, val_x, val_y))},
+                cfg.max_drop):
+            info(f"search: level {level:.1%} int8 loses {drop:.2f} points on validation, fp32 "
+                 f"stays within {cfg.max_drop:g}: quantization-aware training for "
+                 f"{qat_epochs_:g} epochs, as compress would")
+            qat = train_qat(model, data, TrainConfig(epochs=qat_epochs_, lr=cfg.lr * 0.1,
+                                                     batch_size=cfg.batch_size,
+                                                     seed=cfg.seed + len(levels)),
+                            teacher=teacher(cfg, dense), evaluate=False,
+                            description=f"quantization-aware training, level {level:.0%}")
+            accuracy, latency = _judge(inputs, qat.model, samples, val_x, val_y, "int8-qat",
+                                       qat.quantizer)
+            drop, note, cost = (drop_points(dense_val, accuracy), f"{ship} int8 (QAT)",
+                                cost + qat_epochs_)
         macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
-        drop = drop_points(dense_val, accuracy)
         trial = Trial(level, 1 - macs / dense_macs, macs, drop, drop <= cfg.max_drop + 1e-9,
-                      epochs, time.perf_counter() - t0, latency, parent,
-                      f"{inputs.target.ship_format} {precision}")
+                      cost, time.perf_counter() - t0, latency, parent, note)
         index = len(levels) - 1
         levels[index] = trial.level
         trials.keep(index, model, kept_scores)
@@ -165,19 +192,48 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     info(f"search: {state.stopped}; "
          + (f"deepest within the tolerance: level {best.level:.1%} (-{best.achieved:.1%} MACs)"
             if best else "no level was within the tolerance"))
+    budget = _budget_verdict(inputs, state.trials[index]) if best is not None else {}
     run.stage_done("search", wall_s=state.wall(), trials=len(state.trials),
-                   stopped=state.stopped, best=index, epochs_spent=state.spent())
+                   stopped=state.stopped, best=index, epochs_spent=state.spent(), **budget)
     return SearchOutcome(trials.models[index], state.trials[index], best is not None, state)
 
 
+def _budget_verdict(inputs: Inputs, trial: Trial) -> dict[str, float | bool]:
+    """With --latency-ms, whether the deepest cut within the tolerance meets the budget on
+    the target's estimate, said in one line with the miss in ms: deeper cuts were outside
+    the tolerance, so no level meets both when this one does not."""
+    budget = inputs.cfg.latency_ms
+    if budget is None or trial.latency_ms is None:
+        return {}
+    met = trial.latency_ms <= budget
+    info(f"search: the deepest cut within the tolerance estimates {trial.latency_ms:.3f} ms on "
+         f"{inputs.target.name}: " + (f"within the {budget:g} ms budget" if met else
+         f"misses the {budget:g} ms budget by {trial.latency_ms - budget:.3f} ms; no level "
+         "within the tolerance meets it (raise --max-drop or --latency-ms)"))
+    return {"latency_budget_ms": budget, "budget_met": met,
+            "budget_missed_by_ms": max(0.0, trial.latency_ms - budget)}
+
+
+def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The PyTorch model's top-1 on (x, y) (its fp32 file reproduces it)."""
+    with torch.no_grad():
+        right = sum(int((model(xb).argmax(1) == yb).sum())
+                    for xb, yb in zip(x.split(512), y.split(512), strict=True))
+    return right / max(len(y), 1)
+
+
 def _judge(inputs: Inputs, model: nn.Module, samples: Samples, val_x: torch.Tensor,
-           val_y: torch.Tensor, precision: str) -> tuple[float, float]:
-    """The would-be shipped file's top-1 on the validation images and its target estimate."""
+           val_y: torch.Tensor, precision: str, quantizer: Any = None
+           ) -> tuple[float, float]:
+    """The would-be shipped file's top-1 on the validation images and its target estimate;
+    `quantizer` is QAT's, for an 'int8-qat' model."""
     with tempfile.TemporaryDirectory(prefix="edgeprune-trial-") as tmp:
         result = export_model(model, inputs.spec, Path(tmp), val_x[:VERIFY_SAMPLES],
                               formats=[inputs.target.ship_format], stem="trial",
                               verify=False, precisions=[precision],
-                              calibration=samples.calibration, eval_samples=(val_x, val_y))[0]
+                              calibration=samples.calibration, eval_samples=(val_x, val_y),
+                              options=ExportOptions(quantizer=quantizer) if quantizer is not None
+                              else None)[0]
         latency = estimate_model(result.path, inputs.target, inputs.threads)[1].latency_ms
     return result.accuracy or 0.0, latency
 

@@ -102,10 +102,13 @@ def _accuracy(model: torch.fx.GraphModule, data: DataBundle, limit: int | None) 
 
 def train_qat(model: nn.Module, data: DataBundle, config: TrainConfig,
               teacher: nn.Module | None = None, eval_limit: int | None = None,
-              description: str = "quantization-aware training") -> QATResult:
+              description: str = "quantization-aware training",
+              evaluate: bool = True) -> QATResult:
     """Fine-tune a fake-quantized copy of `model` for `config.epochs` (SGD, cosine, at
     `config.lr`, distilling from `teacher` when given) and convert it to int8; `model` itself
-    is left untouched. Runs on the CPU, where the PT2E graph is captured."""
+    is left untouched. Runs on the CPU, where the PT2E graph is captured. With `evaluate`,
+    the int8 model's top-1 on the test split is measured (the level search, which must not
+    read a test image, passes False)."""
     from torchao.quantization.pt2e import (
         move_exported_model_to_eval,
         move_exported_model_to_train,
@@ -140,7 +143,7 @@ def train_qat(model: nn.Module, data: DataBundle, config: TrainConfig,
     move_exported_model_to_eval(qat)
     int8 = convert_pt2e(qat, fold_quantize=False)  # folded weights break litert-torch
     int8.training = False
-    accuracy = _accuracy(int8, data, eval_limit)
-    info(f"qat: {config.epochs:g} epochs, {images / wall:.0f} images/s, int8 top-1 "
-         f"{accuracy * 100:.2f}% (PyTorch), {wall:.0f} s")
+    accuracy = _accuracy(int8, data, eval_limit) if evaluate else None
+    top1 = f", int8 top-1 {accuracy * 100:.2f}% (PyTorch)" if accuracy is not None else ""
+    info(f"qat: {config.epochs:g} epochs, {images / wall:.0f} images/s{top1}, {wall:.0f} s")
     return QATResult(int8, quant, accuracy, wall, images)
