@@ -2,7 +2,8 @@
 state_dict + InputSpec. Loads with `torch.load(weights_only=True)`: no pickled modules.
 
 A pruned model is rebuilt by creating the original architecture, resizing each parameter and
-buffer to its saved shape, restoring the structural attributes (in/out channels, groups, ...)
+buffer to its saved shape, restoring the structural attributes (every module's own numeric
+attributes: in/out channels, groups, LayerNorm's normalized_shape, attention head counts)
 and loading the state_dict.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,6 @@ FORMAT = "edgeprune.checkpoint/1"
 READABLE_FORMATS = (FORMAT, "edgeprune.models.checkpoint/1")
 """Tags `is_checkpoint` accepts: the format's tag, and the one builds of 0.1.0 wrote by mistake
 for a while (same layout); checkpoints are written with `FORMAT` only."""
-STRUCTURAL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
-                    "num_features", "num_groups", "num_channels", "num_parameters")
 
 
 @dataclass
@@ -37,14 +37,54 @@ class ArchRef:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def _plain_value(value: Any) -> Any | None:
+    """`value` as structure data (an int, a finite float, or a tuple of ints such as
+    LayerNorm's `normalized_shape`), else None; bools and everything else are not structure."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if value == value and abs(value) != float("inf") else None
+    if isinstance(value, (tuple, list)) and value \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [int(v) for v in value]
+    return None
+
+
 def module_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Structural integer attributes of every module, e.g. {'0': {'out_channels': 24, ...}}."""
+    """Every module's own public numeric attributes, e.g. {'0': {'out_channels': 24, ...},
+    'norm': {'normalized_shape': [72], 'eps': 1e-06}}: whatever pruning may have changed
+    (widths, LayerNorm shapes, attention head counts and sizes), as plain data. Read from the
+    instance's `__dict__` only, so computed properties (a norm-act wrapper's read-only
+    `in_channels`) are neither recorded nor, on load, written."""
     out: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        attrs = {a: getattr(m, a) for a in STRUCTURAL_ATTRS if isinstance(getattr(m, a, None), int)}
+        attrs = {a: v for a, raw in vars(m).items()
+                 if not a.startswith("_") and a != "training"
+                 and (v := _plain_value(raw)) is not None}
         if attrs:
             out[name] = attrs
     return out
+
+
+def _restore_attrs(module: nn.Module, attrs: Any) -> None:
+    """Write saved structure values into `module`'s own attributes: only names the freshly
+    built module already holds as plain data of the same kind (a tuple stays a tuple), so a
+    file can change sizes but never add attributes, replace properties or set objects."""
+    if not isinstance(attrs, dict):
+        return
+    own = vars(module)
+    for attr, value in attrs.items():
+        if not isinstance(attr, str) or attr.startswith("_") or attr not in own:
+            continue
+        current, saved = own[attr], _plain_value(value)
+        if _plain_value(current) is None or saved is None:
+            continue
+        if isinstance(current, (tuple, list)) and isinstance(saved, list):
+            own[attr] = type(current)(saved) if type(current) in (tuple, list) else tuple(saved)
+        elif type(current) is type(saved):
+            own[attr] = saved
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -56,23 +96,30 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]],
                     state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Resize `model`'s parameters/buffers to the shapes in `state_dict` and restore the
     structural attributes, so `load_state_dict` then succeeds on a pruned checkpoint."""
+    if not isinstance(state_dict, dict):
+        raise EdgepruneError("the checkpoint's state_dict is not a mapping of names to tensors")
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         for pname, p in list(m.named_parameters(recurse=False)):
             saved = state_dict.get(prefix + pname)
-            if saved is not None and saved.shape != p.shape:
-                setattr(m, pname, nn.Parameter(torch.empty_like(saved), p.requires_grad))
+            if isinstance(saved, torch.Tensor) and saved.shape != p.shape:
+                setattr(m, pname, nn.Parameter(torch.empty(saved.shape, dtype=p.dtype),
+                                               p.requires_grad))
         for bname, b in list(m.named_buffers(recurse=False)):
             saved = state_dict.get(prefix + bname)
-            if b is not None and saved is not None and saved.shape != b.shape:
-                m.register_buffer(bname, torch.empty_like(saved))
-        for attr, value in structure.get(name, {}).items():
-            setattr(m, attr, value)
+            if b is not None and isinstance(saved, torch.Tensor) and saved.shape != b.shape:
+                m.register_buffer(bname, torch.empty(saved.shape, dtype=b.dtype))
+        _restore_attrs(m, structure.get(name) if isinstance(structure, dict) else None)
     return model
 
 
 def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict with a one-line error that names what does not match."""
+    """load_state_dict with a one-line error that names what does not match: names, shapes,
+    a parameter that is not floating point (int64 conv weights), NaN or infinite values."""
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise EdgepruneError(f"weights in {source} are not a mapping of names to tensors; "
+                             "save them with torch.save(model.state_dict(), path)")
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -87,6 +134,12 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
                 parts.append(f"{label}: {', '.join(items[:3])}{more}")
         raise EdgepruneError(f"weights in {source} do not match the model ({'; '.join(parts)}); "
                              "pass the architecture they were trained with")
+    params = dict(model.named_parameters())
+    for key, value in state_dict.items():
+        if key in params and not value.is_floating_point():
+            raise EdgepruneError(f"weights in {source}: parameter {key} holds {value.dtype} "
+                                 "values, not floating point; a model's weights must be "
+                                 "float (save them from a float model)")
     for key, value in state_dict.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() \
                 and not bool(torch.isfinite(value).all()):
@@ -94,7 +147,19 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
             raise EdgepruneError(f"weights in {source}: {key} holds {bad} NaN or infinite "
                                  f"value{'s' if bad > 1 else ''} of {value.numel()}; the model "
                                  "diverged or the file is damaged: use an earlier checkpoint")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(_with_metadata(state_dict, own))
+
+
+def _with_metadata(state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """`state_dict` with the per-module versions `load_state_dict` reads (MNASNet refuses a
+    state_dict without them): its own when it has them, else those of the model it goes into
+    (a checkpoint stores tensors only, and the model is rebuilt by the same code)."""
+    if getattr(state_dict, "_metadata", None) is not None:
+        return state_dict
+    out = OrderedDict(state_dict)
+    out._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    return out
 
 
 def save_checkpoint(path: Path, model: nn.Module, arch: ArchRef, spec: InputSpec,
