@@ -188,3 +188,127 @@ def test_a_model_built_without_weights_is_initialised_from_the_seed():
     assert torch.equal(first_weights(0), first_weights(0))
     assert not torch.equal(first_weights(0), first_weights(1))
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's state is kept
+
+
+# --- references with keyword arguments, and what a reference may call -------------------
+
+FACTORY_SOURCE = (
+    "import torch.nn as nn\n"
+    "def tiny(num_classes=3, in_chans=3, width=4):\n"
+    "    return nn.Sequential(nn.Conv2d(in_chans, width, 3), nn.ReLU(),\n"
+    "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+    "                         nn.Linear(width, num_classes))\n"
+    "def not_a_model():\n"
+    "    return 42\n"
+    "class Net(nn.Sequential):\n"
+    "    def __init__(self, num_classes=2):\n"
+    "        super().__init__(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "usernets.py").write_text(FACTORY_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "usernets"
+
+
+def test_factory_keyword_arguments_are_literals(user_module):
+    loaded = load_model(f"{user_module}:tiny?num_classes=10,in_chans=1,width=6")
+    assert loaded.arch.ref == f"{user_module}:tiny"
+    assert loaded.arch.kwargs == {"num_classes": 10, "in_chans": 1, "width": 6}
+    with torch.no_grad():
+        assert loaded.model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert loaded.model[0].out_channels == 6
+
+
+def test_a_checkpoint_of_a_factory_with_arguments_rebuilds_it(user_module, tmp_path):
+    loaded = load_model(f"{user_module}:tiny?num_classes=10,in_chans=1")
+    save_checkpoint(tmp_path / "m.pt", loaded.model, loaded.arch, SPEC)
+    again = load_model(str(tmp_path / "m.pt"), trust_code=True).model
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(again(x), loaded.model(x))
+
+
+def test_torchvision_takes_keyword_arguments():
+    loaded = load_model("torchvision:googlenet?aux_logits=false,init_weights=False",
+                        num_classes=4)
+    assert loaded.model.aux1 is None and loaded.arch.kwargs["aux_logits"] is False
+    with torch.no_grad():
+        assert loaded.model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("ref,match", [
+    ("usernets:tiny?depth=3", "usernets:tiny has no keyword argument 'depth'"),
+    ("torchvision:resnet18?depth=3", "torchvision:resnet18 has no keyword argument 'depth'"),
+    ("resnet20?depth=3", "zoo model 'resnet20' has no keyword argument 'depth'"),
+    ("torchvision:resnet18?num_classes=3e9", r"num_classes=3e\+09 is out of range"),
+    ("usernets:tiny?width=10**9", r"width=10\*\*9 is not a literal"),
+    ("usernets:tiny?width=__import__('os')", "is not a literal"),
+    ("usernets:tiny?num_classes=0", "num_classes=0 must be a whole number of at least 1"),
+    ("usernets:tiny?num_classes=2.5", "num_classes=2.5 must be a whole number"),
+    ("usernets:tiny?width=(1,2)", r"width=\(1 is not a literal"),
+    ("usernets:tiny?width", "'width' is not key=value"),
+    ("torchvision:resnet18?weights=DEFAULT", "weights= is not accepted.*--weights FILE"),
+    ("usernets:not_a_model", "returned a int, not a torch.nn.Module"),
+])
+def test_bad_keyword_arguments_are_one_line_errors(user_module, ref, match):
+    with pytest.raises(EdgepruneError, match=match):
+        load_model(ref)
+
+
+def test_a_class_count_out_of_range_is_refused_before_building(monkeypatch):
+    from torchvision import models as tvm
+
+    monkeypatch.setattr(tvm, "get_model_builder", lambda name: pytest.fail("built"))
+    with pytest.raises(EdgepruneError, match="out of range"):
+        load_model("torchvision:resnet18?num_classes=3000000000")
+
+
+def test_a_model_class_is_a_factory(user_module):
+    loaded = load_model(f"{user_module}:Net?num_classes=5")
+    with torch.no_grad():
+        assert loaded.model(torch.randn(2, 3, 4, 4)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("ref", ["os:system", "builtins:eval", "subprocess:Popen",
+                                 "pdb:set_trace", "torch.hub:load", "functools:partial",
+                                 "usernets:nn"])
+def test_callables_that_are_not_model_factories_are_refused_before_they_are_called(
+        user_module, ref, monkeypatch):
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    called = []
+    original = getattr(importlib.import_module(module_name), attr)
+    if callable(original) and not isinstance(original, type):
+        monkeypatch.setattr(importlib.import_module(module_name), attr,
+                            lambda *a, **k: called.append(a))
+    with pytest.raises(EdgepruneError, match=r"not a model factory|not a torch.nn.Module|has no "
+                                             "callable"):
+        load_model(ref)
+    assert not called
+
+
+@pytest.mark.parametrize("ref", ["os:system", "pdb:set_trace"])
+def test_real_library_functions_are_refused_as_they_are(ref):
+    with pytest.raises(EdgepruneError, match="not a model factory"):
+        load_model(ref)
+
+
+def test_a_zip_weights_file_that_inflates_hugely_is_refused_before_inflating(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "w.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(EdgepruneError, match="inflates from .* to 67,108,864 bytes"):
+        load_model("democnn", weights=bomb, in_channels=1)
+
+
+def test_an_ordinary_torch_save_file_is_not_taken_for_a_bomb(tmp_path):
+    model = create_model("resnet20", 1, 10)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = load_model("resnet20", weights=tmp_path / "w.pt", in_channels=1)
+    x = torch.randn(1, 1, 16, 16)
+    torch.testing.assert_close(loaded.model(x), model.eval()(x))

@@ -1,11 +1,14 @@
-"""Loading a model by reference: zoo names, `torchvision:NAME`, `package.module:factory`,
-edgeprune checkpoints and pickled modules all go through `load_model`.
+"""Loading a model by reference: zoo names, `torchvision:NAME`, `timm:NAME`,
+`package.module:factory` (each optionally with `?k=v,...` keyword arguments, see
+`reference.py`), edgeprune checkpoints and pickled modules all go through `load_model`.
 
 Trust: files are data. A file is read with `torch.load(weights_only=True)` and a checkpoint
-may build only architectures edgeprune builds itself (zoo names, `torchvision:NAME`, then its
-saved structure). What would run code from a file (unpickling a pickled module, a checkpoint
-whose architecture is an import string or another file) needs `trust_code=True`, the CLI's
-`--trust-code`. A `package.module:factory` the caller names itself is the caller's choice.
+may build only architectures edgeprune builds itself (zoo names, `torchvision:NAME`,
+`timm:NAME`, then its saved structure). What would run code from a file (unpickling a
+pickled module, a checkpoint whose architecture is an import string or another file) needs
+`trust_code=True`, the CLI's `--trust-code`. A `package.module:factory` the caller names
+itself is the caller's choice, and even then only a model class or a function of that
+package is called (`reference.check_factory`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,12 +34,25 @@ from edgeprune.models.checkpoint import (
     is_checkpoint,
     load_weights_into,
 )
+from edgeprune.models.reference import (
+    call_factory,
+    check_factory,
+    check_value,
+    refuse_downloads,
+    split_reference,
+)
 from edgeprune.models.registry import create_model, list_models
+from edgeprune.models.timm_models import PREFIX as TIMM_PREFIX
+from edgeprune.models.timm_models import build_timm, timm_spec
 from edgeprune.spec import InputSpec
 
 DEMO_CHECKPOINT = "demo_fashion_mnist.pt"
 EXPORTED_SUFFIXES = (".onnx", ".ort", ".tflite")
 PICKLED = "it holds pickled Python objects"
+LIBRARY_PREFIXES = ("torchvision:", TIMM_PREFIX)
+MAX_INFLATION = 4
+"""A zip weights file may hold at most this many times its own size (plus 1 MiB) once
+inflated: torch.save stores tensors uncompressed, so more means a crafted archive."""
 
 
 @dataclass
@@ -84,13 +101,13 @@ TRUST_HINT = "pass --trust-code (Python: trust_code=True) only if you trust wher
 
 def is_import_string(ref: str) -> bool:
     """Whether `ref` names Python code to import ('package.module:factory')."""
-    return ":" in ref and not ref.startswith("torchvision:")
+    return ":" in ref and not ref.startswith(LIBRARY_PREFIXES)
 
 
 def is_builtin_arch(ref: str) -> bool:
     """Whether edgeprune builds `ref` itself, without importing or unpickling anything the
-    reference names: a zoo model or `torchvision:NAME`."""
-    return ref.startswith("torchvision:") or ref in list_models()
+    reference names: a zoo model, `torchvision:NAME` or `timm:NAME`."""
+    return ref.startswith(LIBRARY_PREFIXES) or split_reference(ref)[0] in list_models()
 
 
 def check_trusted(ref: str, source: str, trust_code: bool) -> None:
@@ -113,10 +130,28 @@ def _import_factory(ref: str):
     except ImportError as e:
         raise EdgepruneError(f"cannot import {module_name!r} from --model {ref!r} ({e}); check "
                              "the module path and that its package is installed") from None
-    fn = getattr(module, attr, None)
+    fn = getattr(module, attr, None) if attr.isidentifier() else None
     if fn is None or not callable(fn):
         raise EdgepruneError(f"{module_name!r} has no callable {attr!r} (from --model {ref!r})")
-    return fn
+    return check_factory(fn, module_name, ref)
+
+
+def _build_torchvision(name: str, kw: dict[str, Any]) -> nn.Module:
+    """torchvision model `name` with random weights; `in_channels` swaps its first conv."""
+    from torchvision import models as tvm
+
+    kw = dict(kw)
+    in_channels = kw.pop("in_channels", 3)
+    kw.setdefault("num_classes", 1000)
+    refuse_downloads(kw, f"torchvision:{name}")
+    try:
+        builder = tvm.get_model_builder(name)
+    except ValueError:
+        raise EdgepruneError(f"torchvision has no model {name!r}; see "
+                             "torchvision.models.list_models()") from None
+    model = call_factory(lambda **k: builder(weights=None, **k), kw, f"torchvision:{name}")
+    _first_conv_to(model, in_channels)
+    return model
 
 
 def build_arch(arch: ArchRef, trust_code: bool = False, source: str = "the model"
@@ -124,28 +159,27 @@ def build_arch(arch: ArchRef, trust_code: bool = False, source: str = "the model
     """Build the unpruned architecture an ArchRef names (random weights). An import string or
     a pickled file runs code, so it needs `trust_code`; `source` names where `arch` came
     from in that error."""
-    ref, kw = arch.ref, arch.kwargs
-    check_trusted(ref, source, trust_code)
+    check_trusted(arch.ref, source, trust_code)
+    ref, query = split_reference(arch.ref) if not _is_model_file(arch.ref) else (arch.ref, {})
+    kw = {**query, **arch.kwargs}
+    if not isinstance(arch.kwargs, dict) or not all(isinstance(k, str) for k in kw):
+        raise EdgepruneError(f"{source}: the keyword arguments of {ref!r} are not a mapping "
+                             "of names to values")
+    for key, value in kw.items():
+        check_value(key, value, ref)
     if ref.startswith("torchvision:"):
-        from torchvision import models as tvm
-
-        name = ref.split(":", 1)[1]
-        try:
-            model = tvm.get_model(name, weights=None, num_classes=kw.get("num_classes", 1000))
-        except ValueError:
-            raise EdgepruneError(f"torchvision has no model {name!r}; see "
-                                 "torchvision.models.list_models()") from None
-        _first_conv_to(model, kw.get("in_channels", 3))
-        return model
+        return _build_torchvision(ref.split(":", 1)[1], kw)
+    if ref.startswith(TIMM_PREFIX):
+        return build_timm(ref[len(TIMM_PREFIX):], kw)
     if ":" in ref:
-        model = _import_factory(ref)(**kw)
-    elif ref.endswith((".pt", ".pth")):
-        model = _load_pickled_module(Path(ref))
-    else:
-        model = create_model(ref, **kw)
-    if not isinstance(model, nn.Module):
-        raise EdgepruneError(f"--model {ref!r} did not produce a torch.nn.Module")
-    return model
+        return call_factory(_import_factory(ref), kw, ref)
+    if ref.endswith((".pt", ".pth")):
+        return _load_pickled_module(Path(ref))
+    unknown = sorted(set(kw) - {"in_channels", "num_classes"})
+    if unknown and ref in list_models():
+        raise EdgepruneError(f"zoo model {ref!r} has no keyword argument {unknown[0]!r} (it "
+                             "takes: in_channels, num_classes)")
+    return create_model(ref, **kw)
 
 
 def _load_pickled_module(path: Path) -> nn.Module:
@@ -164,10 +198,28 @@ def _read_file(path: Path) -> tuple[Any, str | None]:
     (None, why) when it is not: a pickled module, another format, a broken file."""
     if not path.is_file():
         raise EdgepruneError(f"model file {path} does not exist")
+    _check_inflation(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as e:  # noqa: BLE001 - anything else is not plain data
         return None, _why_not_data(e)
+
+
+def _check_inflation(path: Path) -> None:
+    """EdgepruneError, before anything is inflated, when zip file `path` declares members
+    that inflate to far more than the file's size (see MAX_INFLATION)."""
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EdgepruneError(f"cannot read {path}: a damaged zip archive ({e})") from None
+    if inflated > MAX_INFLATION * size + 2**20:
+        raise EdgepruneError(f"{path} inflates from {size:,} to {inflated:,} bytes, far more "
+                             "than a torch.save file does; it is not a checkpoint edgeprune "
+                             "reads")
 
 
 def _why_not_data(error: Exception) -> str:
@@ -212,7 +264,9 @@ def _state_dict_of(obj, source: str) -> dict:
 
 
 def _is_model_file(ref: str) -> bool:
-    return ref.endswith((".pt", ".pth")) or Path(ref).is_file()
+    """Whether --model `ref` is a file: one that exists, or a .pt/.pth name that is not a
+    reference with keyword arguments ('timm:x?checkpoint_path=w.pt' is a reference)."""
+    return Path(ref).is_file() or (ref.endswith((".pt", ".pth")) and "?" not in ref)
 
 
 def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
@@ -247,14 +301,35 @@ def check_model_ref(ref: str | None, trust_code: bool = False) -> None:
         read_model_file(Path(ref), trust_code)
 
 
+def _build_reference(ref: str, in_channels: int, num_classes: int) -> LoadedModel:
+    """The model a reference the caller typed names (keyword arguments after '?' override
+    the data's `in_channels`/`num_classes`); a timm model comes with its pretrained
+    config's input spec (see `timm_spec`)."""
+    base, query = split_reference(ref)
+    sized = {} if is_import_string(base) else \
+        {"in_channels": in_channels, "num_classes": num_classes}
+    arch = ArchRef(base, {**sized, **query})
+    model = build_arch(arch, trust_code=True)  # the caller's own reference
+    if not base.startswith(TIMM_PREFIX):
+        return LoadedModel(model, arch, None, {})
+    kw = arch.kwargs
+    spec = timm_spec(model, kw.get("in_chans", kw.get("in_channels", 3)),
+                     getattr(model, "num_classes", num_classes), kw.get("img_size"))
+    return LoadedModel(model, arch, spec, {"input_spec_from": "timm pretrained_cfg"}
+                       if spec is not None else {})
+
+
 def load_model(ref: str | None = None, weights: Path | str | None = None,
                in_channels: int = 3, num_classes: int = 10, *, trust_code: bool = False
                ) -> LoadedModel:
     """Load a model from any reference the CLI's --model accepts.
 
     - None or 'demo': the shipped demo checkpoint (Fashion-MNIST);
-    - a zoo name ('resnet20'), 'torchvision:NAME' or 'package.module:factory', built with
-      `in_channels`/`num_classes` (zoo, torchvision) and then `weights` (a state_dict) loaded;
+    - a zoo name ('resnet20'), 'torchvision:NAME', 'timm:NAME' or 'package.module:factory',
+      each optionally followed by '?k=v,...' keyword arguments for its builder, built with
+      `in_channels`/`num_classes` (zoo, torchvision, timm) and then `weights` (a state_dict,
+      or a checkpoint's structure and state_dict) loaded; a timm model's spec is its
+      pretrained config's input size, mean and std;
     - a path to an edgeprune checkpoint or, with `trust_code`, to a pickled nn.Module.
 
     Without `trust_code`, nothing a file names or holds is imported or unpickled (see the
@@ -270,10 +345,7 @@ def load_model(ref: str | None = None, weights: Path | str | None = None,
             return _from_checkpoint(ckpt, str(path), trust_code)
         loaded = LoadedModel(_load_pickled_module(path), ArchRef(str(path.resolve())), None, {})
     else:
-        kwargs = {} if is_import_string(ref) else \
-            {"in_channels": in_channels, "num_classes": num_classes}
-        arch = ArchRef(ref, kwargs)
-        loaded = LoadedModel(build_arch(arch, trust_code=True), arch, None, {})  # caller's own
+        loaded = _build_reference(ref, in_channels, num_classes)
     if weights is not None:
         wpath = Path(weights)
         obj, why = _read_file(wpath)
