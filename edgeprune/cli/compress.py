@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     CriterionOpt,
     D,
@@ -35,19 +36,19 @@ if TYPE_CHECKING:
 def compress(
     ctx: typer.Context,
     criterion: CriterionOpt = D.criterion,
-    flops_reduction: Annotated[float | None, typer.Option(
-        help="pin one pruning level: the share of FLOPs to remove (0.5 = half) [default: "
-        "search the deepest cut whose shipped file stays within --max-drop on validation "
-        "data, see --search-budget]")] = D.flops_reduction,
-    search_budget: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs the level search may spend on its trials [default: as many "
-        "as the run's fine-tuning, i.e. four trials]")] = D.search_budget,
+    flops_reduction: Annotated[float | None, bounded(
+        "flops_reduction", "pin one pruning level: the share of FLOPs to remove (0.5 = "
+        "half) [default: search the deepest cut whose shipped file stays within --max-drop "
+        "on validation data, see --search-budget]")] = D.flops_reduction,
+    search_budget: Annotated[float | None, bounded(
+        "search_budget", "fine-tuning epochs the level search may spend on its trials "
+        "[default: as many as the run's fine-tuning, i.e. four trials]")] = D.search_budget,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")
     ] = D.global_ranking,
-    latency_ms: Annotated[float | None, typer.Option(
-        help="a second constraint: ship the deepest cut within --max-drop that also meets "
+    latency_ms: Annotated[float | None, bounded(
+        "latency_ms", "a second constraint: ship the deepest cut within --max-drop that also meets "
         "this latency on the target (measured with --device, else the target's roofline "
         "estimate); when none does, the miss is stated")] = None,
     name: Annotated[str | None, typer.Option(help="run name (default: MODEL-TARGET-"

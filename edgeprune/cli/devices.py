@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     D,
     DeviceOpt,
@@ -43,12 +44,12 @@ def bench(
     target: TargetOpt = D.target,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
-    runs: Annotated[int, typer.Option(min=1, help="timed runs per file (at least)")] = 50,
-    min_seconds: Annotated[float, typer.Option(
-        min=0, help="timed seconds per file (at least)")] = 1.0,
-    warmup: Annotated[int, typer.Option(min=0, help="untimed runs before timing")] = 10,
-    rounds: Annotated[int, typer.Option(
-        min=1, help="the files are timed in turn in this many rounds (ratios hold under load; "
+    runs: Annotated[int, bounded("runs", "timed runs per file (at least)")] = 50,
+    min_seconds: Annotated[float, bounded(
+        "min_seconds", "timed seconds per file (at least)")] = 1.0,
+    warmup: Annotated[int, bounded("warmup", "untimed runs before timing")] = 10,
+    rounds: Annotated[int, bounded(
+        "rounds", "the files are timed in turn in this many rounds (ratios hold under load; "
         "their spread is over the rounds)")] = 10,
     eval_: Annotated[bool, typer.Option("--eval", help="also top-1 accuracy on the sample "
                                         "batch shipped with each model")] = False,
@@ -60,7 +61,7 @@ def bench(
         "--run", help="append the results to this run folder's manifest.json")] = None,
     ssh_option: SshOpt = None,
     remote_python: RemotePythonOpt = D.remote_python,
-    timeout: Annotated[float, typer.Option(min=1, help="seconds allowed per model file")] = 600,
+    timeout: Annotated[float, bounded("timeout", "seconds allowed per model file")] = 600,
     quiet: QuietOpt = False,
 ) -> None:
     """Benchmark model files on this machine (plus a target estimate) or on devices."""
@@ -166,9 +167,9 @@ def calibrate(
         help="tflite | onnxruntime [default: the base profile's]")] = None,
     model: Annotated[str, typer.Option(help="reference model")] = "torchvision:mobilenet_v2",
     input_size: Annotated[str, typer.Option(help="its input, CxHxW")] = "3x224x224",
-    runs: Annotated[int, typer.Option(min=1, help="timed runs per file (at least)")] = 50,
-    min_seconds: Annotated[float, typer.Option(
-        min=0, help="timed seconds per file (at least)")] = 1.0,
+    runs: Annotated[int, bounded("runs", "timed runs per file (at least)")] = 50,
+    min_seconds: Annotated[float, bounded(
+        "min_seconds", "timed seconds per file (at least)")] = 1.0,
     ssh_option: SshOpt = None,
     remote_python: RemotePythonOpt = D.remote_python,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
@@ -205,8 +206,8 @@ def deploy(
     remote_dir: Annotated[str | None, typer.Option(
         help="folder on the device [default: ~/edgeprune/RUN_NAME]")] = None,
     threads: ThreadsOpt = None,
-    runs: Annotated[int, typer.Option(min=1, help="timed runs (at least)")] = 50,
-    min_seconds: Annotated[float, typer.Option(min=0, help="timed seconds (at least)")] = 1.0,
+    runs: Annotated[int, bounded("runs", "timed runs (at least)")] = 50,
+    min_seconds: Annotated[float, bounded("min_seconds", "timed seconds (at least)")] = 1.0,
     ssh_option: SshOpt = None,
     remote_python: RemotePythonOpt = D.remote_python,
     quiet: QuietOpt = False,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     AcceleratorOpt,
     CriterionOpt,
@@ -40,13 +41,13 @@ def explain(
     layers: Annotated[str | None, typer.Option(
         help="conv layers to draw, comma-separated qualified names [default: all]")] = None,
     criterion: CriterionOpt = "actmax",
-    flops_reduction: Annotated[float, typer.Option(
-        help="mark the filters prune() removes at this FLOPs reduction")] = 0.5,
-    keep_ratio: Annotated[float | None, typer.Option(
-        help="instead: mark all but each layer's top KEEP_RATIO filters")] = None,
+    flops_reduction: Annotated[float, bounded(
+        "flops_reduction", "mark the filters prune() removes at this FLOPs reduction")] = 0.5,
+    keep_ratio: Annotated[float | None, bounded(
+        "keep_ratio", "instead: mark all but each layer's top KEEP_RATIO filters")] = None,
     out: Annotated[Path, typer.Option(help="folder for the PNGs and atlas.json")] = Path(
         "atlas"),
-    am_steps: Annotated[int, typer.Option(help="activation-maximization steps")] = 48,
+    am_steps: Annotated[int, bounded("am_steps", "activation-maximization steps")] = 48,
     score_samples: ScoreSamplesOpt = 256,
     samples_per_class: SamplesPerClassOpt = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     D,
     ModelArg,
@@ -32,18 +33,19 @@ def export(
         "exported"),
     stem: Annotated[str | None, typer.Option(
         help="file name stem (default: the model's name)")] = None,
-    calibration_samples: Annotated[int, typer.Option(
-        help="training images int8 activation ranges are calibrated on (at least 64)")] = 512,
-    eval_samples: Annotated[int, typer.Option(
-        help="test images each file's top-1 accuracy is measured on (0: none)")] = 2000,
+    calibration_samples: Annotated[int, bounded(
+        "calibration_samples", "training images int8 activation ranges are calibrated on "
+        "(at least 64)")] = 512,
+    eval_samples: Annotated[int, bounded(
+        "eval_samples", "test images each file's top-1 accuracy is measured on (0: none)")] = 2000,
     verify: Annotated[bool, typer.Option(
         help="fail when a file misses its thresholds (numbers are measured either way)")] = True,
     nhwc: Annotated[bool, typer.Option(
         help="TFLite input in NHWC (channels-last) layout: no input transpose on devices")] = False,
     int8_io: Annotated[bool, typer.Option(
         help="int8 TFLite files take and return int8 tensors instead of float")] = False,
-    opset: Annotated[int | None, typer.Option(
-        help="ONNX opset (default 18, for onnxruntime >= 1.14; 17 for 1.13, 15 for "
+    opset: Annotated[int | None, bounded(
+        "opset", "ONNX opset (default 18, for onnxruntime >= 1.14; 17 for 1.13, 15 for "
         "1.10-1.12)")] = None,
     dynamic_batch: Annotated[bool, typer.Option(
         help="ONNX files accept any batch size")] = False,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.jobs.config import CompressConfig
 
 D = CompressConfig()
@@ -24,7 +25,8 @@ CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-logit, function, fmcluster,
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
-WeightsOpt = Annotated[Path | None, typer.Option(help="state_dict file for --model")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    exists=True, dir_okay=False, help="state_dict file for --model")]
 DatasetOpt = Annotated[str, typer.Option(
     help="auto | fashion-mnist | demo | cifar10 | imagefolder | synthetic")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="folder holding the dataset's files")]
@@ -32,23 +34,23 @@ InputSizeOpt = Annotated[str | None, typer.Option(help="CxHxW, e.g. 3x32x32")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="device profile (see "
                                           "'edgeprune targets')")]
 CriterionOpt = Annotated[str, typer.Option("--criterion", "-c", help=CRITERIA_HELP)]
-ScoreSamplesOpt = Annotated[int, typer.Option(
-    help="class-balanced training images the criterion sees")]
-ScoreBatchOpt = Annotated[int | None, typer.Option(
-    min=1, help="reference images per forward pass while scoring: peak memory grows with "
+ScoreSamplesOpt = Annotated[int, bounded(
+    "score_samples", "class-balanced training images the criterion sees")]
+ScoreBatchOpt = Annotated[int | None, bounded(
+    "score_batch", "reference images per forward pass while scoring: peak memory grows with "
     "it, not with the number of reference images [default: auto, as many as keep one "
     "batch's feature maps under 256 MB, at most 64]")]
-SamplesPerClassOpt = Annotated[int | None, typer.Option(
-    help="instead of --score-samples: exactly N reference images per class (the LRP paper's "
-    "data-scarce setting uses 1-10)")]
-SeedOpt = Annotated[int, typer.Option(help="random seed (sampled images, initialisations)")]
+SamplesPerClassOpt = Annotated[int | None, bounded(
+    "samples_per_class", "instead of --score-samples: exactly N reference images per class "
+    "(the LRP paper's data-scarce setting uses 1-10)")]
+SeedOpt = Annotated[int, bounded("seed", "random seed (sampled images, initialisations)")]
 ScheduleOpt = Annotated[str, typer.Option(
     help="one-shot | iterative (the LRP paper: --step of the filters a step, re-scored) | "
     "layer-by-layer (the activation-maximization paper)")]
-StepOpt = Annotated[float, typer.Option(
-    help="iterative: share of the prunable filters removed per step")]
-StepEpochsOpt = Annotated[float, typer.Option(
-    help="iterative/layer-by-layer: fine-tuning epochs between steps (0 = none)")]
+StepOpt = Annotated[float, bounded(
+    "step", "iterative: share of the prunable filters removed per step")]
+StepEpochsOpt = Annotated[float, bounded(
+    "step_epochs", "iterative/layer-by-layer: fine-tuning epochs between steps (0 = none)")]
 ReestimateOpt = Annotated[bool, typer.Option(
     help="refit the layers that lost inputs by least squares (kernel re-estimation, the "
     "concept paper's recovery step)")]
@@ -70,8 +72,8 @@ DeviceOpt = Annotated[list[str] | None, typer.Option(
     metavar="URL", help="ssh://user@host[:port] to measure on the device (default: this "
     "machine, plus an estimate for --target); repeat it to measure on a fleet at once, one "
     "connection each (the first device decides what compress ships)")]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    min=1, help="inference threads (default: the target's; on this machine at most its cores)")]
+ThreadsOpt = Annotated[int | None, bounded(
+    "threads", "inference threads (default: the target's; on this machine at most its cores)")]
 RemotePythonOpt = Annotated[str, typer.Option(help="Python on the device")]
 SshOpt = Annotated[list[str] | None, typer.Option(
     "--ssh-option", help="extra ssh -o KEY=VALUE, repeatable (e.g. IdentityFile=~/.ssh/pi); "
@@ -92,8 +94,8 @@ def model_data_options(
     skip_bad_images: Annotated[bool, typer.Option(
         help="imagefolder: decode every file first and leave out (and record) the ones that "
         "fail, instead of stopping at the first")] = D.skip_bad_images,
-    workers: Annotated[int | None, typer.Option(
-        help="processes decoding image files (imagefolder) [default: up to 4]")] = None,
+    workers: Annotated[int | None, bounded(
+        "workers", "processes decoding image files (imagefolder) [default: up to 4]")] = None,
     seed: SeedOpt = D.seed,
     trust_code: TrustCodeOpt = False,
 ) -> None:
@@ -117,45 +119,45 @@ def compress_options(
     step_epochs: StepEpochsOpt = D.step_epochs,
     reestimate: ReestimateOpt = D.reestimate,
     residual_stream: ResidualStreamOpt = D.residual_stream,
-    bn_recalibration: Annotated[int, typer.Option(
-        help="re-estimate BatchNorm statistics on this many training images after pruning "
-        "(no weight update; 0 = off); use it with --epochs 0")] = D.bn_recalibration,
-    epochs: Annotated[float | None, typer.Option(
-        help="fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
+    bn_recalibration: Annotated[int, bounded(
+        "bn_recalibration", "re-estimate BatchNorm statistics on this many training images "
+        "after pruning (no weight update; 0 = off); use it with --epochs 0")] = D.bn_recalibration,
+    epochs: Annotated[float | None, bounded(
+        "epochs", "fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
         "fine-tuning)")] = D.epochs,
     finetune: Annotated[str, typer.Option(
         help="fine-tuning loss: distill (knowledge distillation from the dense model) | ce "
         "(cross-entropy on the labels, as the criteria papers fine-tune)")] = D.finetune,
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = D.lr,
-    batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = D.batch_size,
+    lr: Annotated[float, bounded("lr", "fine-tuning peak learning rate")] = D.lr,
+    batch_size: Annotated[int, bounded("batch_size", "fine-tuning batch size")] = D.batch_size,
     formats: Annotated[str, typer.Option(
         help="export formats, comma-separated")] = ",".join(D.formats),
     verify: Annotated[bool, typer.Option(help="check every export against PyTorch")] = D.verify,
     precision: Annotated[str, typer.Option(
         help="auto | fp32 | fp16 | int8: the precisions tried (auto: the target's list, e.g. "
         "int8 then fp32); the fastest file within --max-drop ships")] = D.precision,
-    max_drop: Annotated[float, typer.Option(
-        help="accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
+    max_drop: Annotated[float, bounded(
+        "max_drop", "accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
     ] = D.max_drop,
-    qat_epochs: Annotated[float | None, typer.Option(
-        help="when int8 post-training quantization loses more than --max-drop, this many "
+    qat_epochs: Annotated[float | None, bounded(
+        "qat_epochs", "when int8 post-training quantization loses more than --max-drop, this many "
         "epochs of quantization-aware training recover it (default: enough to see 15k "
         "images, at most 10; 0 = off; TFLite targets)")] = D.qat_epochs,
     device: DeviceOpt = D.device,
     ssh_option: SshOpt = D.ssh_option,
     remote_python: RemotePythonOpt = D.remote_python,
-    threads: Annotated[int | None, typer.Option(
-        help="inference threads [default: the target's; on this machine at most its cores]")
-    ] = D.threads,
-    bench_runs: Annotated[int, typer.Option(
-        help="timed runs per model file (at least)")] = D.bench_runs,
-    bench_seconds: Annotated[float, typer.Option(
-        help="timed seconds per model file (at least)")] = D.bench_seconds,
-    bench_rounds: Annotated[int, typer.Option(
-        help="the files are timed in turn in this many rounds, so ratios hold under load")
-    ] = D.bench_rounds,
-    eval_limit: Annotated[int | None, typer.Option(
-        help="evaluate on this many test images only")] = D.eval_limit,
+    threads: Annotated[int | None, bounded(
+        "threads", "inference threads [default: the target's; on this machine at most its "
+        "cores]")] = D.threads,
+    bench_runs: Annotated[int, bounded(
+        "bench_runs", "timed runs per model file (at least)")] = D.bench_runs,
+    bench_seconds: Annotated[float, bounded(
+        "bench_seconds", "timed seconds per model file (at least)")] = D.bench_seconds,
+    bench_rounds: Annotated[int, bounded(
+        "bench_rounds", "the files are timed in turn in this many rounds, so ratios hold "
+        "under load")] = D.bench_rounds,
+    eval_limit: Annotated[int | None, bounded(
+        "eval_limit", "evaluate on this many test images only")] = D.eval_limit,
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path(D.runs_dir),
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of compress options (keys = option names); flags given on "

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprune import console
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     CriterionOpt,
     D,
@@ -34,34 +35,36 @@ def prune(
     model: ModelArg = D.model,
     target: TargetOpt = D.target,
     criterion: CriterionOpt = D.criterion,
-    score_samples: Annotated[int, typer.Option(
-        help="class-balanced training images the criterion (and --reestimate) sees")
+    score_samples: Annotated[int, bounded(
+        "score_samples", "class-balanced training images the criterion (and --reestimate) sees")
     ] = D.score_samples,
     score_batch: ScoreBatchOpt = None,
     samples_per_class: SamplesPerClassOpt = None,
-    flops_reduction: Annotated[float | None, typer.Option(
-        help="goal: share of FLOPs to remove (default 0.5 when no other goal)")] = None,
-    params_reduction: Annotated[float | None, typer.Option(
-        help="goal: share of parameters to remove")] = None,
-    latency_ms: Annotated[float | None, typer.Option(
-        help="goal: latency budget on --target, predicted by its roofline profile")] = None,
+    flops_reduction: Annotated[float | None, bounded(
+        "flops_reduction", "goal: share of FLOPs to remove (default 0.5 when no other "
+        "goal)")] = None,
+    params_reduction: Annotated[float | None, bounded(
+        "params_reduction", "goal: share of parameters to remove")] = None,
+    latency_ms: Annotated[float | None, bounded(
+        "latency_ms", "goal: latency budget on --target, predicted by its roofline "
+        "profile")] = None,
     layer_ratios: Annotated[str | None, typer.Option(
         help="goal: per-layer ratios, NAME=RATIO,... (e.g. layer1.0.conv1=0.5)")] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="threads the latency is predicted and measured at [default: the target's]")
+    threads: Annotated[int | None, bounded(
+        "threads", "threads the latency is predicted and measured at [default: the target's]")
     ] = None,
-    round_to: Annotated[int | None, typer.Option(
-        help="channel counts rounded to this multiple [default: the target's SIMD width]")
+    round_to: Annotated[int | None, bounded(
+        "round_to", "channel counts rounded to this multiple [default: the target's SIMD width]")
     ] = None,
-    min_channels: Annotated[int | None, typer.Option(
-        help="no layer keeps fewer channels [default: --round-to]")] = None,
+    min_channels: Annotated[int | None, bounded(
+        "min_channels", "no layer keeps fewer channels [default: --round-to]")] = None,
     uniform: Annotated[bool, typer.Option(
         "--uniform/--global", help="the same ratio in every layer, or one global ranking")
     ] = False,
     schedule: ScheduleOpt = D.schedule,
     step: StepOpt = D.step,
     step_epochs: StepEpochsOpt = 0.0,
-    lr: Annotated[float, typer.Option(help="fine-tuning peak learning rate")] = D.lr,
+    lr: Annotated[float, bounded("lr", "fine-tuning peak learning rate")] = D.lr,
     reestimate: ReestimateOpt = False,
     residual_stream: ResidualStreamOpt = D.residual_stream,
     measure_on: Annotated[str | None, typer.Option(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeprune.cli.bounds import bounded
 from edgeprune.cli.options import (
     AcceleratorOpt,
     DatasetOpt,
@@ -24,9 +25,9 @@ def train(
     model: ModelOpt = "democnn",
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("model.pt"),
     dataset: DatasetOpt = "fashion-mnist",
-    epochs: Annotated[float, typer.Option(help="training epochs")] = 20,
-    lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle)")] = 0.1,
-    batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
+    epochs: Annotated[float, bounded("epochs", "training epochs", "train")] = 20,
+    lr: Annotated[float, bounded("lr", "peak learning rate (one-cycle)")] = 0.1,
+    batch_size: Annotated[int, bounded("batch_size", "batch size")] = 128,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
     accelerator: AcceleratorOpt = "auto",
     **options: Any,

@@ -28,6 +28,7 @@ from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.ssh import SshOptions, option_risk, remote_python_problem
 from edgeprune.devices.targets import DEFAULT_TARGET
 from edgeprune.errors import EdgepruneError
+from edgeprune.jobs.bounds import check_bounds
 from edgeprune.jobs.checks import check_options, check_output_folder
 from edgeprune.jobs.runs import check_run_name
 from edgeprune.tomlfile import dumps, read_toml
@@ -265,6 +266,7 @@ def check_ranges(cfg: CompressConfig) -> None:
         ("--bench-rounds", cfg.bench_rounds, cfg.bench_rounds >= 1, "at least 1"),
         *((flag, value, ok(value), expected) for flag, value, expected, ok in optional
           if value is not None))
+    check_bounds(cfg)  # the upper ends, from the table the CLI's --help shows
     if not cfg.out:  # the run folder is RUNS_DIR/NAME: NAME must not lead out of it
         check_run_name(cfg.run_name(), "--name" if cfg.name else "the run name (set --name)")
     check_output_folder(cfg.run_dir(), "--out" if cfg.out else "--runs-dir")
