@@ -24,12 +24,17 @@ def _tomllib() -> Any:
 
 def read_toml(path: Path | str, what: str = "file") -> dict[str, Any]:
     """The TOML document in `path` as a dict; EdgepruneError naming the `what` and file when
-    it cannot be read or is not valid TOML."""
+    it cannot be read, is not UTF-8 text (as TOML must be) or is not valid TOML."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise EdgepruneError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgepruneError(f"{what} {path} is not UTF-8 text, as TOML must be (byte "
+                             f"{e.start} is 0x{raw[e.start]:02x}); save it as UTF-8") from None
     toml = _tomllib()
     try:
         return toml.loads(text)

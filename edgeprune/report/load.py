@@ -45,6 +45,16 @@ def _optional_json(path: Path) -> Any:
     return _json(path) if path.is_file() else None
 
 
+def _optional_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file a run writes, or None when it is absent; EdgepruneError when it
+    holds anything else (a list, a number), which no stage writes."""
+    data = _optional_json(path)
+    if data is not None and not isinstance(data, dict):
+        raise EdgepruneError(f"{path} holds a JSON {type(data).__name__}, not the object a run "
+                             "writes; restore it from the run or run the command again")
+    return data
+
+
 def _scores(path: Path) -> dict[str, np.ndarray]:
     """{layer: per-channel scores} from scores.pt, loaded without unpickling code."""
     if not path.is_file():
@@ -75,11 +85,11 @@ def load_run(run_dir: Path | str) -> RunData:
     """Everything the report needs from `run_dir`; an error if it holds no manifest.json."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir, finished=False)  # compress reports before publishing
-    config = _optional_json(run_dir / "config.json") or manifest.get("config") or {}
+    config = _optional_object(run_dir / "config.json") or manifest.get("config") or {}
     toml_path = run_dir / "config.toml"
     return RunData(
-        run_dir=run_dir, manifest=manifest, summary=_optional_json(run_dir / "summary.json"),
+        run_dir=run_dir, manifest=manifest, summary=_optional_object(run_dir / "summary.json"),
         config=config, config_toml=toml_path.read_text() if toml_path.is_file() else None,
         scores=_scores(run_dir / "scores.pt"), sidecars=_sidecars(run_dir / "models"),
-        shapes=_optional_json(run_dir / "architecture.json") or {},
+        shapes=_optional_object(run_dir / "architecture.json") or {},
         atlas=sorted((run_dir / "atlas").glob("*.png")) if (run_dir / "atlas").is_dir() else [])
