@@ -20,6 +20,14 @@ Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open
   it on that graph (zennit's `MergeBatchNorm`); models fx cannot trace fall back to zennit's
   `SequentialMergeBatchNorm` with the adds left as gradients (relevance is then not conserved
   across residual sums);
+- layers zennit has no rule for: LayerNorm and GroupNorm pass relevance through unchanged
+  (zennit's `Pass`), the reading of CP-LRP (Ali et al., ICML 2022) and AttnLRP (Achtibat et
+  al., ICML 2024), which treat the normalisation's scale as a constant so that, biases left
+  out, relevance crosses the norm as it arrives; GELU and SiLU are activations (`Pass`) in
+  zennit's own map, and Mish is added to them. Attention's softmax is *not* given CP-LRP's
+  rule (which holds the attention weights constant): relevance crosses it as a gradient, so
+  it is not conserved inside attention blocks (MobileViT, ViT), while the convs and linear
+  layers around them are scored with their usual rules;
 - scores are non-negative (absolute relevance): a filter whose output never changes the true
   class's logit, a dead one included, scores about 0 and goes first, while a filter that
   carries evidence against the true class (negative relevance, possible where the classifier's
@@ -43,7 +51,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer, MergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
 from zennit.layer import Sum
-from zennit.rules import AlphaBeta, Epsilon, ZBox
+from zennit.rules import AlphaBeta, Epsilon, Pass, ZBox
 from zennit.types import BatchNorm, Convolution
 from zennit.types import Linear as LinearLike
 
@@ -59,6 +67,8 @@ from edgeprune.data import first_per_class
 from edgeprune.errors import EdgepruneError
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+PASS_THROUGH = (nn.LayerNorm, nn.GroupNorm, nn.Mish)
+"""Same-shape layers zennit has no rule for that relevance crosses unchanged (module doc)."""
 _ADD_METHODS = ("add", "add_")
 
 
@@ -149,6 +159,9 @@ class RelevanceRecorder:
     of its input gradient, so the gradient reaching a layer's output tensor during the modified
     backward pass is the relevance there. A forward hook attaches a tensor hook to each output;
     the forward hooks are removed on exit and the tensor hooks die with the autograd graph.
+    A convolution's channels are dimension 1 of its output, a linear layer's the last one (a
+    Linear applied to channels-last maps, as in ConvNeXt's and transformers' MLPs, has its
+    channels last whatever the rank).
     """
 
     def __init__(self, layers: dict[str, nn.Module]) -> None:
@@ -156,6 +169,7 @@ class RelevanceRecorder:
         self.totals = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64)
                        for n, m in layers.items()}
         self.magnitudes = {n: v.clone() for n, v in self.totals.items()}
+        self.channel_dim = {n: -1 if isinstance(m, nn.Linear) else 1 for n, m in layers.items()}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> RelevanceRecorder:
@@ -173,7 +187,14 @@ class RelevanceRecorder:
             output.register_hook(partial(self._on_relevance, name))
 
     def _on_relevance(self, name: str, relevance: Tensor) -> None:
-        dims = [d for d in range(relevance.ndim) if d != 1]
+        channel = self.channel_dim[name] % relevance.ndim
+        if relevance.shape[channel] != self.totals[name].numel():
+            raise EdgepruneError(
+                f"lrp cannot score layer {name}: the relevance at its output has "
+                f"{relevance.shape[channel]} values along its channel dimension, not its "
+                f"{self.totals[name].numel()} filters (its output is reshaped where the rules "
+                "do not follow it); score this model with --criterion l1 or taylor")
+        dims = [d for d in range(relevance.ndim) if d != channel]
         relevance = relevance.detach().double()
         self.totals[name] += relevance.sum(dim=dims).cpu()
         self.magnitudes[name] += relevance.abs().sum(dim=dims).cpu()
@@ -197,7 +218,8 @@ def lrp_composite(low: Tensor | float, high: Tensor | float, epsilon: float,
     average pools, Pass for activations and BatchNorm (zennit's base map)."""
     conv_rule = AlphaBeta(alpha=1.0, beta=0.0, zero_params=["bias"] if ignore_bias else None)
     layer_map = layer_map_base() + [(Convolution, conv_rule),
-                                    (nn.Linear, Epsilon(epsilon=epsilon))]
+                                    (nn.Linear, Epsilon(epsilon=epsilon)),
+                                    (PASS_THROUGH, Pass())]
     first_map = [(Convolution, ZBox(low=low, high=high))]
     return SpecialFirstLayerMapComposite(layer_map, first_map, canonizers=canonizers)
 
