@@ -221,3 +221,76 @@ def test_bad_data_options_are_one_line_and_leave_nothing(tree, tmp_path, capsys,
                            "--out", str(tmp_path / "run"), *args)
     assert_one_line_error(code, err, message)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- hostile trees
+
+
+def _bomb(path: Path, side: int = 30000) -> Path:
+    """A PNG of a few hundred bytes whose header declares `side` x `side` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture()
+def looped(tmp_path) -> Path:
+    """A tree whose class folder holds two symlinks back to itself: a walk that follows
+    them never ends (2 ** 40 paths before the kernel's link limit)."""
+    root = make_tree(tmp_path / "l", per_class=6)
+    folder = root / "train" / "disc"
+    (folder / "again").symlink_to(".", target_is_directory=True)
+    (folder / "parent").symlink_to("..", target_is_directory=True)
+    return root
+
+
+def test_a_symlink_loop_is_named_and_skipped_with_skip_bad_images(looped):
+    with pytest.raises(EdgepruneError, match=r"disc/again is a symlink loop.*--skip-bad-images"):
+        load_dataset("imagefolder", looped, (3, 16, 16))
+    data = load_dataset("imagefolder", looped, (3, 16, 16), skip_bad_images=True)
+    assert sorted(data.record["symlink_loops"]) == ["train/disc/again", "train/disc/parent"]
+    assert set(data.record["skipped_images"]) >= {"train/disc/again", "train/disc/parent"}
+    assert len(data.train) == 18  # every image once, none through the links
+
+
+def test_a_symlinked_folder_that_is_no_loop_is_read(tmp_path):
+    root = make_tree(tmp_path / "s", per_class=6)
+    shared = tmp_path / "more_squares"
+    (root / "train" / "square").rename(shared)
+    (root / "train" / "square").symlink_to(shared, target_is_directory=True)
+    assert len(load_dataset("imagefolder", root, (3, 16, 16)).train) == 18
+
+
+def test_a_decompression_bomb_is_named_and_skipped_with_skip_bad_images(tmp_path, capsys,
+                                                                        monkeypatch):
+    root = make_tree(tmp_path / "b", per_class=6)
+    bomb = _bomb(root / "train" / "bars" / "huge.png")
+    with pytest.raises(EdgepruneError, match=rf"image {bomb} declares 900,000,000 pixels.*"
+                       "decompression bomb"):
+        load_dataset("imagefolder", root, (3, 16, 16))
+    data = load_dataset("imagefolder", root, (3, 16, 16), skip_bad_images=True)
+    assert data.record["skipped_images"] == ["train/bars/huge.png"]
+    assert len(data.train) == 18
+    monkeypatch.chdir(Path(__file__).parent)
+    code, _, err = run_cli(capsys, "score", "imagetree:tiny_net", "--dataset",
+                           "imagefolder", "--data-dir", str(root), "--input-size", "3x32x32",
+                           "--criterion", "l1", "--score-samples", "8")
+    assert_one_line_error(code, err, "declares 900,000,000 pixels")
+    assert "unexpected" not in err
+
+
+def test_an_image_just_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    from edgeprune.data.imagefolder import MAX_IMAGE_PIXELS, check_headers
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 1  # within Pillow's warning band, not its error
+    bomb = _bomb(tmp_path / "big.png", side)
+    with pytest.raises(EdgepruneError, match=f"declares {side}x{side} pixels"):
+        check_headers([(str(bomb), 0)])

@@ -11,12 +11,17 @@ normalization is `mean`/`std` when given, else the per-channel statistics of up 
 Every file's header is read when the tree is loaded, so a file that is not an image fails
 before any work starts; `skip_bad_images` decodes every file instead and leaves out (and
 records) the ones that fail. An image that fails later, while decoding, is one
-EdgepruneError naming the file.
+EdgepruneError naming the file. Two kinds of hostile input are named as such: a symlink that
+leads back to a folder above it (a loop, which would make the walk endless), and a
+decompression bomb, a small file whose header declares more than `MAX_IMAGE_PIXELS` pixels;
+`skip_bad_images` leaves both out and counts them with the unreadable files.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,9 @@ VAL_FRACTION = 0.1
 """Share of each class held out for validation when the tree has no val/ or test/ folder."""
 RESERVED = frozenset({"masks"})
 """Top-level folders that are never classes (`masks/` holds concept masks)."""
+MAX_IMAGE_PIXELS = 89_478_485
+"""Pixels an image's header may declare (Pillow's own default limit, about 0.25 GB of RGB):
+more is refused as a decompression bomb before it is decoded."""
 
 
 @dataclass
@@ -80,10 +88,55 @@ def bad_image(path: str | Path, error: BaseException) -> EdgepruneError:
                           "pass --skip-bad-images")
 
 
+def bomb(path: str | Path, declared: str) -> EdgepruneError:
+    """The error for a file whose header declares (`declared`, e.g. '30000x30000') more than
+    MAX_IMAGE_PIXELS pixels."""
+    return EdgepruneError(f"image {path} declares {declared} pixels, more than the "
+                          f"{MAX_IMAGE_PIXELS:,} allowed: a decompression bomb or a corrupt "
+                          "header; replace or remove the file, or pass --skip-bad-images")
+
+
+def check_size(path: str | Path, image: Any) -> None:
+    """EdgepruneError (`bomb`) when opened `image` declares more than MAX_IMAGE_PIXELS."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise bomb(path, f"{width}x{height}")
+
+
+def open_checked(path: str | Path) -> Any:
+    """Pillow's lazily opened image at `path` (header read, pixels not yet decoded), its
+    declared size checked against MAX_IMAGE_PIXELS; the caller closes it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # Pillow warns up to twice its limit: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as e:  # over twice Pillow's limit: no .size to read
+        raise bomb(path, _declared(e)) from None
+    try:
+        check_size(path, image)
+    except EdgepruneError:
+        image.close()
+        raise
+    return image
+
+
+def _declared(error: Exception) -> str:
+    """The pixel count in Pillow's DecompressionBombError ('Image size (N pixels) exceeds')."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found.group(1)):,}" if found else "too many"
+
+
 def read_pixels(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """The (C, H, W) uint8 pixels of one file, or one EdgepruneError naming it."""
+    """The (C, H, W) uint8 pixels of one file, or one EdgepruneError naming it. The tree's
+    files had their declared size checked when it was loaded (`check_headers`)."""
+    from PIL import Image
+
     try:
         return pixels(open_image(path), *shape)
+    except Image.DecompressionBombError as e:
+        raise bomb(path, _declared(e)) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # what Pillow raises on bad data
         raise bad_image(path, e) from None
 
@@ -108,19 +161,68 @@ def _class_folders(folder: Path, top_level: bool) -> list[str]:
     return [n for n in names if not (top_level and n in RESERVED)]
 
 
-def _images_below(folder: Path) -> list[str]:
-    """Every image file below `folder`, nested folders included, in a stable order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+def _folder_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows links: the folder a link leads to
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _images_below(folder: Path, loops: list[str] | None = None) -> list[str]:
+    """Every image file below `folder`, nested folders and linked folders included, in a
+    stable order (os.walk's, top-down). A symlink that leads back to a folder above it (one
+    it was reached through, or one holding `folder`) is a loop: an EdgepruneError naming it
+    or, when `loops` is given, left out and appended there. A folder reached twice through
+    links is read once."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    holding = tuple(filter(None, map(_folder_id, map(str, Path(folder).resolve().parents))))
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(str(folder), holding)]
+    while stack:
+        path, above = stack.pop()
+        here = _folder_id(path)
+        if here is None or here in seen:
+            continue
+        seen.add(here)
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable folders are skipped, as os.walk does
+        children = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if not _is_folder(entry):
+                if _is_image(entry.name):
+                    found.append(entry.path)
+            elif _folder_id(entry.path) in (*above, here):
+                _loop(entry.path, loops)
+            else:
+                children.append((entry.path, (*above, here)))
+        stack += reversed(children)
     return found
 
 
-def _samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; False for a link that loops on itself
+    except OSError:
+        return False
+
+
+def _loop(path: str, loops: list[str] | None) -> None:
+    if loops is None:
+        raise EdgepruneError(f"{path} is a symlink loop: it leads back to a folder above it; "
+                             "remove the link, or pass --skip-bad-images")
+    loops.append(path)
+
+
+def _samples(folder: Path, classes: list[str], loops: list[str] | None = None
+             ) -> list[tuple[str, int]]:
     samples = []
     for index, name in enumerate(classes):
-        files = _images_below(folder / name)
+        files = _images_below(folder / name, loops)
         if not files:
             raise EdgepruneError(f"class folder {folder / name} holds no images ("
                                  f"{', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove it")
@@ -155,8 +257,12 @@ def _split(samples: list[tuple[str, int]], fraction: float, seed: int
     return train, val
 
 
-def find_tree(root: Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> Tree:
-    """The classes and the train/val samples of the tree at `root` (see the module doc)."""
+def find_tree(root: Path, val_fraction: float = VAL_FRACTION, seed: int = 0,
+              skip_loops: bool = False) -> Tree:
+    """The classes and the train/val samples of the tree at `root` (see the module doc).
+    A symlink loop is an error, or with `skip_loops` left out and listed in
+    `record["symlink_loops"]`."""
+    loops: list[str] | None = [] if skip_loops else None
     if not root.is_dir():
         raise EdgepruneError(f"image folder {root} does not exist; pass --data-dir")
     val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
@@ -169,7 +275,8 @@ def find_tree(root: Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> 
         _check_same_classes(train_dir, val_dir, classes, _class_folders(val_dir, False))
         layout = f"train/ and {val_dir.name}/"
         tree = Tree(classes, [], [], layout)
-        tree.train, tree.val = _samples(train_dir, classes), _samples(val_dir, classes)
+        tree.train, tree.val = _samples(train_dir, classes, loops), _samples(val_dir, classes,
+                                                                             loops)
     else:
         folder = train_dir if train_dir.is_dir() else root
         classes = _class_folders(folder, folder == root)
@@ -178,24 +285,24 @@ def find_tree(root: Path, val_fraction: float = VAL_FRACTION, seed: int = 0) -> 
                                  f"{folder}/cat/*.jpg and {folder}/dog/*.jpg")
         tree = Tree(classes, [], [], f"{'train/' if folder == train_dir else 'class folders'}"
                     f" split {1 - val_fraction:.0%}/{val_fraction:.0%} with seed {seed}")
-        tree.train, tree.val = _split(_samples(folder, classes), val_fraction, seed)
+        tree.train, tree.val = _split(_samples(folder, classes, loops), val_fraction, seed)
         tree.record["split"] = {"seed": seed, "val_fraction": val_fraction,
                                 "val_files": [os.path.relpath(p, root) for p, _ in tree.val]}
     if len(tree.classes) < 2:
         raise EdgepruneError(f"{root} has {len(tree.classes)} class folder; a classifier needs "
                              "at least two")
+    if loops:
+        tree.record["symlink_loops"] = [os.path.relpath(p, root) for p in loops]
     return tree
 
 
 def check_headers(samples: list[tuple[str, int]]) -> None:
     """Open every file and read its header: what is not an image fails here, before any
     work, with one error naming the file."""
-    from PIL import Image
-
     for path, _ in samples:
         try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018 - reading the header is the check
+            with open_checked(path):
+                pass  # reading the header and its declared size is the check
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise bad_image(path, e) from None
 
@@ -211,6 +318,7 @@ class _Decoded(Dataset):
 
     def __getitem__(self, i: int) -> bool:
         try:
+            check_headers([self.samples[i]])  # a decompression bomb is refused undecoded
             read_pixels(self.samples[i][0], self.shape)
             return True
         except EdgepruneError:
@@ -267,12 +375,13 @@ def load_imagefolder(root: Path | str, input_size: tuple[int, int, int] | None =
                              "(grayscale) or 3 (RGB) channels")
     if mean is not None and std is not None:
         mean, std = check_normalization(mean, std, shape[0])
-    tree = find_tree(root, val_fraction, seed)
+    tree = find_tree(root, val_fraction, seed, skip_loops=skip_bad_images)
     skipped: list[str] = []
     if skip_bad_images:
         tree.train, bad_train = without_bad_images(tree.train, shape, workers, "training")
         tree.val, bad_val = without_bad_images(tree.val, shape, workers, "validation")
         skipped = [os.path.relpath(p, root) for p in bad_train + bad_val]
+        skipped += tree.record.get("symlink_loops", [])
         if skipped:
             info(f"data: skipped {len(skipped)} unreadable image"
                  f"{'s' if len(skipped) > 1 else ''} (e.g. {skipped[0]})")
