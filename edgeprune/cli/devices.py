@@ -164,7 +164,7 @@ def calibrate(
         help="shipped profile giving what a benchmark cannot measure (SIMD width, memory "
         "bandwidth, FLOPs per cycle)")] = D.target,
     runtime: Annotated[str | None, typer.Option(
-        help="tflite | onnxruntime [default: the base profile's]")] = None,
+        help="tflite | onnxruntime \\[default: the base profile's]")] = None,
     model: Annotated[str, typer.Option(help="reference model")] = "torchvision:mobilenet_v2",
     input_size: Annotated[str, typer.Option(help="its input, CxHxW")] = "3x224x224",
     runs: Annotated[int, bounded("runs", "timed runs per file (at least)")] = 50,
@@ -204,7 +204,7 @@ def deploy(
                                             show_default=False)],
     device: Annotated[str, typer.Option(help="ssh://user@host[:port]", show_default=False)],
     remote_dir: Annotated[str | None, typer.Option(
-        help="folder on the device [default: ~/edgeprune/RUN_NAME]")] = None,
+        help="folder on the device \\[default: ~/edgeprune/RUN_NAME]")] = None,
     threads: ThreadsOpt = None,
     runs: Annotated[int, bounded("runs", "timed runs (at least)")] = 50,
     min_seconds: Annotated[float, bounded("min_seconds", "timed seconds (at least)")] = 1.0,

@@ -39,7 +39,7 @@ def _layers(text: str | None) -> list[str] | None:
 def explain(
     model: ModelArg = D.model,
     layers: Annotated[str | None, typer.Option(
-        help="conv layers to draw, comma-separated qualified names [default: all]")] = None,
+        help="conv layers to draw, comma-separated qualified names \\[default: all]")] = None,
     criterion: CriterionOpt = "actmax",
     flops_reduction: Annotated[float, bounded(
         "flops_reduction", "mark the filters prune() removes at this FLOPs reduction")] = 0.5,
