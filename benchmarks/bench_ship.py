@@ -5,7 +5,8 @@ meets, each checked against the dense fp32 model with the files measured side by
         [--out benchmarks/results]
 
 1. default: `edgeprune compress --target rpi4` on full Fashion-MNIST (the installed dataset);
-2. embedded: the same on the embedded 2,000-image subset (`--dataset demo`, a fresh machine);
+2. embedded: the same on the embedded subset (2,000 training / 5,000 held-out images,
+   `--dataset demo`, what a fresh machine without the dataset gets);
 3. resnet20: a ResNet-20 trained with `edgeprune train` (benchmarks/models/), handed back as a
    bare state_dict through the user's own factory (`user_resnet:resnet20_fmnist --weights`);
 4. imagefolder: torchvision MobileNetV2 trained with `edgeprune train` on a generated
@@ -158,6 +159,8 @@ def main() -> None:
             results.append(compress_and_bench(name, scenario_args(name, args.work), args.work))
         print(f"{name}: done", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
+    # read again: scenarios run in parallel processes each add their own result
+    kept = json.loads(previous.read_text()) if previous.is_file() else []
     done = {r["scenario"] for r in results}
     results = [r for r in kept if r["scenario"] not in done] + results
     results.sort(key=lambda r: SCENARIOS.index(r["scenario"]))

@@ -41,3 +41,20 @@ def test_a_latency_budget_ships_the_fastest_that_meets_it_else_states_the_miss()
     choice = choose(candidates, 1.0, 0.1, "measured on the device")
     assert choice.shipped is fast and not fast.meets_budget
     assert "misses it by 0.150 ms (0.250 ms)" in choice.reason
+
+
+def test_without_a_device_the_targets_estimate_decides_not_this_hosts_timings() -> None:
+    """On x86, XNNPACK's int8 can run slower than fp32 while the Pi runs it about twice as
+    fast: the host's timings are shown but the rpi4 estimate picks the file."""
+    dense, int8 = _candidate("dense", 1.0, 1.0), _candidate("int8", 1.7, 0.59)
+    for c, estimate in ((dense, 2.0), (int8, 1.0)):
+        c.latency_label = "host, 2 threads"
+        c.estimate_ms, c.estimate_speedup, c.estimate_label = estimate, 2.0 / estimate, \
+            "rpi4 estimate"
+    judge([dense, int8], 0.9, 1.0, None, False)
+    choice = choose([dense, int8], 1.0, None, "roofline estimate", by_estimate=True)
+    assert choice.shipped is int8
+    assert "2.00x faster than dense fp32 on the rpi4 estimate, which decided" in choice.reason
+    assert "host, 2 threads measured 0.59x" in choice.reason
+    # on the device (measured there), the measurement decides
+    assert choose([dense, int8], 1.0, None, "measured", by_estimate=False).shipped is dense

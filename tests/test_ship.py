@@ -224,8 +224,8 @@ def test_sweep_cells_take_the_devices_of_a_fleet_in_turn(tmp_path):
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--precision", "int4"], "--precision 'int4'"),
-    (["--max-drop", "-1"], "--max-drop -1.0 must be 0 or more"),
-    (["--latency-ms", "0"], "--latency-ms 0.0 must be a positive budget"),
+    (["--max-drop", "-1"], "--max-drop -1.0 must be at least 0, at most 100"),
+    (["--latency-ms", "0"], "--latency-ms 0.0 must be more than 0"),
     (["--bench-runs", "0"], "--bench-runs 0 must be at least 1"),
     (["--formats", "onnx"], "lacks tflite"),
     (["--device", "telnet://pi"], "unknown device kind 'telnet'"),

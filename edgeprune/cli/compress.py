@@ -125,10 +125,11 @@ def candidates_table(result: CompressResult) -> Table:
 
     budget = f", budget {result.latency_budget_ms:g} ms" if result.latency_budget_ms else ""
     where = result.candidates[0]["latency_label"] if result.candidates else ""
+    decided = f"; decided by {result.decided_by}" if result.decided_by else ""
     table = Table("", "candidate", "top-1", "vs dense", "MB", "p50 ms", "speedup",
                   f"{result.target} est.", "verdict",
                   title=f"candidates: p50 {where}, interleaved; tolerance "
-                  f"{result.max_drop:g} points{budget}")
+                  f"{result.max_drop:g} points{budget}{decided}")
     for c in result.candidates:
         mark = "*" if result.shipped and c["path"] == result.shipped["path"] else ""
         verdict = "ok" if c["within_tolerance"] else "inaccurate"
@@ -139,7 +140,8 @@ def candidates_table(result: CompressResult) -> Table:
                       f"{0.0 - c['drop_points']:+.2f}", f"{c['size_bytes'] / 1e6:.2f}",
                       f"{c['latency_ms']['p50']:.3f}",
                       f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
-                      f"~{c['estimate_ms']:.2f} ms", verdict)
+                      f"~{c['estimate_ms']:.2f} ms ({c['estimate_speedup']:.1f}x)"
+                      if c.get("estimate_speedup") else f"~{c['estimate_ms']:.2f} ms", verdict)
     return table
 
 

@@ -45,6 +45,10 @@ class Candidate:
     """Dense fp32's p50 / this file's, per round: {"value", "low", "high", "rounds"}."""
     size_ratio: float = 1.0
     estimate_ms: float | None = None
+    """The target's roofline estimate of this file's latency (calibrated profiles included)."""
+    estimate_speedup: float | None = None
+    """Dense fp32's estimate / this file's: what decides when no device is attached."""
+    estimate_label: str = ""
     drop_points: float | None = None
     """Top-1 points below dense fp32 on the test images (reported, never decided on when a
     validation split exists)."""
@@ -117,17 +121,37 @@ def _points(n: float) -> str:
     return f"{n:g} point{'' if n == 1 else 's'}"
 
 
-def _slowness(c: Candidate) -> tuple[float, float]:
-    """What the choice ranks by: the statistic the table, the reason and the report print,
-    the speedup over dense fp32 (median of the per-round ratios, files interleaved), so the
-    file chosen is the one shown fastest; p50 breaks ties and ranks files without one."""
-    return (-c.speedup["value"] if c.speedup else 0.0, c.p50)
+def _slowness(c: Candidate, by_estimate: bool) -> tuple[float, ...]:
+    """What the choice ranks by, a statistic the table, the reason and the report print: on
+    the target itself (a device attached), the measured speedup over dense fp32 (median of
+    the per-round ratios, files interleaved), p50 breaking ties; for a target that is not
+    attached (`by_estimate`), the target's estimated speedup, since this host's CPU is not
+    the target's (x86 int8 can run slower than fp32 where the Pi runs it twice as fast),
+    the host's speedup breaking ties."""
+    measured = (-c.speedup["value"] if c.speedup else 0.0, c.p50)
+    if by_estimate and c.estimate_speedup is not None:
+        return (-c.estimate_speedup, *measured)
+    return measured
+
+
+def _speed(c: Candidate, by_estimate: bool) -> str:
+    """How much faster than dense fp32 `c` is, by the figure that decided."""
+    if by_estimate and c.estimate_speedup is not None:
+        host = (f"; {c.latency_label} measured {c.speedup['value']:.2f}x" if c.speedup
+                else "")
+        return (f", {c.estimate_speedup:.2f}x faster than dense fp32 on the "
+                f"{c.estimate_label}, which decided{host}")
+    return (f", {c.speedup['value']:.2f}x faster than dense fp32 ({c.latency_label})"
+            if c.speedup else "")
 
 
 def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None,
-           budget_label: str) -> Choice:
-    """The fastest candidate within the tolerance (one that meets the budget first)."""
-    fit = sorted((c for c in candidates if c.within_tolerance), key=_slowness)
+           budget_label: str, by_estimate: bool = False) -> Choice:
+    """The fastest candidate within the tolerance (one that meets the budget first): fastest
+    on the device's measurements, or with `by_estimate` (no device attached) on the target's
+    estimate, see `_slowness`."""
+    fit = sorted((c for c in candidates if c.within_tolerance),
+                 key=lambda c: _slowness(c, by_estimate))
     if not fit:
         best = max(candidates, key=lambda c: c.accuracy or 0.0)
         return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32 (the "
@@ -135,8 +159,7 @@ def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None
                       "or prune less")
     within = [c for c in fit if c.meets_budget] if budget_ms is not None else fit
     shipped = (within or fit)[0]
-    speed = (f", {shipped.speedup['value']:.2f}x faster than dense fp32 "
-             f"({shipped.latency_label})" if shipped.speedup else "")
+    speed = _speed(shipped, by_estimate)
     reason = (f"fastest of {len(fit)} candidate{'s' if len(fit) > 1 else ''} within "
               f"{_points(max_drop)} of dense fp32 (top-1 {0.0 - shipped.drop_points:+.2f} points"
               f"{speed})")

@@ -251,10 +251,14 @@ def _run_stages(inputs: Inputs, run: RunFolder,
           reference_validation)
     offered = [c for c in candidates if c.precision in inputs.precisions]
     choice = choose(offered, cfg.max_drop, cfg.latency_ms,
-                    "measured on the device" if cfg.device else "roofline estimate")
+                    "measured on the device" if cfg.device else "roofline estimate",
+                    by_estimate=not cfg.device)
+    decided_by = (f"the speedup measured on {cfg.primary_device}" if cfg.device else
+                  f"the {target.name} estimate (no device attached; this host's timings are "
+                  "shown, labelled host)")
     run.stage_done("bench", wall_s=time.perf_counter() - t0, threads=inputs.threads,
                    device=cfg.primary_device or "local", devices=list(cfg.device or ()),
-                   rounds=cfg.bench_rounds)
+                   rounds=cfg.bench_rounds, decided_by=decided_by)
     say_choice(choice, offered)
     if choice.shipped is not None:
         ship_choice(inputs, run, choice, samples)
@@ -266,5 +270,5 @@ def _run_stages(inputs: Inputs, run: RunFolder,
         wall_s=0.0, stages=run.manifest["stages"],
         candidates=[c.to_dict() for c in offered],
         shipped=choice.shipped.to_dict() if choice.shipped else None, reason=choice.reason,
-        max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms,
+        max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms, decided_by=decided_by,
         search=getattr(pruned, "search", None))

@@ -188,6 +188,8 @@ def bench_candidates(inputs: Inputs, run: RunFolder, candidates: list[Candidate]
         c.speedup = speedup(reference, results[path])
         c.size_ratio = candidates[0].size_bytes / c.size_bytes
         c.estimate_ms = estimate_model(path, target, inputs.threads)[1].latency_ms
+        c.estimate_speedup = candidates[0].estimate_ms / c.estimate_ms
+        c.estimate_label = f"{target.name} estimate"
         c.path = path.relative_to(run.work).as_posix()
     for r in dense + pruned:
         r.details["bench"] = latency_fields(results[r.path])
@@ -195,7 +197,7 @@ def bench_candidates(inputs: Inputs, run: RunFolder, candidates: list[Candidate]
         info(f"bench: {c.name} p50 {c.p50:.3f} ms ({c.latency_label}), "
              f"{c.speedup['value']:.2f}x dense fp32 ({c.speedup['low']:.2f}-"
              f"{c.speedup['high']:.2f} over {c.speedup['rounds']} rounds), estimate "
-             f"{c.estimate_ms:.3f} ms on {target.name}")
+             f"{c.estimate_ms:.3f} ms on {target.name} ({c.estimate_speedup:.2f}x)")
     run.stage_done("measurements", files={c.path: c.latency_ms for c in candidates})
 
 

@@ -98,9 +98,12 @@ class CompressResult:
     reason: str = ""
     max_drop: float = CompressConfig.max_drop
     latency_budget_ms: float | None = None
+    decided_by: str = ""
+    """The latency figures the choice ranked by: the device's measurement, or the target's
+    estimate when no device was attached (host timings are shown, never decide)."""
     search: dict[str, Any] | None = None
     """The level search: every trial (level, MACs, validation drop, accepted), why it
-    stopped, the level shipped; None when --flops-reduction or --latency-ms pinned it."""
+    stopped, the level shipped; None when --flops-reduction pinned the level."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -129,7 +129,9 @@ def _shipped(report: dict[str, Any]) -> str:
                           if drop is not None else "-", size(c["size_bytes"]),
                           ms((c.get("latency_ms") or {}).get("p50")),
                           f"{sp['value']:.2f}x ({sp['low']:.2f}-{sp['high']:.2f})"
-                          if sp else "-", ms(c.get("estimate_ms"), approx=True),
+                          if sp else "-", ms(c.get("estimate_ms"), approx=True)
+                          + (f" ({c['estimate_speedup']:.2f}x)" if c.get("estimate_speedup")
+                             else ""),
                           escape(" ".join(x for x in (mark, budget) if x))],
                          (1, 2, 3, 4, 5, 6)))
     where = escape(candidates[0].get("latency_label", ""))
@@ -139,7 +141,9 @@ def _shipped(report: dict[str, Any]) -> str:
             f"against dense fp32 (tolerance {shipped.get('max_drop', 1.0):g} points{budget}). "
             f"Latency: p50 measured on {where}, every file timed in turn in the same rounds; "
             "speedup over dense fp32 with its lowest and highest round. Estimate: the "
-            "target's roofline, never a measurement.</p>")
+            "target's roofline, never a measurement, with its speedup over dense fp32."
+            + (f" <b>Decided by: {escape(shipped['decided_by'])}.</b>"
+               if shipped.get("decided_by") else "") + "</p>")
     return lead + _table(["candidate", "top-1", "vs dense fp32", "size", "p50",
                           "speedup", "estimate", ""], rows) + note
 
