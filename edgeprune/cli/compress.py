@@ -142,6 +142,9 @@ def candidates_table(result: CompressResult) -> Table:
                       f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
                       f"~{c['estimate_ms']:.2f} ms ({c['estimate_speedup']:.1f}x)"
                       if c.get("estimate_speedup") else f"~{c['estimate_ms']:.2f} ms", verdict)
+    for f in result.failed:
+        table.add_row("", f["name"], "-", "-", "-", "-", "-", "-",
+                      f"failed at {f['stage']}: {f['reason']}")
     return table
 
 

@@ -44,6 +44,7 @@ from edgeprune.jobs.compress_files import (
 from edgeprune.jobs.compress_model import recover, save_model, score_and_prune
 from edgeprune.jobs.compress_types import (
     CompressResult,
+    Failure,
     Inputs,
     ModelFigures,
     PrunedModel,
@@ -95,7 +96,11 @@ def compress(config: CompressConfig | None = None, overwrite: bool = False,
         raise EdgepruneError(f"cannot write run {run.final}: {e.strerror or e} "
                              f"({e.filename or run.work})") from None
     except Exception:
-        run.discard()
+        if not run.manifest["stages"]:  # nothing finished: nothing worth resuming
+            run.discard()
+            raise
+        info(f"compress failed after its {', '.join(run.manifest['stages'])} stages: "
+             f"{run.work} keeps their files; run the same command again to resume there")
         raise
     finally:
         run.release()  # a kill or Ctrl-C keeps the .partial folder to resume, never the lock
@@ -119,7 +124,7 @@ def _follow(inputs: Inputs, scores: dict[str, torch.Tensor] | None) -> None:
     measures and reports. Their own stage records go to a scratch folder, deleted after."""
     set_quiet(True)  # rank 0 tells the story
     state_path = Path(distributed.broadcast(None))
-    goal = distributed.broadcast(None)
+    goal = FlopsReduction(inputs.cfg.flops_reduction)  # pinned: torchrun refuses the search
     with tempfile.TemporaryDirectory(prefix="edgeprune-rank") as scratch:
         run = RunFolder.open(Path(scratch) / "run", _config_dict(inputs.cfg))
         try:
@@ -221,8 +226,9 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     run.stage_done("evaluate", wall_s=time.perf_counter() - t0)
 
     samples = Samples.draw(inputs)
+    failures: list[Failure] = []
     t0 = time.perf_counter()
-    dense_files = export_files(inputs, run, "dense", dense, samples, None)
+    dense_files = export_files(inputs, run, "dense", dense, samples, None, failures)
     run.stage_done("export-dense", wall_s=time.perf_counter() - t0)
 
     if cfg.searches:
@@ -237,11 +243,11 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     t0 = time.perf_counter()
     summary = {"pruned_from": inputs.loaded.arch.ref, "criterion": cfg.criterion,
                "flops_reduction": pruned.flops_reduction, "test_acc": pruned_acc}
-    pruned_files = export_files(inputs, run, "pruned", model, samples, summary)
+    pruned_files = export_files(inputs, run, "pruned", model, samples, summary, failures)
     run.stage_done("export-pruned", wall_s=time.perf_counter() - t0)
 
-    pruned_files += qat_file(inputs, run, model, dense, dense_files, pruned_files,
-                                   samples, summary)
+    pruned_files += qat_file(inputs, run, model, dense, dense_files, pruned_files, samples,
+                             summary, failures)
     t0 = time.perf_counter()
     candidates = candidates_of(inputs, dense_files, pruned_files)
     bench_candidates(inputs, run, candidates, dense_files, pruned_files)
@@ -271,4 +277,5 @@ def _run_stages(inputs: Inputs, run: RunFolder,
         candidates=[c.to_dict() for c in offered],
         shipped=choice.shipped.to_dict() if choice.shipped else None, reason=choice.reason,
         max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms, decided_by=decided_by,
+        failed=[asdict(f) for f in failures],
         search=getattr(pruned, "search", None))

@@ -6,6 +6,7 @@ interleaved (on the devices when given), and write RUN/ship/ for the one chosen.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from edgeprune.devices.formats import format_named
 from edgeprune.devices.results import BenchOptions
 from edgeprune.devices.samples import default_samples_path, write_eval_samples
 from edgeprune.devices.targets import inference_threads
+from edgeprune.errors import EdgepruneError
 from edgeprune.export import EvalSet, ExportOptions, ExportResult, export_model
 from edgeprune.export.api import file_predictions
 from edgeprune.jobs.candidates import (
@@ -29,7 +31,7 @@ from edgeprune.jobs.candidates import (
     on_each_device,
     speedup,
 )
-from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
+from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Failure, Inputs, Samples
 from edgeprune.jobs.policy import qat_epochs, qat_wanted, teacher
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
@@ -38,23 +40,54 @@ from edgeprune.training import TrainConfig
 from edgeprune.training.qat import train_qat
 
 
+def guarded(failures: list[Failure], name: str, stage: str,
+            make: Callable[[], list[ExportResult]]) -> list[ExportResult]:
+    """`make()`, or, when it raises, nothing, with the failure recorded in `failures` and said
+    in one line: one candidate's failure (a converter that cannot lower an op, a file that
+    fails verification) leaves the run to ship the best of the others."""
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - any failure of this one candidate is recorded
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if not isinstance(e, EdgepruneError):
+            reason = f"{type(e).__name__}: {reason}"
+        failures.append(Failure(name, stage, reason))
+        info(f"candidate: {name} failed at {stage}: {reason}; the run goes on with the others")
+        return []
+
+
 def export_files(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Module,
-            samples: Samples, summary: dict[str, Any] | None) -> list[ExportResult]:
+                 samples: Samples, summary: dict[str, Any] | None,
+                 failures: list[Failure]) -> list[ExportResult]:
     """Export one model: in the target's format at fp32 and every precision tried, each file's
     top-1 measured on the test images (fp32 must reproduce PyTorch; the others are judged
     later, against the tolerance); in every other requested format at fp32. The runner's
-    --eval batch is written once per model."""
+    --eval batch is written once per model. Each file is made in its own guard (`guarded`),
+    except dense fp32 in the target's format, the reference every candidate is judged
+    against, whose failure ends the run."""
     cfg, spec, ship = inputs.cfg, inputs.spec, inputs.target.ship_format
     verify_x = samples.x[:VERIFY_SAMPLES]
-    precisions = list(dict.fromkeys(["fp32", *inputs.precisions]))
-    results = export_model(model, spec, run.path("models"), verify_x, formats=[ship], stem=tag,
-                           verify={"fp32"} if cfg.verify else False, precisions=precisions,
-                           calibration=samples.calibration,
-                           eval_samples=(samples.x, samples.y), summary=summary)
-    others = [f for f in cfg.formats if f != ship]
-    if others:
-        results += export_model(model, spec, run.path("models"), verify_x, formats=others,
-                                stem=tag, verify=cfg.verify, summary=summary)
+    models = run.path("models")
+
+    def ship_file(precision: str) -> list[ExportResult]:
+        return export_model(model, spec, models, verify_x, formats=[ship], stem=tag,
+                            verify={"fp32"} if cfg.verify else False, precisions=[precision],
+                            calibration=samples.calibration,
+                            eval_samples=(samples.x, samples.y), summary=summary)
+
+    results: list[ExportResult] = []
+    for precision in dict.fromkeys(["fp32", *inputs.precisions]):
+        if (tag, precision) == ("dense", "fp32"):
+            results += ship_file(precision)
+        else:
+            results += guarded(failures, f"{tag} {precision} {ship}", "export",
+                               lambda p=precision: ship_file(p))
+    for fmt in (f for f in cfg.formats if f != ship):
+        results += guarded(failures, f"{tag} fp32 {fmt}", "export", lambda f=fmt: export_model(
+            model, spec, models, verify_x, formats=[f], stem=tag, verify=cfg.verify,
+            summary=summary))
+    if not results:
+        return results
     for r in results:
         run.record(r.path, r.format, "export", model=tag, precision=r.precision)
         run.record(r.sidecar, "sidecar", "export", model=tag)
@@ -66,9 +99,9 @@ def export_files(inputs: Inputs, run: RunFolder, tag: str, model: torch.nn.Modul
 
 
 def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
-                   dense: torch.nn.Module, dense_files: list[ExportResult],
-                   pruned_files: list[ExportResult], samples: Samples,
-                   summary: dict[str, Any]) -> list[ExportResult]:
+             dense: torch.nn.Module, dense_files: list[ExportResult],
+             pruned_files: list[ExportResult], samples: Samples,
+             summary: dict[str, Any], failures: list[Failure]) -> list[ExportResult]:
     """When the pruned int8 file (post-training quantization) is outside the tolerance while
     the pruned fp32 file is within it, recover int8 by quantization-aware training and export
     the result (TFLite targets, --qat-epochs > 0); returns the new file, if any."""
@@ -77,7 +110,7 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     dense_fp32 = next(r for r in dense_files if r.format == ship and r.precision == "fp32")
     epochs = qat_epochs(cfg, len(inputs.data.train))
     if epochs <= 0 or not format_named(ship).qat or "int8" not in mine or \
-            dense_fp32.accuracy is None:
+            "fp32" not in mine or dense_fp32.accuracy is None:
         return []
     top1, where = _decision_top1(inputs, [dense_fp32, mine["fp32"], mine["int8"]])
     drop = {p: drop_points(top1[0], top1[i]) for i, p in ((1, "fp32"), (2, "int8"))}
@@ -89,13 +122,21 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
                        seed=cfg.seed)
-    qat = train_qat(model, inputs.data, tcfg, teacher=teacher(cfg, dense),
-                    eval_limit=cfg.eval_limit)
-    results = export_model(qat.model, inputs.spec, run.path("models"),
-                           samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
-                           verify=False, precisions=["int8-qat"],
-                           eval_samples=(samples.x, samples.y), summary=summary,
-                           options=ExportOptions(quantizer=qat.quantizer))
+    trained: list[Any] = []
+
+    def make() -> list[ExportResult]:
+        trained.append(train_qat(model, inputs.data, tcfg, teacher=teacher(cfg, dense),
+                                 eval_limit=cfg.eval_limit))
+        return export_model(trained[0].model, inputs.spec, run.path("models"),
+                            samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
+                            verify=False, precisions=["int8-qat"],
+                            eval_samples=(samples.x, samples.y), summary=summary,
+                            options=ExportOptions(quantizer=trained[0].quantizer))
+
+    results = guarded(failures, f"pruned int8 (QAT) {ship}", "qat", make)
+    if not results:
+        return []
+    qat = trained[0]
     for r in results:
         run.record(r.path, r.format, "qat", model="pruned", precision=r.precision)
         run.record(r.sidecar, "sidecar", "qat", model="pruned")

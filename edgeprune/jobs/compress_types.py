@@ -61,6 +61,16 @@ class Samples:
 
 
 @dataclass
+class Failure:
+    """A candidate file that could not be made (exported, verified, or QAT-trained), and
+    why; recorded in the table, summary.json and the report while the run goes on."""
+
+    name: str
+    stage: str
+    reason: str
+
+
+@dataclass
 class PrunedModel:
     """The level search's model with the figures the pipeline reads of a PruneResult."""
 
@@ -98,6 +108,8 @@ class CompressResult:
     reason: str = ""
     max_drop: float = CompressConfig.max_drop
     latency_budget_ms: float | None = None
+    failed: list[dict[str, str]] = field(default_factory=list)
+    """Candidates that could not be made: name, stage and reason (see `Failure`)."""
     decided_by: str = ""
     """The latency figures the choice ranked by: the device's measurement, or the target's
     estimate when no device was attached (host timings are shown, never decide)."""

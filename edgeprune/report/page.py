@@ -134,6 +134,10 @@ def _shipped(report: dict[str, Any]) -> str:
                              else ""),
                           escape(" ".join(x for x in (mark, budget) if x))],
                          (1, 2, 3, 4, 5, 6)))
+    for f in shipped.get("failed") or []:
+        rows.append(_row([escape(f["name"]), "-", "-", "-", "-", "-", "-",
+                          f'<span class="bad">failed at {escape(f["stage"])}: '
+                          f'{escape(f["reason"])}</span>'], ()))
     where = escape(candidates[0].get("latency_label", ""))
     budget = (f", latency budget {shipped['latency_budget_ms']:g} ms"
               if shipped.get("latency_budget_ms") else "")

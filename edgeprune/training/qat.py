@@ -79,11 +79,21 @@ def quantizer() -> Any:
         get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
 
 
+RANDOM_LAYERS = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                           "FeatureAlphaDropout", "StochasticDepth", "DropPath", "DropBlock2d"})
+"""Layers that draw random numbers in training mode (torch.nn, torchvision.ops, timm): QAT
+captures them in their eval behaviour, so the converted int8 graph holds no sampling op."""
+
+
 def prepare(model: nn.Module, example: torch.Tensor, quant: Any) -> torch.fx.GraphModule:
-    """A copy of `model` captured with a dynamic batch and fake-quantized for training."""
+    """A copy of `model` captured with a dynamic batch and fake-quantized for training, its
+    RANDOM_LAYERS in eval mode."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     net = copy.deepcopy(model).cpu().train()
+    for module in net.modules():  # random layers in train mode capture ops the int8
+        if type(module).__name__ in RANDOM_LAYERS:  # converter cannot lower (aten.bernoulli)
+            module.eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(net, (example.repeat(2, 1, 1, 1),),
                                   dynamic_shapes=({0: batch},))
