@@ -42,7 +42,8 @@ def compress(
         "on validation data, see --search-budget]")] = D.flops_reduction,
     search_budget: Annotated[float | None, bounded(
         "search_budget", "fine-tuning epochs the level search may spend on its trials "
-        "[default: as many as the run's fine-tuning, i.e. four trials]")] = D.search_budget,
+        "(QAT included) [default: four trials, each fine-tuned as a pinned run would be]")
+    ] = D.search_budget,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")

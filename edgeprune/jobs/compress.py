@@ -237,7 +237,8 @@ def _run_stages(inputs: Inputs, run: RunFolder,
         _, pruned = score_and_prune(inputs, run, dense, FlopsReduction(cfg.flops_reduction),
                                     scores)
     model, pruned_acc, ft = recover(inputs, run, pruned.model, dense,
-                                     run.path("finetune.state"))
+                                    run.path("finetune.state"),
+                                    epochs=0 if cfg.searches else None)
     save_model(inputs, run, model, pruned, pruned_acc)
 
     t0 = time.perf_counter()

@@ -82,11 +82,13 @@ def score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goal
 
 
 def recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module, dense: torch.nn.Module,
-             state_path: Path) -> tuple[torch.nn.Module, float | None, TrainResult]:
-    """BatchNorm re-calibration (if asked) and fine-tuning, resumable from `state_path`:
-    distillation from `dense` (`--finetune distill`) or cross-entropy on the labels (`ce`, as
-    the papers do); under torchrun every process fine-tunes its share of each batch and only
-    rank 0 evaluates (the others get accuracy None)."""
+             state_path: Path, epochs: float | None = None
+             ) -> tuple[torch.nn.Module, float | None, TrainResult]:
+    """BatchNorm re-calibration (if asked) and fine-tuning for `epochs` (default:
+    `policy.finetune_epochs`), resumable from `state_path`: distillation from `dense`
+    (`--finetune distill`) or cross-entropy on the labels (`ce`, as the papers do); under
+    torchrun every process fine-tunes its share of each batch and only rank 0 evaluates (the
+    others get accuracy None)."""
     cfg, data = inputs.cfg, inputs.data
     if cfg.bn_recalibration > 0:
         from edgeprune.pruning.bn_recalibration import recalibrate_bn
@@ -98,7 +100,7 @@ def recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module, dense: torch
                        samples=cfg.bn_recalibration)
         info(f"bn-recalibration: BatchNorm statistics re-estimated on {cfg.bn_recalibration} "
              f"training images, {time.perf_counter() - t0:.1f} s")
-    epochs = finetune_epochs(cfg, len(data.train))
+    epochs = finetune_epochs(cfg, len(data.train)) if epochs is None else epochs
     ft = TrainResult()
     if epochs > 0:
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -112,7 +114,9 @@ def recover(inputs: Inputs, run: RunFolder, model: torch.nn.Module, dense: torch
                    history=ft.history, images_per_s=ft.images_per_s,
                    processes=distributed.world_size())
     how = "with distillation" if cfg.finetune == "distill" else "with cross-entropy"
-    done = f"{epochs:g} epochs {how}" if epochs > 0 else "none (--epochs 0)"
+    done = f"{epochs:g} epochs {how}" if epochs > 0 else (
+        "none (--epochs 0)" if cfg.epochs == 0 else "none (the level search's winner is "
+        "fine-tuned already)")
     info(f"fine-tune: {done}, top-1 {accuracy * 100:.2f}%, {ft.wall_s:.0f} s")
     return model, accuracy, ft
 

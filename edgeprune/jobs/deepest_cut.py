@@ -7,7 +7,8 @@ The policy (which level next, when to stop, which trial wins) is
 progressively: from the model of the deepest accepted trial below it (the dense model at
 first), with the criterion's scores of the channels that model kept (scored once, on the
 dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
-for `policy.trial_epochs` epochs and is judged by the file that would ship (the target's
+for `policy.trial_epochs` epochs (a pinned run's fine-tuning: the winner ships as it is, not
+fine-tuned again) and is judged by the file that would ship (the target's
 format at its first precision, int8 post-training quantization on the Pi profiles) on the
 validation split (half of the held-out images, see `compress._resolve`). The images the report
 uses are never read here.
@@ -118,7 +119,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                        samples: Samples, scores: dict[str, torch.Tensor] | None
                        ) -> SearchOutcome:
     """Search the deepest pruning level whose shipped file stays within --max-drop on the
-    validation split; returns the winner, fine-tuned for its trial only."""
+    validation split; returns the winner, fine-tuned by its trial (and its accepted parents)."""
     cfg, data = inputs.cfg, inputs.data
     settings = search_settings(cfg, len(data.train))
     epochs = trial_epochs(cfg, len(data.train))
