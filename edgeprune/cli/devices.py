@@ -101,12 +101,13 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
     table = Table(title=f"latency in ms, measured on {escape(first.device)} ({first.label}), "
                   f"{options.threads} threads, warm-up {options.warmup}, >= {options.runs} "
                   f"runs and >= {options.min_seconds:g} s per file, interleaved in "
-                  f"{options.rounds} rounds; x: ratio to the first file (lowest-highest round)",
+                  f"{options.rounds} rounds; x size: size / the first file's; speedup: the "
+                  "first file's p50 / this file's (lowest-highest round)",
                   caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
                   collapse_padding=True, show_edge=False)
     table.add_column("model", overflow="fold")
     table.add_column("format")
-    for name in ("size", "x size", "p50", "p90", "p99", "x p50"):
+    for name in ("size", "x size", "p50", "p90", "p99", "speedup"):
         table.add_column(name, justify="right")
     table.add_column("where")
     if with_eval:
@@ -118,7 +119,8 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
         cells = [escape(r.path.name), res.format + (f" {res.precision}" if res.precision else ""),
                  _size(res.file_size_bytes), f"{r.size_ratio:.2f}", f"{res.p50_ms:.3f}",
                  f"{res.p90_ms:.3f}", f"{res.p99_ms:.3f}",
-                 f"{r.p50_ratio:.2f} ({r.p50_spread[0]:.2f}-{r.p50_spread[1]:.2f})", res.label]
+                 f"{1 / r.p50_ratio:.2f}x ({1 / r.p50_spread[1]:.2f}-"
+                 f"{1 / r.p50_spread[0]:.2f})", res.label]
         if with_eval:
             cells.append(f"{res.top1 * 100:.1f}%" if res.eval else "-")
         if estimates:

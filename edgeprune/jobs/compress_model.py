@@ -48,8 +48,10 @@ def score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goal
                                  batches if criterion.needs_data else None)
         scores = {name: values.cpu() for name, values in scores.items()}
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0
-        info(f"score: {cfg.criterion} on {seen} samples in batches of {batch_size}, "
-             f"{len(scores)} layers, {time.perf_counter() - t0:.1f} s")
+        on = (f"on {seen} samples in batches of {batch_size}" if criterion.needs_data else
+              "from the weights alone (it reads no data)")
+        info(f"score: {cfg.criterion} {on}, {len(scores)} layers, "
+             f"{time.perf_counter() - t0:.1f} s")
     else:
         info(f"score: reusing the {cfg.criterion} scores given for {len(scores)} layers")
     wall = time.perf_counter() - t0

@@ -240,7 +240,10 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
                 sampler.set_epoch(epoch)
             n_batches = min(len(loader), steps_total - step)
             t_epoch = time.perf_counter()
-            with progress_bar(n_batches, f"{description} epoch {epoch + 1}/{n_epochs}") as bar:
+            label = f"{description} epoch {epoch + 1}/{n_epochs}" + (
+                f" ({cfg.epochs:g} epochs: {n_batches} of its {len(loader)} batches)"
+                if n_batches < len(loader) else "")
+            with progress_bar(n_batches, label) as bar:
                 total_loss, seen = _train_epoch(net, loader, n_batches, cfg, teacher, device,
                                                 (opt, sched, scaler), g, bar)
             step += n_batches
@@ -252,8 +255,7 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
             result.history.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                                    "test_acc": acc})
             shown = f", test top-1 {acc * 100:.2f}%" if acc is not None else ""
-            info(f"{description} epoch {epoch + 1}/{n_epochs}: loss "
-                 f"{total_loss / max(seen, 1):.4f}{shown}")
+            info(f"{label}: loss {total_loss / max(seen, 1):.4f}{shown}")
             if state_path is not None and distributed.is_main():
                 _save_state(Path(state_path), model, opt, sched, epoch + 1, result.history)
     result.wall_s = time.perf_counter() - t0
