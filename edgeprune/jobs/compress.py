@@ -52,7 +52,7 @@ from edgeprune.jobs.compress_types import (
 )
 from edgeprune.jobs.config import CompressConfig, dump_config, merge
 from edgeprune.jobs.deepest_cut import search_deepest_cut
-from edgeprune.jobs.loading import check_outputs, load_model_and_data
+from edgeprune.jobs.loading import load_model_and_data
 from edgeprune.jobs.policy import precisions_to_try
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.pruning import FlopsReduction
@@ -177,7 +177,6 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
                              trust_code=trust_code)
     if cfg.searches:  # every decision of the search is made on images the report never uses
         md.data = md.data.with_validation(held_out_size(len(md.data.test)), cfg.seed, "test")
-    check_outputs(md.loaded.model, md.spec, md.data.spec.num_classes)
     return Inputs(cfg, target, md.loaded, md.data, md.spec,
                   precisions_to_try(cfg, target, len(md.data.train)),
                   inference_threads(target, cfg.threads))

@@ -81,7 +81,37 @@ def load_model_and_data(model: str | None = "demo", weights: Path | str | None =
         data = data.with_normalization(spec.mean, spec.std)
     elif loaded.spec is not None:
         spec = dataclasses.replace(spec, mean=data.spec.mean, std=data.spec.std)
+    check_inputs(loaded.model, spec, model, weights)
+    check_outputs(loaded.model, spec, data.spec.num_classes, model, weights)
     return ModelAndData(loaded, data, spec)
+
+
+def _route_fix(ref: str | None, weights: Path | str | None, what: str, value: int) -> str:
+    """How a user fixes a model/data mismatch by the route they took: a factory or hub name
+    takes keyword arguments (`?num_classes=10`), a checkpoint needs other weights."""
+    kwarg = {"classes": "num_classes", "channels": "in_chans"}[what]
+    if ref and ":" in ref and Path(ref).suffix not in (".pt", ".pth") and weights is None:
+        base = ref.split("?", 1)[0]
+        hint = ("in_channels" if what == "channels" and not base.startswith("timm:")
+                else kwarg)
+        return (f"build it with {value} {what}: --model '{base}?{hint}={value}' (the "
+                "factory's keyword argument)")
+    return (f"pass a checkpoint or --weights made for {value} {what}, or data with as many")
+
+
+def check_inputs(model: nn.Module, spec: InputSpec, ref: str | None = None,
+                 weights: Path | str | None = None) -> None:
+    """EdgepruneError when the model's first convolution takes other channels than the
+    inputs have (a 3-channel model on --input-size 1x64x64), naming the layer and the fix."""
+    first = next(((name, m) for name, m in model.named_modules()
+                  if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Conv3d)), None)
+    if first is not None and first[1].in_channels != spec.channels:
+        name, conv = first
+        raise EdgepruneError(
+            f"the model's first layer {name} takes {conv.in_channels}-channel inputs but the "
+            f"inputs have {spec.channels} ({'x'.join(map(str, spec.shape))}); pass "
+            f"--input-size {conv.in_channels}x{spec.height}x{spec.width}, or "
+            + _route_fix(ref, weights, "channels", spec.channels))
 
 
 def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle,
@@ -103,17 +133,23 @@ def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle
     return loaded, spec
 
 
-def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
-    """EdgepruneError unless `model` maps one input of `spec`'s shape to `num_classes` logits."""
+def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int,
+                  ref: str | None = None, weights: Path | str | None = None) -> None:
+    """EdgepruneError unless `model` maps one input of `spec`'s shape to `num_classes` logits;
+    the fix named is the one for the route the model came by (`ref`, `weights`)."""
+    training = model.training
     with torch.no_grad():
         try:
             out = model.eval()(torch.zeros(1, *spec.shape))
         except Exception as e:  # noqa: BLE001 - a user's model failing on its input
             raise EdgepruneError(f"the model fails on a {'x'.join(map(str, spec.shape))} "
                                  f"input: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    if out.ndim != 2 or out.shape[1] != num_classes:
-        raise EdgepruneError(f"the model outputs shape {tuple(out.shape)} but the dataset has "
-                             f"{num_classes} classes; pass --weights for a matching head")
+        finally:
+            model.train(training)
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise EdgepruneError(f"the model outputs {shape} but the dataset has {num_classes} "
+                             f"classes; " + _route_fix(ref, weights, "classes", num_classes))
 
 
 MAX_SCORE_BATCH = 64
