@@ -17,8 +17,10 @@ from edgeprune.errors import EdgepruneError
 
 RUNNER = Path(__file__).with_name("runner.py")
 
-Label = Literal["host", "device", "estimate"]
-"""Where a latency comes from: this machine, the real device, or a model of it."""
+Label = Literal["host", "device", "emulated", "estimate"]
+"""Where a latency comes from: this machine, the real device, a machine emulated by qemu (the
+right code and numerics, a meaningless time: never used for a choice, a calibration or a
+speedup claim), or a model of the device."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,16 @@ class BenchResult:
     def top1(self) -> float | None:
         return self.eval["top1"] if self.eval else None
 
+    @property
+    def emulated(self) -> bool:
+        """Whether the runner ran under emulation (its report's `host.emulated`)."""
+        return bool(self.host.get("emulated"))
+
+    @property
+    def emulation(self) -> str:
+        """Why the runner found itself emulated ('' when it was not)."""
+        return str(self.host.get("emulation") or "")
+
     @classmethod
     def from_runner_json(cls, raw: dict[str, Any], label: Label,
                          device: str = "local") -> BenchResult:
@@ -114,6 +126,8 @@ class BenchResult:
         if missing:
             raise EdgepruneError(f"runner report lacks {', '.join(missing)}")
         values = {n: raw[n] for n in required + [n for n in optional if n in raw]}
+        if (raw.get("host") or {}).get("emulated") and label != "estimate":
+            label = "emulated"  # whatever the backend expected, qemu timed it
         return cls(**values, label=label, device=device, raw=raw)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,17 +15,26 @@ continue until both --runs runs and --min-seconds have passed per file, as TFLit
 benchmark_model does. With --eval it also measures top-1 accuracy (batch 1) on the sample
 batch shipped beside each model as `<stem>.samples.npz` (arrays `x`: float32 NCHW, already
 normalized; `y`: int64 labels), transposed to NHWC when the model's input is NHWC.
+
+The report names the CPU of the architecture the runner runs on (an ARM board and core from
+/proc/cpuinfo or the device tree, never the x86 host that qemu-user shows) and whether it ran
+under emulation (`emulated`, and why in `emulation`): such times say nothing of a device.
+A minimal root without /proc or /sys reads as unknown, and the runtimes' CPU probe warnings
+about it are kept off stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -197,6 +206,37 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+NATIVE_NOISE = re.compile(r"(Error|Warning) in cpuinfo:|cpuid_info\.cc|/sys/devices/system/cpu")
+"""What the runtimes' CPU probes (cpuinfo in XNNPACK and onnxruntime) print to stderr when a
+minimal root lacks /sys or /proc: nothing the user can act on."""
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Hold what native code writes to stderr (file descriptor 2) while the block runs, then
+    pass on every line but the CPU probes' noise (`NATIVE_NOISE`)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [ln for ln in held.read().decode(errors="replace").splitlines(True)
+                    if not NATIVE_NOISE.search(ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def load_model(path: Path, threads: int, seed: int) -> RuntimeSession:
     """Pick the runtime from the file suffix and load the model; load failures are one line."""
     if not path.is_file():
@@ -205,7 +245,8 @@ def load_model(path: Path, threads: int, seed: int) -> RuntimeSession:
     if loader is None:
         raise RunnerError(f"unsupported model file {path.name}: expected .tflite, .onnx or .ort")
     try:
-        return loader(path, threads, np.random.default_rng(seed))
+        with native_noise_filtered():
+            return loader(path, threads, np.random.default_rng(seed))
     except RunnerError:
         raise
     except Exception as e:  # the runtimes raise many types for a bad model file
@@ -247,28 +288,106 @@ def peak_rss_mb() -> float | None:
     return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def _read(path: str) -> str | None:
+def _read(path: str, root: str = "/") -> str | None:
+    """The text of `path` under `root` (a minimal root may lack /proc and /sys: None, silently)."""
     try:
-        return Path(path).read_text().strip()
+        return Path(root, path.lstrip("/")).read_text(errors="replace").strip()
     except OSError:
         return None
 
 
-def cpu_model() -> str | None:
-    """The 'model name' line of /proc/cpuinfo, else its 'Model' line (Raspberry Pi)."""
-    fields = {}
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+ARM_MACHINES = ("aarch64", "arm64", "armv8l", "armv7l", "armv6l")
+X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
+X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+X86_MODEL_WORDS = ("Intel", "AMD", "EPYC", "Xeon", "Ryzen", "Core(TM)")
+ARM_CORES = {"0xb76": "ARM1176", "0xc07": "Cortex-A7", "0xd03": "Cortex-A53",
+             "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75",
+             "0xd0b": "Cortex-A76", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78"}
+"""Arm Ltd (`CPU implementer` 0x41) cores by `CPU part`: every Raspberry Pi's and the common
+boards' (A53: Pi 3 / Zero 2, A72: Pi 4, A76: Pi 5, A55: RK3566 ...)."""
+QEMU_BINFMT = {"aarch64": "qemu-aarch64", "arm64": "qemu-aarch64", "armv8l": "qemu-arm",
+               "armv7l": "qemu-arm", "armv6l": "qemu-arm", "x86_64": "qemu-x86_64",
+               "amd64": "qemu-x86_64", "i686": "qemu-i386", "i386": "qemu-i386"}
+
+
+def cpu_fields(root: str = "/") -> dict[str, str]:
+    """/proc/cpuinfo as {key: first value}; {} when it cannot be read."""
+    fields: dict[str, str] = {}
+    for line in (_read("/proc/cpuinfo", root) or "").splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def x86_cpu(fields: dict[str, str]) -> str | None:
+    """The x86 CPU the cpuinfo fields describe (its model name or vendor), else None."""
+    name, vendor = fields.get("model name", ""), fields.get("vendor_id", "")
+    if vendor in X86_VENDORS or any(word in name for word in X86_MODEL_WORDS):
+        return name or vendor
+    return None
+
+
+def arm_cpu(fields: dict[str, str], root: str = "/") -> str | None:
+    """The ARM CPU: the board (`Model` line or the device tree's model) and the core decoded
+    from `CPU implementer`/`CPU part`, e.g. 'Raspberry Pi 4 Model B Rev 1.4 (Cortex-A72)'."""
+    board = fields.get("Model") or (_read("/sys/firmware/devicetree/base/model", root)
+                                    or "").strip("\x00").strip() or None
+    part = fields.get("CPU part", "").lower()
+    core = ARM_CORES.get(part) if fields.get("CPU implementer", "").lower() == "0x41" else None
+    if core is None and part:
+        core = f"implementer {fields.get('CPU implementer', '?')} part {part}"
+    if board and core:
+        return f"{board} ({core})"
+    return board or core
+
+
+def qemu_binfmt(machine: str, root: str = "/") -> str | None:
+    """The qemu binfmt_misc entry registered and enabled for `machine`, or None."""
+    name = QEMU_BINFMT.get(machine)
+    text = _read(f"/proc/sys/fs/binfmt_misc/{name}", root) if name else None
+    if not text or text.splitlines()[0].strip() != "enabled":
+        return None
+    return name
+
+
+def emulation(machine: str | None = None, root: str = "/") -> str | None:
+    """Why this process runs under emulation (qemu-user), or None: the machine and the CPU
+    /proc/cpuinfo describes belong to different architectures (qemu-user passes the host's
+    cpuinfo through), the qemu binfmt entry for this machine being named when enabled."""
+    machine = machine or platform.machine()
+    fields = cpu_fields(root)
+    binfmt = qemu_binfmt(machine, root)
+    with_binfmt = f", qemu binfmt {binfmt} enabled" if binfmt else ""
+    host = x86_cpu(fields)
+    if machine in ARM_MACHINES and host:
+        return f"{machine} process on an x86 CPU ({host}){with_binfmt}"
+    if machine in X86_MACHINES and "CPU implementer" in fields and not host:
+        return f"{machine} process on an ARM CPU ({arm_cpu(fields, root)}){with_binfmt}"
+    return None
+
+
+def cpu_model(machine: str | None = None, root: str = "/") -> str | None:
+    """The model of the CPU this process's architecture runs on: for ARM the board and core
+    (`arm_cpu`), never the x86 host's name that qemu-user shows; else the 'model name'."""
+    machine = machine or platform.machine()
+    fields = cpu_fields(root)
+    if machine in ARM_MACHINES:
+        return arm_cpu(fields, root)
     return fields.get("model name") or fields.get("Model") or platform.processor() or None
 
 
-def host_info() -> dict[str, Any]:
-    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+def host_info(root: str = "/") -> dict[str, Any]:
+    """The machine the runner ran on: architecture, CPU, cores, governor, temperature, and
+    whether it was emulated (`emulation`: why; its latencies then say nothing of a device)."""
+    machine = platform.machine()
+    temp = _read("/sys/class/thermal/thermal_zone0/temp", root)
+    why = emulation(machine, root)
     return {
-        "machine": platform.machine(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "machine": machine, "cpu_model": cpu_model(machine, root), "cores": os.cpu_count(),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor", root),
         "temperature_c": int(temp) / 1000 if temp and temp.lstrip("-").isdigit() else None,
+        "emulated": why is not None, "emulation": why or "",
     }
 
 
@@ -384,7 +503,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb": rss, "host": host, "python": platform.python_version(),
             "eval": accuracy})
     return {"schema": SCHEMA, "rounds": args.rounds, "interleaved": len(paths) > 1,
-            "results": results}
+            "emulated": host["emulated"], "emulation": host["emulation"], "results": results}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

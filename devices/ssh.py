@@ -11,6 +11,7 @@ Every failure becomes one EdgepruneError line naming the device.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgeprune.devices import runner
 from edgeprune.devices.formats import format_of
 from edgeprune.devices.results import RUNNER, BenchOptions, BenchResult, Label, runner_report
 from edgeprune.devices.runner import sidecar_path
@@ -60,8 +62,30 @@ facts = {"machine": platform.machine(), "cores": cores,
          "max_mhz": mhz, "ram_mb": int(mem[0]) // 1024 if mem else None,
          "python": "%d.%d.%d" % tuple(sys.version_info[:3]),
          "modules": dict((m, version(m)) for m in ["numpy"] + sys.argv[1:])}
+try:  # the runner's own reading of the CPU and of emulation (Python 3.8+ only)
+    exec(DETECT)
+    why = emulation()
+    facts.update(cpu_model=cpu_model(), emulated=why is not None, emulation=why or "")
+except Exception:
+    pass
 print("EDGEPRUNE_FACTS " + json.dumps(facts))
 """
+DETECTION = (runner._read, runner.cpu_fields, runner.x86_cpu, runner.arm_cpu,
+             runner.qemu_binfmt, runner.emulation, runner.cpu_model)
+DETECTION_CONSTANTS = ("ARM_MACHINES", "X86_MACHINES", "X86_VENDORS", "X86_MODEL_WORDS",
+                       "ARM_CORES", "QEMU_BINFMT")
+
+
+def detection_source() -> str:
+    """The runner's CPU and emulation readers as source, so the device check reports what the
+    runner will (one home: runner.py; the check cannot copy it first)."""
+    head = ["from __future__ import annotations", "import os, platform",
+            "from pathlib import Path", "from typing import Any"]
+    constants = [f"{name} = {getattr(runner, name)!r}" for name in DETECTION_CONSTANTS]
+    return "\n".join([*head, *constants, *(inspect.getsource(f) for f in DETECTION)])
+
+
+CHECK_SNIPPET = f"DETECT = {detection_source()!r}\n" + CHECK_SNIPPET
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,10 @@ class DeviceFacts:
     ram_mb: int | None
     python: str
     modules: dict[str, str | None] = field(default_factory=dict)
+    emulated: bool = False
+    """Whether the device runs under emulation (qemu-user): its latencies mean nothing."""
+    emulation: str = ""
+    """Why it was found emulated (the runner's `emulation`)."""
 
     def has(self, module: str) -> bool:
         return bool(self.modules.get(module))

@@ -98,6 +98,11 @@ def bench_table(rows: list[BenchRow], target: str, options: BenchOptions) -> Tab
     with_eval = any(r.result.eval for r in rows)
     caption = (f"est.: roofline estimate for {target} ({estimates[0].threads} threads) from its "
                "profile, not a measurement" if estimates else None)
+    emulated = next((r.result for r in rows if r.result.label == "emulated"), None)
+    if emulated is not None:  # qemu's times: labelled, never a speed claim
+        caption = "; ".join(filter(None, [caption, (
+            f"emulated: timed under qemu ({escape(emulated.emulation)}); these times and "
+            "speedups say nothing of a device's speed, only that the files run")]))
     table = Table(title=f"latency in ms, measured on {escape(first.device)} ({first.label}), "
                   f"{options.threads} threads, warm-up {options.warmup}, >= {options.runs} "
                   f"runs and >= {options.min_seconds:g} s per file, interleaved in "

@@ -8,7 +8,8 @@ files are measured interleaved on the device at all its cores. The profile's pea
 profile's FLOPs per cycle and core scaled to this board's cores and clock; its efficiency per
 precision is what makes the roofline reproduce the measurement (2 x MACs / (latency x peak)).
 Precisions are listed fastest first. SIMD width and memory bandwidth, which a benchmark does
-not reveal, come from the base profile, as the notes say.
+not reveal, come from the base profile, as the notes say. A device running under emulation
+(qemu) is refused: its times would calibrate nothing real.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class CalibrationResult:
     facts: DeviceFacts
     measured: dict[str, BenchResult]
     macs: int
+
+
+def emulated_error(device: str, why: str) -> EdgepruneError:
+    """The one line refusing to calibrate from times taken under emulation."""
+    return EdgepruneError(f"{device} runs under emulation ({why}): its times say nothing of "
+                          "a board's speed, so no profile is fitted to them; calibrate on the "
+                          "real board")
 
 
 def _check_out(out: Path, name: str, overwrite: bool) -> None:
@@ -151,6 +159,8 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = DEFAUL
     runtime_format = format_for_runtime(runtime)
     facts = backend.facts(list(runtime_format.modules))
     backend.check_versions(facts, runtime_format.modules, runtime_format.install)
+    if facts.emulated:  # before minutes of exporting and timing under qemu
+        raise emulated_error(device, facts.emulation)
     if facts.machine not in ARCHES:
         raise EdgepruneError(f"{device} is a {facts.machine} machine; profiles describe "
                              f"{', '.join(ARCHES)}")
@@ -161,6 +171,9 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = DEFAUL
         macs = count_model(fp32).macs
         options = BenchOptions(threads=facts.cores, runs=runs, min_seconds=min_seconds)
         results = backend.bench([fp32, int8], options)
+    emulated = next((r for r in results if r.emulated), None)
+    if emulated is not None:  # the runner's own finding, should the check have missed it
+        raise emulated_error(device, emulated.emulation)
     measured = {"fp32": results[0], "int8": results[1]}
     data = _profile(name, device, base_profile, facts, fmt, runtime, model, input_size, macs,
                     measured)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from rich.markup import escape
 
-from edgeprune.console import progress_bar
+from edgeprune.console import info, progress_bar
 from edgeprune.devices.bench import get_backend
 from edgeprune.devices.results import BenchOptions, BenchResult, Ratio
 from edgeprune.devices.ssh import SshOptions
@@ -178,14 +178,37 @@ def speedup(reference: BenchResult, result: BenchResult) -> dict[str, float]:
     return {"value": ratio.value, "low": ratio.low, "high": ratio.high, "rounds": ratio.rounds}
 
 
+EMULATED = ", emulated"
+"""How a latency label ends when qemu took the time (`latency_fields`)."""
+
+
 def latency_fields(result: BenchResult) -> dict[str, Any]:
-    """What a file's measurement adds to its summary entry."""
+    """What a file's measurement adds to its summary entry; a time taken under emulation is
+    labelled so, with why."""
     threads = f"{result.threads} thread{'s' if result.threads > 1 else ''}"
-    where = result.device if result.label == "device" else "host"
+    where = result.device if result.label in ("device", "emulated") else "host"
+    emulated = EMULATED if result.label == "emulated" else ""
     return {"latency_ms": {"p50": result.p50_ms, "p90": result.p90_ms,
                            "mean": result.latency_ms["mean"]},
-            "latency_label": f"{where}, {threads}",
-            "runtime": f"{result.runtime} {result.runtime_version}"}
+            "latency_label": f"{where}, {threads}{emulated}",
+            "runtime": f"{result.runtime} {result.runtime_version}",
+            **({"emulation": result.emulation} if emulated else {})}
+
+
+def decided_on_device(candidates: Sequence[Candidate], device: str | None,
+                      target: str) -> tuple[bool, str]:
+    """Whether the measurements on `device` (the first --device, None without one) decide,
+    and which figures decided: an emulated device's times never do, the `target` estimate
+    does instead, as without a device (said in one line)."""
+    if not device:
+        return False, (f"the {target} estimate (no device attached; this host's timings are "
+                       "shown, labelled host)")
+    if any(c.latency_label.endswith(EMULATED) for c in candidates):
+        info(f"{device} runs under emulation (qemu): its latencies are labelled emulated and "
+             f"decide nothing; the {target} estimate chooses, as without a device")
+        return False, (f"the {target} estimate ({device} is emulated; its timings are shown, "
+                       "labelled emulated)")
+    return True, f"the speedup measured on {device}"
 
 
 def on_each_device(devices: Sequence[str], work: Callable[[str], T]) -> dict[str, T]:

@@ -30,7 +30,7 @@ from edgeprune.devices.formats import format_named
 from edgeprune.devices.targets import inference_threads, load_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import atomic_write_text
-from edgeprune.jobs.candidates import choose, judge
+from edgeprune.jobs.candidates import choose, decided_on_device, judge
 from edgeprune.jobs.compress_files import (
     bench_candidates,
     by_format,
@@ -253,15 +253,13 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     bench_candidates(inputs, run, candidates, dense_files, pruned_files)
     reference = next(c for c in candidates if (c.model, c.precision) == ("dense", "fp32"))
     reference_validation = paired_figures(inputs, run, candidates, samples)
-    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, bool(cfg.device),
+    on_device, decided_by = decided_on_device(candidates, cfg.primary_device, target.name)
+    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, on_device,
           reference_validation)
     offered = [c for c in candidates if c.precision in inputs.precisions]
     choice = choose(offered, cfg.max_drop, cfg.latency_ms,
-                    "measured on the device" if cfg.device else "roofline estimate",
-                    by_estimate=not cfg.device)
-    decided_by = (f"the speedup measured on {cfg.primary_device}" if cfg.device else
-                  f"the {target.name} estimate (no device attached; this host's timings are "
-                  "shown, labelled host)")
+                    "measured on the device" if on_device else "roofline estimate",
+                    by_estimate=not on_device)
     run.stage_done("bench", wall_s=time.perf_counter() - t0, threads=inputs.threads,
                    device=cfg.primary_device or "local", devices=list(cfg.device or ()),
                    rounds=cfg.bench_rounds, decided_by=decided_by)

@@ -1,7 +1,8 @@
 """The numbers of a report (what report.json holds), computed from a loaded run folder.
 
 Raw units throughout: accuracy as a fraction, counts as integers, sizes in bytes, latency in
-ms. Measured and estimated latencies are separate rows with `kind` "measured" or "estimated".
+ms. Measured and estimated latencies are separate rows with `kind` "measured" or "estimated"
+("emulated": timed under qemu, shown and never compared with a device's).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _files(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _kind(latency_label: str) -> str:
+    """'emulated' for a time qemu took (the label ends so), else 'measured'."""
+    return "emulated" if latency_label.endswith(", emulated") else "measured"
+
+
 def _compress_latency(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for tag in MODELS:
@@ -55,7 +61,8 @@ def _compress_latency(summary: dict[str, Any]) -> list[dict[str, Any]]:
             if "latency_ms" in f:
                 rows.append({"source": "compress", "model": tag, "format": fmt,
                              "precision": f.get("precision"), "path": f.get("path"),
-                             "kind": "measured", "where": f.get("latency_label", "host"),
+                             "kind": _kind(f.get("latency_label", "")),
+                             "where": f.get("latency_label", "host"),
                              "runtime": f.get("runtime"), "ms": dict(f["latency_ms"])})
     return rows
 
@@ -86,7 +93,8 @@ def _bench_latency(manifest: dict[str, Any], tags: dict[str, str]) -> list[dict[
                 where += f", {threads} thread{'s' if threads > 1 else ''}"
             runtime = " ".join(str(m[k]) for k in ("runtime", "runtime_version") if m.get(k))
             if m.get("latency_ms"):
-                rows.append({**base, "kind": "measured", "where": where, "runtime": runtime,
+                kind = "emulated" if r.get("label") == "emulated" else "measured"
+                rows.append({**base, "kind": kind, "where": where, "runtime": runtime,
                              "ms": dict(m["latency_ms"])})
             est = r.get("estimate")
             if est:

@@ -139,6 +139,8 @@ def _shipped(report: dict[str, Any]) -> str:
                           f'<span class="bad">failed at {escape(f["stage"])}: '
                           f'{escape(f["reason"])}</span>'], ()))
     where = escape(candidates[0].get("latency_label", ""))
+    if where.endswith(", emulated"):  # qemu's times: shown, never a speed claim
+        where += ' <span class="badge">emulated: not a device\'s speed</span>'
     budget = (f", latency budget {shipped['latency_budget_ms']:g} ms"
               if shipped.get("latency_budget_ms") else "")
     note = (f'<p class="note">Accuracy: top-1 of each file in its runtime on the test images, '
@@ -174,8 +176,8 @@ def _latency_summary_rows(latency: list[dict[str, Any]]) -> list[str]:
             a, b = d["ms"].get(q), p["ms"].get(q)
             label = (f"{escape(fmt)} {escape(prec or '')} latency {'' if est else q} "
                      f"<span class=\"note\">({escape(where)})</span>")
-            if est:
-                label += '<span class="badge">estimate</span>'
+            if est or kind == "emulated":
+                label += f'<span class="badge">{"estimate" if est else "emulated"}</span>'
             rows.append(_row([label, ms(a, est), ms(b, est), ratio(_div(a, b))], (1, 2, 3),
                              "est" if est else ""))
     return rows
