@@ -41,11 +41,21 @@ class Format:
     """Formats derived from the exported file and shipped beside it (ONNX -> ORT)."""
     qat: bool = False
     """Whether compress can recover its int8 file by quantization-aware training."""
+    arm32: str = ""
+    """What works on a 32-bit ARM OS (armv7l), where `package` publishes no wheel ('' if it
+    does); docs/DEVICES.md, "armv7 and aarch64 support", has the matrix."""
 
     @property
     def install(self) -> str:
         """The pip line that installs the runtime on a device."""
         return f"pip install {self.package}"
+
+    def install_line(self, machine: str) -> str:
+        """How to get the runtime on a device of `machine`: the pip line, or on a 32-bit ARM
+        OS without a wheel of `package`, what works instead."""
+        if machine in ARM32 and self.arm32:
+            return f"{self.package} has no {machine} wheel: {self.arm32}"
+        return self.install
 
     @property
     def deploy_checks(self) -> tuple[str, ...]:
@@ -54,14 +64,26 @@ class Format:
         return ("python", "numpy", *self.modules, "PIL")
 
 
+ARM32 = ("armv6l", "armv7l", "armv8l")
+"""`platform.machine()` of a 32-bit ARM OS (Raspberry Pi OS 32-bit, also on a 64-bit Pi)."""
+ARM32_NUMPY = ("no numpy wheel for 32-bit ARM on PyPI: apt install python3-numpy python3-pil "
+               "and make the venv with --system-site-packages")
+"""numpy and Pillow on armv7l: Debian's packages (pip would compile them for an hour)."""
+_TFLITE_ARM32 = ("pip install tflite-runtime==2.14.0 (armv7l wheel for Python 3.11, glibc "
+                 "2.34+) with numpy from apt, or install the 64-bit OS (Pi 3, Zero 2 and later "
+                 "have 64-bit cores)")
+_ORT_ARM32 = ("ship .tflite instead (--formats tflite and a tflite target such as rpi3), or "
+              "install the 64-bit OS (Pi 3, Zero 2 and later have 64-bit cores)")
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("tflite", ".tflite", runtime="tflite", package="ai-edge-litert",
            modules=("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-           exporter="tflite", runner_backend="tflite", qat=True),
+           exporter="tflite", runner_backend="tflite", qat=True, arm32=_TFLITE_ARM32),
     Format("onnx", ".onnx", runtime="onnxruntime", package="onnxruntime",
-           modules=("onnxruntime",), exporter="onnx", runner_backend="onnx", twins=("ort",)),
+           modules=("onnxruntime",), exporter="onnx", runner_backend="onnx", twins=("ort",),
+           arm32=_ORT_ARM32),
     Format("ort", ".ort", runtime="onnxruntime", package="onnxruntime",
-           modules=("onnxruntime",), exporter=None, runner_backend="onnx"),
+           modules=("onnxruntime",), exporter=None, runner_backend="onnx", arm32=_ORT_ARM32),
 )}
 EXPORTABLE = tuple(name for name, f in FORMATS.items() if f.exporter)
 """The formats `--formats` accepts (those with an exporter), in table order."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgeprune.devices import runner
-from edgeprune.devices.formats import format_of
+from edgeprune.devices.formats import ARM32, ARM32_NUMPY, format_of
 from edgeprune.devices.results import RUNNER, BenchOptions, BenchResult, Label, runner_report
 from edgeprune.devices.runner import sidecar_path
 from edgeprune.errors import EdgepruneError
@@ -344,7 +344,7 @@ class SshBackend:
         folder = _tagged_lines(proc.stdout).get(DIR_TAG, "").strip()
         try:
             for f in needed:
-                self.check_versions(self.found, f.modules, f.install)
+                self.check_versions(self.found, f.modules, f.install_line(self.found.machine))
         except EdgepruneError:
             if folder:
                 self.remove(folder)
@@ -374,7 +374,8 @@ class SshBackend:
             raise EdgepruneError(f"{where}: the runner needs Python {MIN_PYTHON[0]}."
                                  f"{MIN_PYTHON[1]}+; install it or pass --remote-python PATH")
         if not found.get("numpy"):
-            raise EdgepruneError(f"numpy is missing on {where}: pip install numpy")
+            raise EdgepruneError(f"numpy is missing on {where}: " + (
+                ARM32_NUMPY if facts.machine in ARM32 else "pip install numpy"))
         if not any(found.get(m) for m in modules):
             runtime = modules[0].split(".")[0].replace("_", "-")
             raise EdgepruneError(f"no {runtime} runtime on {where}: {pip_line}")

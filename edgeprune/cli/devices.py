@@ -246,4 +246,6 @@ def deploy(
         typer.echo(f"on {d.device} ({d.facts.cpu_model or d.facts.machine}, {r.runtime} "
                    f"{r.runtime_version}): top-1 {r.top1 * 100:.1f}% on {r.eval['samples']} "
                    f"shipped samples, p50 {r.p50_ms:.3f} ms, p90 {r.p90_ms:.3f} ms at "
-                   f"{r.threads} threads, peak RSS {r.peak_rss_mb or 0:.0f} MB")
+                   f"{r.threads} threads, peak RSS {r.peak_rss_mb or 0:.0f} MB"
+                   + (f"; emulated ({r.emulation}): these times say nothing of a device's "
+                      "speed" if r.label == "emulated" else ""))

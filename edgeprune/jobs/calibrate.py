@@ -158,7 +158,8 @@ def calibrate_target(device: str, name: str, out: Path | str, base: str = DEFAUL
                              "ssh://user@host[:port]")
     runtime_format = format_for_runtime(runtime)
     facts = backend.facts(list(runtime_format.modules))
-    backend.check_versions(facts, runtime_format.modules, runtime_format.install)
+    backend.check_versions(facts, runtime_format.modules,
+                           runtime_format.install_line(facts.machine))
     if facts.emulated:  # before minutes of exporting and timing under qemu
         raise emulated_error(device, facts.emulation)
     if facts.machine not in ARCHES:
