@@ -82,7 +82,11 @@ def detection_source() -> str:
     head = ["from __future__ import annotations", "import os, platform",
             "from pathlib import Path", "from typing import Any"]
     constants = [f"{name} = {getattr(runner, name)!r}" for name in DETECTION_CONSTANTS]
-    return "\n".join([*head, *constants, *(inspect.getsource(f) for f in DETECTION)])
+    try:
+        functions = [inspect.getsource(f) for f in DETECTION]
+    except (OSError, TypeError):  # installed without sources: the runner's report still says
+        return ""
+    return "\n".join([*head, *constants, *functions])
 
 
 CHECK_SNIPPET = f"DETECT = {detection_source()!r}\n" + CHECK_SNIPPET

@@ -187,12 +187,15 @@ def test_bench_in_the_box_labels_every_file_emulated(box: dict, demo_run: Path, 
 
 
 @pytest.mark.slow
-def test_predict_in_the_box_classifies_an_image_file(box: dict, demo_run: Path) -> None:
+def test_predict_in_the_box_classifies_an_image_file_as_the_host_does(box: dict,
+                                                                      demo_run: Path) -> None:
+    """predict.py on a real PNG file, in the box and here: the same classes, the same
+    probabilities (the aarch64 builds' numerics), and no cpuinfo noise on stderr."""
     from PIL import Image
 
-    remote = "~/edgeprune/armrun-predict"
+    remote = "edgeprune/armrun-predict"  # relative: the login's home, for ssh and scp alike
     ship = demo_run / "ship"
-    image = ship.parent / "probe.png"
+    image = demo_run / "probe.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
     ssh = box_ssh_args(box)
     subprocess.run(["ssh", *ssh, f"mkdir -p {remote}"], check=True, timeout=60)
@@ -202,6 +205,22 @@ def test_predict_in_the_box_classifies_an_image_file(box: dict, demo_run: Path) 
     proc = subprocess.run(["ssh", *ssh, f"cd {remote} && {box['python']} predict.py probe.png "
                            "--top 3 --json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
     assert "cpuinfo" not in proc.stderr
-    assert len(json.dumps(result)) > 0 and "probe.png" in proc.stdout
+    here = subprocess.run([sys.executable, str(ship / "predict.py"), str(image), "--top", "3",
+                           "--json"], capture_output=True, text=True, timeout=600, check=True)
+    box_top, host_top = (json.loads(out)[0]["top"] for out in (proc.stdout, here.stdout))
+    assert [t["index"] for t in box_top] == [t["index"] for t in host_top]
+    for a, b in zip(box_top, host_top, strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_calibrate_refuses_the_box_in_one_line(box: dict, tmp_path: Path, capsys) -> None:
+    """The device check itself finds the emulation, before any model is exported."""
+    from helpers import assert_one_line_error
+
+    out = tmp_path / "box.toml"
+    code, _, err = run_cli(capsys, "targets", "calibrate", "--name", "box", "--out", str(out),
+                           *box_cli_args(box))
+    assert_one_line_error(code, err, "runs under emulation (aarch64 process on an x86 CPU")
+    assert not out.exists()
