@@ -93,7 +93,14 @@ build_venv() {
     cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca.crt"
     say "pip install $PACKAGES in $VENV (aarch64 wheels, a few minutes under qemu)"
     chroot "$ROOT" python3 -m venv "$VENV"
-    chroot "$ROOT" env PIP_CERT=/etc/ssl/certs/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # A clean environment: the host's PIP_*, SSL_CERT_FILE and REQUESTS_CA_BUNDLE name host
+    # paths that mean another file (or nothing) inside the root; proxies pass through.
+    ca=/etc/ssl/certs/host-ca.crt
+    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
+        ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
+        ${no_proxy:+no_proxy=$no_proxy} ${NO_PROXY:+NO_PROXY=$NO_PROXY} \
+        PIP_CERT=$ca SSL_CERT_FILE=$ca REQUESTS_CA_BUNDLE=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 \
         "$VENV/bin/pip" install -q --only-binary=:all: $PACKAGES >"$BOX/pip.log" 2>&1 \
         || die "pip install in the root failed: see $BOX/pip.log"
     touch "$ROOT/.edgeprune-venv-done"
