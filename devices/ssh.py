@@ -393,8 +393,9 @@ class SshBackend:
         found = self.found
         runtimes = ", ".join(f"{m.split('.')[0]} {v}" for m, v in found.modules.items()
                              if v and m != "numpy")
-        return (f"{self.device} reachable, {found.cpu_model or found.machine}, Python "
-                f"{found.python}, numpy {found.modules.get('numpy')}, {runtimes}")
+        emulated = f" (emulated: {found.emulation})" if found.emulated else ""
+        return (f"{self.device} reachable, {found.cpu_model or found.machine}{emulated}, "
+                f"Python {found.python}, numpy {found.modules.get('numpy')}, {runtimes}")
 
     def bench(self, model_paths: Sequence[Path], options: BenchOptions) -> list[BenchResult]:
         """Copy, run (the files interleaved in one runner) and clean up; the results are the

@@ -316,3 +316,20 @@ def test_calibrate_refuses_an_emulated_device_before_measuring(
                            *sshd.cli_args())
     assert_one_line_error(code, err, "runs under emulation")
     assert not out.exists()
+
+
+def test_the_device_check_line_says_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What compress prints when it first reaches the device."""
+    from edgeprune.devices.ssh import parse_ssh_url
+
+    def prepare(self, suffixes, timeout_s):
+        self.found = DeviceFacts("aarch64", 2, None, None, None, "3.11.2",
+                                 {"numpy": "2.4.6", "ai_edge_litert": "2.3.0"}, True,
+                                 "aarch64 process on an x86 CPU (AMD EPYC)")
+        return "/tmp/edgeprune-bench.x"
+
+    monkeypatch.setattr(SshBackend, "prepare", prepare)
+    monkeypatch.setattr(SshBackend, "remove", lambda self, folder: None)
+    line = SshBackend(parse_ssh_url("ssh://pi@box")).check([".tflite"])
+    assert line.startswith("ssh://pi@box reachable, aarch64 (emulated: aarch64 process on an "
+                           "x86 CPU (AMD EPYC)), Python 3.11.2")
