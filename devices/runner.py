@@ -206,7 +206,8 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-NATIVE_NOISE = re.compile(r"(Error|Warning) in cpuinfo:|cpuid_info\.cc|/sys/devices/system/cpu")
+NATIVE_NOISE = re.compile(r"(Error|Warning) in cpuinfo:|cpuid_info|cpuinfo_initialize failed|"
+                          r"/sys/devices/system/cpu")
 """What the runtimes' CPU probes (cpuinfo in XNNPACK and onnxruntime) print to stderr when a
 minimal root lacks /sys or /proc: nothing the user can act on."""
 

@@ -139,6 +139,10 @@ def test_cpu_probe_noise_is_kept_off_stderr(capfd) -> None:
         os.write(2, b"Error in cpuinfo: failed to parse the list of possible processors in "
                     b"/sys/devices/system/cpu/possible\n")
         os.write(2, b"Warning in cpuinfo: caches count is 0\n")
+        os.write(2, b"onnxruntime cpuid_info warning: Unknown CPU vendor. cpuinfo_vendor value: "
+                    b"0\n")
+        os.write(2, b"onnxruntime warning: cpuinfo_initialize failed. May cause CPU EP "
+                    b"performance degradation due to undetected CPU features.\n")
         os.write(2, b"a real problem\n")
     assert capfd.readouterr().err == "a real problem\n"
 
