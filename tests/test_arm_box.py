@@ -224,3 +224,22 @@ def test_calibrate_refuses_the_box_in_one_line(box: dict, tmp_path: Path, capsys
                            *box_cli_args(box))
     assert_one_line_error(code, err, "runs under emulation (aarch64 process on an x86 CPU")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_compress_with_the_box_as_device_lets_the_estimate_decide(box: dict,
+                                                                  tmp_path: Path) -> None:
+    """The candidates are measured in the box, labelled emulated, and the rpi4 estimate
+    chooses, as without a device; the report says so."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "compress", "--target", "rpi4",
+                           "--dataset", "demo", "--flops-reduction", "0.5", "--epochs", "0",
+                           "--qat-epochs", "0", "--bench-runs", "2", "--bench-seconds", "0",
+                           "--bench-rounds", "2", "--out", str(out), *box_cli_args(box)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decided_by"].startswith(f"the rpi4 estimate ({box['url']} is emulated")
+    assert all(c["latency_label"].endswith(", emulated") for c in summary["candidates"])
+    assert "runs under emulation (qemu)" in proc.stderr
+    assert "emulated: not a device" in (out / "report.html").read_text()
