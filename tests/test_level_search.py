@@ -258,3 +258,15 @@ def test_module_imports_only_the_standard_library() -> None:
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_compress_options_set_the_search_budget_and_its_wall_time_guard() -> None:
+    from edgeprune.jobs.config import CompressConfig
+    from edgeprune.jobs.policy import search_settings, trial_epochs
+
+    cfg = CompressConfig(search_minutes=2.5)
+    settings = search_settings(cfg, 2000)
+    assert settings.wall_s == 150.0 and trial_epochs(cfg, 2000) == 60
+    assert settings.budget == 4 * 60  # four trials, each fine-tuned as a pinned run
+    assert search_settings(CompressConfig(search_budget=30), 2000).wall_s is None
+    assert search_settings(CompressConfig(search_budget=30), 2000).budget == 30

@@ -44,6 +44,10 @@ def compress(
         "search_budget", "fine-tuning epochs the level search may spend on its trials "
         "(QAT included) [default: four trials, each fine-tuned as a pinned run would be]")
     ] = D.search_budget,
+    search_minutes: Annotated[float | None, bounded(
+        "search_minutes", "a wall-time guard on the level search: no trial starts after its "
+        "trials have taken this many minutes [default: none, --search-budget alone]")
+    ] = D.search_minutes,
     global_ranking: Annotated[bool, typer.Option(
         "--global-ranking/--uniform",
         help="rank channels across layers, or cut every layer by the same ratio")

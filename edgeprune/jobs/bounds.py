@@ -104,6 +104,7 @@ BOUNDS: dict[str, Bound] = {
     "keep_ratio": real(0.0, 1.0, low_open=True),
     "latency_ms": real(0.0, 3_600_000.0, low_open=True),
     "search_budget": real(0.0, 1000.0, low_open=True),
+    "search_minutes": real(0.0, 10_080.0, low_open=True),
     "step": FRACTION,
     "step_epochs": EPOCHS,
     "round_to": count(1, 1024),

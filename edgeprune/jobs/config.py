@@ -59,6 +59,7 @@ class CompressConfig:
     flops_reduction: float | None = None
     """A pinned level; None: search the deepest cut within --max-drop (jobs/deepest_cut.py)."""
     search_budget: float | None = None
+    search_minutes: float | None = None
     global_ranking: bool = False
     schedule: str = "one-shot"
     step: float = 0.05

@@ -67,14 +67,16 @@ def trial_epochs(cfg: CompressConfig, train_images: int) -> float:
 def search_settings(cfg: CompressConfig, train_images: int) -> SearchSettings:
     """How the level search runs: from SEARCH_START up in SEARCH_STEP steps, the step halved
     on each rejection, until the bracket is narrower than SEARCH_MIN_STEP or --search-budget
-    (default: TRIALS_PER_BUDGET trials' fine-tuning epochs) is spent; with --epochs 0 the
-    trials fine-tune nothing and only the bracket ends it."""
+    (default: TRIALS_PER_BUDGET trials' fine-tuning epochs) is spent, or the trials' wall time
+    reaches --search-minutes (no new trial starts after it); with --epochs 0 the trials
+    fine-tune nothing and only the bracket and the wall time end it."""
     budget = cfg.search_budget if cfg.search_budget is not None else \
         TRIALS_PER_BUDGET * trial_epochs(cfg, train_images)
     if trial_epochs(cfg, train_images) == 0:  # --epochs 0: trials cost no fine-tuning, so
         budget = math.inf  # the bracket alone ends the search (a handful of trials)
+    wall_s = cfg.search_minutes * 60 if cfg.search_minutes is not None else None
     return SearchSettings(start=SEARCH_START, step=SEARCH_STEP, min_step=SEARCH_MIN_STEP,
-                          max_level=0.9, budget=budget)
+                          max_level=0.9, budget=budget, wall_s=wall_s)
 
 
 def qat_epochs(cfg: CompressConfig, train_images: int) -> float:
