@@ -149,3 +149,28 @@ def test_a_level_whose_int8_file_falls_short_is_judged_after_quantization_aware_
     # a trial without QAT is one whose fp32 model was outside the tolerance too
     assert all(not t["accepted"] and t["cost"] == 0.5 for t in trials if t not in qat)
     assert result.shipped["quantization"] == "qat"
+
+
+def test_a_level_deeper_than_the_architecture_allows_is_rejected_not_fatal(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Pruning that cannot reach a level (a hybrid model with protected attention) rejects
+    that level and the search bisects back towards the accepted ones, instead of ending the
+    run with 'at most ... of the FLOPs can be removed'."""
+    from edgeprune.pruning.search import Unreachable
+
+    real = deepest_cut._Trials.prune_from
+
+    def limited(self, parent, level, parent_level):
+        if level > 0.6:
+            raise Unreachable("at most 60% of the FLOPs can be removed")
+        return real(self, parent, level, parent_level)
+
+    monkeypatch.setattr(deepest_cut._Trials, "prune_from", limited)
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "limited"),
+                      **(SEARCH | {"max_drop": 100.0}))  # every level that is made is accepted
+    trials = result.search["trials"]
+    unreachable = [t for t in trials if t["note"].startswith("unreachable")]
+    assert unreachable and all(not t["accepted"] and t["cost"] == 0 for t in unreachable)
+    assert trials[0]["level"] == 0.5 and trials[0]["accepted"]
+    assert result.search["found"] and 0.5 <= result.search["shipped_level"] <= 0.6
+    assert result.shipped is not None

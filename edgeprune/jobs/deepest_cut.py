@@ -52,13 +52,16 @@ from edgeprune.jobs.policy import (
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.pruning import FlopsReduction, prune
 from edgeprune.pruning.level_search import SearchState, Trial, run_search
-from edgeprune.pruning.search import count
+from edgeprune.pruning.search import Unreachable, count
 from edgeprune.training import TrainConfig, evaluate, train
 from edgeprune.training.qat import train_qat
 
 SEARCH_FILE = "search.json"
 TRIALS = "search"
 MAX_RELATIVE = 0.95
+UNREACHABLE = "unreachable"
+"""A trial's note when its level is deeper than pruning can cut the architecture (the search
+bisects back towards the accepted levels)."""
 
 
 @dataclass
@@ -107,6 +110,8 @@ class _Trials:
     def restore(self, state: SearchState, levels: dict[int | None, float]) -> None:
         """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
         for index, trial in enumerate(state.trials):
+            if trial.note.startswith(UNREACHABLE):  # no model was made
+                continue
             model, scores = self.prune_from(trial.parent, trial.level, levels[trial.parent])
             weights = torch.load(self.run.path(TRIALS) / f"trial-{index}.pt",
                                  weights_only=True)
@@ -146,7 +151,14 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
 
     def evaluate_level(level: float, parent: int | None) -> Trial:
         t0 = time.perf_counter()
-        model, kept_scores = trials.prune_from(parent, level, levels[parent])
+        try:
+            model, kept_scores = trials.prune_from(parent, level, levels[parent])
+        except Unreachable as e:  # deeper than the architecture allows: the bracket's top
+            index = len(levels) - 1
+            levels[index] = level
+            info(f"search: level {level:.1%} cannot be reached ({e}): rejected")
+            return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
+                         parent, f"{UNREACHABLE}: {e}")  # no model: all 100 points count lost
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            seed=cfg.seed + len(levels), monitor=False)
         if epochs > 0:
@@ -188,8 +200,12 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
         raise EdgepruneError(f"the level search ran no trial ({state.stopped}); raise "
                              "--search-budget or pin a level with --flops-reduction")
     best = state.best()
+    made = [i for i, t in enumerate(state.trials) if not t.note.startswith(UNREACHABLE)]
+    if not made:
+        raise EdgepruneError(f"no level the search tried could be cut ({state.trials[0].note})"
+                             "; pin a shallower one with --flops-reduction")
     index = state.trials.index(best) if best is not None else min(
-        range(len(state.trials)), key=lambda i: state.trials[i].level)
+        made, key=lambda i: state.trials[i].level)
     info(f"search: {state.stopped}; "
          + (f"deepest within the tolerance: level {best.level:.1%} (-{best.achieved:.1%} MACs)"
             if best else "no level was within the tolerance"))

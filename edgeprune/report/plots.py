@@ -233,7 +233,8 @@ def search_plot(search: dict[str, Any] | None, max_drop: float | None) -> bytes 
     """The level search's path: every trial's validation drop against its estimated latency
     on the target, accepted and rejected apart, the tolerance as a line and the level that
     went on to ship starred."""
-    trials = (search or {}).get("trials") or []
+    trials = [t for t in (search or {}).get("trials") or []
+              if t.get("macs")]  # a level deeper than the architecture allows made no model
     if not trials or any(t.get("latency_ms") is None for t in trials):
         return None
     plt = pyplot()
