@@ -64,6 +64,8 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     for t in trials:
         assert t["accepted"] == (t["drop_points"] <= result.max_drop + 1e-9)
         assert 0 < t["macs"] < result.dense.macs
+    cuts = [(t["parent"], t["macs"]) for t in trials if t["cost"] > 0]
+    assert len(cuts) == len(set(cuts))  # a level making the same cut is not fine-tuned twice
     stages = json.loads((result.run_dir / "manifest.json").read_text())["stages"]
     assert stages["finetune"]["epochs"] == 0  # the winner ships as its trial fine-tuned it
     stage = stages["search"]
@@ -174,3 +176,25 @@ def test_a_level_deeper_than_the_architecture_allows_is_rejected_not_fatal(
     assert trials[0]["level"] == 0.5 and trials[0]["accepted"]
     assert result.search["found"] and 0.5 <= result.search["shipped_level"] <= 0.6
     assert result.shipped is not None
+
+
+def test_a_level_that_makes_the_same_cut_as_a_tried_one_is_not_fine_tuned_again(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Channel rounding can make two levels cut the same channels (the demo's 55% and 60%
+    both cut 76.8% of the MACs): the second takes the first's verdict at no cost."""
+    real = deepest_cut._Trials.prune_from
+
+    def coarse(self, parent, level, parent_level):  # rounding that maps 0.25-0.5 to one cut
+        return real(self, parent, 0.5 if parent is None and level >= 0.25 else level,
+                    parent_level)
+
+    monkeypatch.setattr(deepest_cut._Trials, "prune_from", coarse)
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "twins"),
+                      **(SEARCH | {"max_drop": 0.0, "search_budget": 1.0}))
+    trials = result.search["trials"]
+    if trials[0]["accepted"]:
+        pytest.skip("level 50% was within a 0-point tolerance on this machine's run")
+    twin = trials[1]  # 0.25, rejected as 0.5 was: cut the same way from the dense model
+    assert twin["level"] == 0.25 and twin["parent"] is None and twin["cost"] == 0
+    assert twin["macs"] == trials[0]["macs"] and not twin["accepted"]
+    assert "the cut of level 0.5" in twin["note"]

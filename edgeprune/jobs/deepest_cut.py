@@ -159,6 +159,20 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
             info(f"search: level {level:.1%} cannot be reached ({e}): rejected")
             return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
                          parent, f"{UNREACHABLE}: {e}")  # no model: all 100 points count lost
+        macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
+        twin = next((i for i, t in enumerate(state.trials)
+                     if t.parent == parent and t.macs == macs and t.cost > 0), None)
+        if twin is not None:  # channel rounding made the same cut: judged already
+            same = state.trials[twin]
+            index = len(levels) - 1
+            levels[index] = level
+            trials.keep(index, trials.models[twin], trials.scores[twin])
+            info(f"search: level {level:.1%} cuts the same channels as level {same.level:.1%} "
+                 f"(-{same.achieved:.1%} MACs): {'accepted' if same.accepted else 'rejected'} "
+                 "as it was, without fine-tuning it again")
+            return Trial(level, same.achieved, macs, same.drop_points, same.accepted, 0.0,
+                         time.perf_counter() - t0, same.latency_ms, parent,
+                         f"{same.note}, the cut of level {same.level:g}")
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            seed=cfg.seed + len(levels), monitor=False)
         if epochs > 0:
@@ -182,7 +196,6 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                                        qat.quantizer)
             drop, note, cost = (drop_points(dense_val, accuracy), f"{ship} int8 (QAT)",
                                 cost + qat_epochs_)
-        macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
         trial = Trial(level, 1 - macs / dense_macs, macs, drop, drop <= cfg.max_drop + 1e-9,
                       cost, time.perf_counter() - t0, latency, parent, note)
         index = len(levels) - 1
