@@ -123,6 +123,9 @@ def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle
     loaded = load_model(ref, weights, in_channels=data.spec.channels,
                         num_classes=data.spec.num_classes, trust_code=trust_code)
     spec = loaded.spec or data.spec
+    placeholders = tuple(str(i) for i in range(len(spec.labels)))
+    if spec.labels == placeholders and len(data.spec.labels) == len(spec.labels):
+        spec = dataclasses.replace(spec, labels=data.spec.labels)  # e.g. a timm model's
     if size is not None and size != spec.shape:
         spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
     if spec.shape != data.spec.shape:
