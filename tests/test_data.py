@@ -123,8 +123,8 @@ def test_imagefolder_tree(tmp_path):
 
 def test_demo_subset_is_balanced_fashion_mnist():
     data = load_demo_subset()
-    assert len(data.train) == 2000 and len(data.test) == 1000
-    assert torch.bincount(data.test.labels).tolist() == [100] * 10
+    assert len(data.train) == 2000 and len(data.test) == 5000
+    assert torch.bincount(data.test.labels).tolist() == [500] * 10
     assert data.spec.labels[0] == "T-shirt/top"
 
 
