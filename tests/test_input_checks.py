@@ -68,3 +68,24 @@ def test_matching_models_pass_and_keep_their_mode() -> None:
     check_inputs(model, spec)
     check_outputs(model, spec, 4)
     assert model.training
+
+
+def test_an_image_folder_is_resized_to_the_size_its_checkpoint_was_trained_at(tmp_path):
+    """A checkpoint made at 3x32x32 is used on an image folder without --input-size again
+    (the folder was read at the default 224 pixels and the command refused the model)."""
+    from imagetree import CLASSES, make_tree
+
+    from edgeprune.jobs.loading import load_model_and_data
+    from edgeprune.models import create_model
+    from edgeprune.models.checkpoint import ArchRef, save_checkpoint
+
+    tree = make_tree(tmp_path / "photos", per_class=4)
+    kwargs = {"in_channels": 3, "num_classes": len(CLASSES)}
+    spec = InputSpec(3, 32, 32, (0.5,) * 3, (0.25,) * 3, tuple(CLASSES))
+    save_checkpoint(tmp_path / "m.pt", create_model("democnn", **kwargs),
+                    ArchRef("democnn", kwargs), spec)
+    md = load_model_and_data(str(tmp_path / "m.pt"), dataset="imagefolder", data_dir=tree,
+                             workers=0)
+    assert md.spec.shape == md.data.spec.shape == (3, 32, 32)
+    x, _ = next(iter(md.data.loader("train", batch_size=2)))
+    assert tuple(x.shape[1:]) == (3, 32, 32) and md.model(x).shape == (2, len(CLASSES))

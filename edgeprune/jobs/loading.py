@@ -76,7 +76,13 @@ def load_model_and_data(model: str | None = "demo", weights: Path | str | None =
     size = parse_input_size(input_size) if input_size else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        loaded, spec = load_model_for(model, weights, data, size, trust_code=trust_code)
+        loaded, spec = load_model_for(model, weights, data, size, trust_code=trust_code,
+                                      check=False)
+    if size is None and spec.shape != data.spec.shape and data.name == "imagefolder":
+        # an image folder is resized to what the checkpoint was trained at, as --input-size
+        data = load_data(dataset, data_dir, "x".join(map(str, spec.shape)), mean, std,
+                         skip_bad_images, workers, seed)
+    check_shape(spec, data)
     if loaded.spec is not None and mean is None:
         data = data.with_normalization(spec.mean, spec.std)
     elif loaded.spec is not None:
@@ -115,11 +121,12 @@ def check_inputs(model: nn.Module, spec: InputSpec, ref: str | None = None,
 
 
 def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle,
-                   size: tuple[int, int, int] | None = None, *, trust_code: bool = False
-                   ) -> tuple[LoadedModel, InputSpec]:
+                   size: tuple[int, int, int] | None = None, *, trust_code: bool = False,
+                   check: bool = True) -> tuple[LoadedModel, InputSpec]:
     """Load `ref` (any --model reference) sized for `data`'s channels and classes, with its
     input spec: the checkpoint's, else the dataset's, `size` (--input-size) overriding the
-    shape. EdgepruneError when the dataset's images do not have that shape."""
+    shape. EdgepruneError when the dataset's images do not have that shape (unless `check` is
+    False: see `check_shape`)."""
     loaded = load_model(ref, weights, in_channels=data.spec.channels,
                         num_classes=data.spec.num_classes, trust_code=trust_code)
     spec = loaded.spec or data.spec
@@ -128,12 +135,18 @@ def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle
         spec = dataclasses.replace(spec, labels=data.spec.labels)  # e.g. a timm model's
     if size is not None and size != spec.shape:
         spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
+    if check:
+        check_shape(spec, data)
+    return loaded, spec
+
+
+def check_shape(spec: InputSpec, data: DataBundle) -> None:
+    """EdgepruneError when the dataset's images do not have the model's input shape."""
     if spec.shape != data.spec.shape:
         raise EdgepruneError(
             f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
             f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
             "--dataset/--data-dir or --input-size")
-    return loaded, spec
 
 
 def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int,
