@@ -152,8 +152,13 @@ def _decision_top1(inputs: Inputs, results: list[ExportResult]) -> tuple[list[fl
     if inputs.data.val is None:
         return [r.accuracy or 0.0 for r in results], "the test images"
     x, y = validation_images(inputs)
-    return ([float(np.mean(file_predictions(r.path, x) == y.numpy())) for r in results],
+    return ([_file_top1(r.path, x, y) for r in results],
             "validation")
+
+
+def _file_top1(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The model file's top-1 on (x, y), run in its runtime."""
+    return float(np.mean(file_predictions(path, x) == y.numpy()))
 
 
 def candidates_of(inputs: Inputs, dense: list[ExportResult],
@@ -183,8 +188,7 @@ def paired_figures(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
         path = run.work / c.path
         right[c.name] = file_predictions(path, samples.x) == samples.y.numpy()
         if val is not None:
-            c.validation_accuracy = float(np.mean(file_predictions(path, val[0])
-                                                  == val[1].numpy()))
+            c.validation_accuracy = _file_top1(path, *val)
     reference = candidates[0]
     for c in candidates:
         c.test_drop = paired_drop(right[reference.name], right[c.name]).to_dict()
