@@ -14,7 +14,8 @@ per-round medians are reported, so a ratio's spread over rounds can be given. Ti
 continue until both --runs runs and --min-seconds have passed per file, as TFLite's
 benchmark_model does. With --eval it also measures top-1 accuracy (batch 1) on the sample
 batch shipped beside each model as `<stem>.samples.npz` (arrays `x`: float32 NCHW, already
-normalized; `y`: int64 labels), transposed to NHWC when the model's input is NHWC.
+normalized; `y`: int64 labels), transposed to NHWC when the model's input is NHWC; with
+--logits it also saves each file's logits on that batch, so two machines can be compared.
 
 The report names the CPU of the architecture the runner runs on (an ARM board and core from
 /proc/cpuinfo or the device tree, never the x86 host that qemu-user shows) and whether it ran
@@ -435,8 +436,10 @@ def to_model_layout(x: np.ndarray, input_shape: list[Any], hint: str = "NCHW") -
     return (x.transpose(0, 2, 3, 1) if layout == "NHWC" else x), layout
 
 
-def evaluate(model: RuntimeSession, samples: Path, hint: str) -> dict[str, Any]:
-    """Top-1 accuracy over the sample batch, one image per inference (batch 1)."""
+def evaluate(model: RuntimeSession, samples: Path, hint: str,
+             keep: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Top-1 accuracy over the sample batch, one image per inference (batch 1); each image's
+    logits are appended to `keep` when given (--logits)."""
     if len(model.inputs) != 1:
         raise RunnerError(f"--eval needs a model with one input, this one has "
                           f"{len(model.inputs)}")
@@ -448,6 +451,8 @@ def evaluate(model: RuntimeSession, samples: Path, hint: str) -> dict[str, Any]:
         for i in range(len(x)):
             logits = model.predict(np.ascontiguousarray(x[i : i + 1]))
             correct += int(np.argmax(logits.reshape(-1)) == y[i])
+            if keep is not None:
+                keep.append(np.asarray(logits, dtype=np.float32).reshape(-1))
     except RunnerError:
         raise
     except Exception as e:  # the runtimes raise many types for a mismatched input
@@ -485,14 +490,17 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             session.invoke()
     timings = interleaved(sessions, args.rounds, args.runs, args.min_seconds)
     rss, host = peak_rss_mb(), host_info()
-    results = []
+    results, logits = [], {}
     for i, path in enumerate(paths):  # (no zip(strict=): the runner supports Python 3.8)
         session, sidecar, (latencies, medians, seconds) = sessions[i], sidecars[i], timings[i]
         accuracy = None
         if args.eval:
             samples_file = Path(args.samples) if args.samples else default_samples_path(path)
             layout = (sidecar.get("input_spec") or {}).get("layout", "NCHW")
-            accuracy = evaluate(session, samples_file, layout)
+            keep: list[np.ndarray] | None = [] if args.logits else None
+            accuracy = evaluate(session, samples_file, layout, keep)
+            if keep:
+                logits[path.name] = np.stack(keep)
         results.append({
             "model": str(path), "file_size_bytes": path.stat().st_size,
             "format": path.suffix.lower().lstrip("."), "precision": sidecar.get("precision"),
@@ -503,6 +511,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "latency_ms": latency_stats(latencies), "rounds_p50_ms": medians,
             "peak_rss_mb": rss, "host": host, "python": platform.python_version(),
             "eval": accuracy})
+    if args.logits:
+        np.savez(args.logits, **logits)
     return {"schema": SCHEMA, "rounds": args.rounds, "interleaved": len(paths) > 1,
             "emulated": host["emulated"], "emulation": host["emulation"], "results": results}
 
@@ -522,11 +532,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "sample batch (default file: <stem>.samples.npz beside the model)")
     p.add_argument("--samples", help="the .npz sample batch for --eval (arrays x and y), for "
                    "every model")
+    p.add_argument("--logits", help="with --eval, also save each file's logits on the sample "
+                   "batch to this .npz (one (N, classes) float32 array per file, named by the "
+                   "file's name), to compare runtimes or machines")
     args = p.parse_args(argv)
     if (args.threads < 1 or args.warmup < 0 or args.runs < 1 or args.min_seconds < 0
             or args.rounds < 1):
         p.error("need --threads >= 1, --warmup >= 0, --runs >= 1, --min-seconds >= 0, "
                 "--rounds >= 1")
+    if args.logits and not args.eval:
+        p.error("--logits needs --eval")
     return args
 
 
