@@ -5,7 +5,13 @@
 # never latency (the runner labels its times "emulated"). docs/DEVICES.md, "A Pi without a Pi".
 #
 #   tools/arm_box.sh          build what is missing (cached), start the ssh server, print the URL
+#   tools/arm_box.sh test     the same, then run the slow device tests against it
+#                             (pytest -m slow tests/test_arm_box.py)
 #   tools/arm_box.sh stop     stop the server and unmount /proc and /dev from the root
+#   tools/arm_box.sh --arch armhf [test|stop]   a 32-bit armhf root (Raspberry Pi OS 32-bit,
+#                             Pi Zero 2 / Pi 3) under qemu-arm, in its own cache folder and
+#                             port; each package is tried alone and wheels.txt records which
+#                             have an armv7l wheel (docs/DEVICES.md, the support matrix)
 #
 # Design: the host's own OpenSSH server, a second instance on its own port and config, with
 # `ChrootDirectory` the aarch64 root. sshd, key exchange and SFTP (internal-sftp) stay native
@@ -15,18 +21,32 @@
 # under qemu and need openssh-server in the root, for no extra proof.
 #
 # Needs root (debootstrap, mounts, binfmt_misc, ChrootDirectory). Environment:
-#   EDGEPRUNE_ARM_BOX         cache folder (default ~/.cache/edgeprune/arm-box): root/, keys,
-#                             sshd_config, box.json (what the slow tests read)
-#   EDGEPRUNE_ARM_BOX_PORT    ssh port on 127.0.0.1 (default 2222)
+#   EDGEPRUNE_ARM_BOX         cache folder (default ~/.cache/edgeprune/arm-box, arm-box-armhf
+#                             for armhf): root/, keys, sshd_config, box.json (what the slow
+#                             tests read), wheels.txt
+#   EDGEPRUNE_ARM_BOX_PORT    ssh port on 127.0.0.1 (default 2222, 2223 for armhf)
 #   EDGEPRUNE_ARM_BOX_MIRROR  Debian mirror (default: the one apt uses, from /etc/apt/sources.list*)
-#   EDGEPRUNE_ARM_BOX_PACKAGES  pip packages in the root's venv
-#                             (default: ai-edge-litert numpy pillow onnxruntime)
+#   EDGEPRUNE_ARM_BOX_PACKAGES  pip packages in the root's venv (default arm64: ai-edge-litert
+#                             numpy pillow onnxruntime, all required; armhf: those and
+#                             tflite-runtime==2.14.0, each tried, apt's numpy underneath)
+#   PYTHON                    the host Python that `test` runs pytest with (default python3)
 set -eu
 
-BOX=${EDGEPRUNE_ARM_BOX:-$HOME/.cache/edgeprune/arm-box}
-PORT=${EDGEPRUNE_ARM_BOX_PORT:-2222}
-PACKAGES=${EDGEPRUNE_ARM_BOX_PACKAGES:-ai-edge-litert numpy pillow onnxruntime}
+ARCH=arm64
+if [ "${1:-}" = --arch ]; then ARCH=${2:-}; shift 2 || shift $#; fi
+case $ARCH in
+    arm64) QEMU=qemu-aarch64 MACHINE=aarch64 CACHE=arm-box DEFAULT_PORT=2222 EXTRA=""
+           DEFAULT_PACKAGES="ai-edge-litert numpy pillow onnxruntime" ;;
+    armhf) QEMU=qemu-arm MACHINE=armv7l CACHE=arm-box-armhf DEFAULT_PORT=2223
+           EXTRA=,python3-numpy
+           DEFAULT_PACKAGES="numpy ai-edge-litert tflite-runtime==2.14.0 onnxruntime pillow" ;;
+    *) echo "arm-box: error: --arch arm64 or armhf, not '$ARCH'" >&2; exit 2 ;;
+esac
+BOX=${EDGEPRUNE_ARM_BOX:-$HOME/.cache/edgeprune/$CACHE}
+PORT=${EDGEPRUNE_ARM_BOX_PORT:-$DEFAULT_PORT}
+PACKAGES=${EDGEPRUNE_ARM_BOX_PACKAGES:-$DEFAULT_PACKAGES}
 ROOT=$BOX/root
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=/opt/edgeprune-venv
 USER_NAME=$(id -un)
 
@@ -63,19 +83,19 @@ host_tools() {
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
             || die "cannot mount binfmt_misc (a container without that right cannot run the box)"
     fi
-    if ! grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then
-        update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || update-binfmts --import qemu-aarch64
+    if ! grep -q '^enabled' /proc/sys/fs/binfmt_misc/$QEMU 2>/dev/null; then
+        update-binfmts --enable $QEMU >/dev/null 2>&1 || update-binfmts --import $QEMU
     fi
-    grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "qemu-aarch64 binfmt is not enabled"
+    grep -q '^enabled' /proc/sys/fs/binfmt_misc/$QEMU || die "$QEMU binfmt is not enabled"
 }
 
 build_root() {
     [ -f "$ROOT/.edgeprune-root-done" ] && return
     url=$(mirror); [ -n "$url" ] || die "no Debian mirror in /etc/apt/sources.list*; set EDGEPRUNE_ARM_BOX_MIRROR"
-    say "debootstrap arm64 bookworm from $url (about 10 min)"
+    say "debootstrap $ARCH bookworm from $url (about 10 min)"
     rm -rf "$ROOT.partial"
-    debootstrap --arch=arm64 --variant=minbase \
-        --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$ROOT.partial" "$url" \
+    debootstrap --arch=$ARCH --variant=minbase \
+        --include=python3,python3-venv,python3-pip,ca-certificates$EXTRA bookworm "$ROOT.partial" "$url" \
         >"$BOX/debootstrap.log" 2>&1 || die "debootstrap failed: see $BOX/debootstrap.log"
     rm -rf "$ROOT" && mv "$ROOT.partial" "$ROOT"
     touch "$ROOT/.edgeprune-root-done"
@@ -87,12 +107,7 @@ mount_root() {
     # /sys stays unmounted, as in a minimal root: the runner must read it as unknown, quietly.
 }
 
-build_venv() {
-    [ -f "$ROOT/.edgeprune-venv-done" ] && return
-    cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
-    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca.crt"
-    say "pip install $PACKAGES in $VENV (aarch64 wheels, a few minutes under qemu)"
-    chroot "$ROOT" python3 -m venv "$VENV"
+in_root() {
     # A clean environment: the host's PIP_*, SSL_CERT_FILE and REQUESTS_CA_BUNDLE name host
     # paths that mean another file (or nothing) inside the root; proxies pass through.
     ca=/etc/ssl/certs/host-ca.crt
@@ -100,9 +115,45 @@ build_venv() {
         ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
         ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
         ${no_proxy:+no_proxy=$no_proxy} ${NO_PROXY:+NO_PROXY=$NO_PROXY} \
-        PIP_CERT=$ca SSL_CERT_FILE=$ca REQUESTS_CA_BUNDLE=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$VENV/bin/pip" install -q --only-binary=:all: $PACKAGES >"$BOX/pip.log" 2>&1 \
-        || die "pip install in the root failed: see $BOX/pip.log"
+        PIP_CERT=$ca SSL_CERT_FILE=$ca REQUESTS_CA_BUNDLE=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
+}
+
+build_venv() {
+    [ -f "$ROOT/.edgeprune-venv-done" ] && return
+    cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca.crt"
+    if [ "$ARCH" = arm64 ]; then
+        say "pip install $PACKAGES in $VENV (aarch64 wheels, a few minutes under qemu)"
+        chroot "$ROOT" python3 -m venv "$VENV"
+        in_root "$VENV/bin/pip" install -q --only-binary=:all: $PACKAGES >"$BOX/pip.log" 2>&1 \
+            || die "pip install in the root failed: see $BOX/pip.log"
+        in_root "$VENV/bin/pip" freeze >"$BOX/wheels.txt"
+    else
+        # Measure, package by package, what PyPI has for armv7l and Python 3.11: `pip download`
+        # of the package alone, without its dependencies, says whether a wheel exists (apt's
+        # numpy, seen through --system-site-packages, cannot answer for it); what has one is
+        # installed. wheels.txt is the support matrix's source.
+        say "trying $PACKAGES one by one in $VENV (armv7l wheels, under qemu-arm)"
+        chroot "$ROOT" python3 -m venv --system-site-packages "$VENV"
+        : >"$BOX/pip.log"; : >"$BOX/wheels.txt"
+        for p in $PACKAGES; do
+            rm -rf "$ROOT/tmp/wheel" && mkdir -p "$ROOT/tmp/wheel"
+            if in_root "$VENV/bin/pip" download -q --no-deps --only-binary=:all: -d /tmp/wheel \
+                    "$p" >>"$BOX/pip.log" 2>&1; then
+                wheel=$(ls "$ROOT/tmp/wheel")
+                if in_root "$VENV/bin/pip" install -q --only-binary=:all: "$p" \
+                        >>"$BOX/pip.log" 2>&1; then
+                    echo "$p: wheel $wheel, installed" >>"$BOX/wheels.txt"
+                else
+                    echo "$p: wheel $wheel, install failed (see pip.log)" >>"$BOX/wheels.txt"
+                fi
+            else
+                echo "$p: no wheel for $MACHINE" >>"$BOX/wheels.txt"
+            fi
+        done
+        in_root "$VENV/bin/pip" list 2>/dev/null >>"$BOX/wheels.txt" || true
+        rm -rf "$ROOT/tmp/wheel"
+    fi
     touch "$ROOT/.edgeprune-venv-done"
 }
 
@@ -134,16 +185,18 @@ start_sshd() {
     mkdir -p /run/sshd
     /usr/sbin/sshd -f "$BOX/sshd_config" -E "$BOX/sshd.log" || die "sshd did not start: see $BOX/sshd.log"
     cat >"$BOX/box.json" <<EOF
-{"url": "ssh://$USER_NAME@127.0.0.1:$PORT", "user": "$USER_NAME", "port": $PORT,
+{"url": "ssh://$USER_NAME@127.0.0.1:$PORT", "user": "$USER_NAME", "port": $PORT, "machine": "$MACHINE",
  "key": "$BOX/user_key", "known_hosts": "$BOX/known_hosts", "python": "$VENV/bin/python",
  "root": "$ROOT"}
 EOF
 }
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, mounts, binfmt_misc, sshd's ChrootDirectory)"
+ACTION=${1:-start}
+case $ACTION in start|stop|test) ;; *) die "unknown command '$ACTION': start, test or stop" ;; esac
 mkdir -p "$BOX"
 chmod 755 "$BOX"
-if [ "${1:-}" = stop ]; then stop_box; exit 0; fi
+if [ "$ACTION" = stop ]; then stop_box; exit 0; fi
 host_tools
 build_root
 mount_root
@@ -153,6 +206,15 @@ start_sshd
 ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile="$BOX/known_hosts" \
     -o IdentityFile="$BOX/user_key" -o IdentitiesOnly=yes -o LogLevel=ERROR -p "$PORT" \
     "$USER_NAME@127.0.0.1" "$VENV/bin/python -c 'import platform; print(platform.machine())'" \
-    | grep -qx aarch64 || die "the box answers, but not as aarch64: see $BOX/sshd.log"
+    | grep -qx "$MACHINE" || die "the box answers, but not as $MACHINE: see $BOX/sshd.log"
 say "ready: --device ssh://$USER_NAME@127.0.0.1:$PORT --remote-python $VENV/bin/python" \
     "--ssh-option IdentityFile=$BOX/user_key --ssh-option UserKnownHostsFile=$BOX/known_hosts"
+if [ "$ACTION" = test ]; then
+    # The slow device tests, reading box.json from this cache folder; those of the other
+    # architecture's box run too when it is up, and skip when it is not.
+    say "running the slow device tests against the $ARCH box (about 20 min under qemu)"
+    cd "$REPO"
+    if [ "$ARCH" = arm64 ]; then export EDGEPRUNE_ARM_BOX="$BOX"
+    else export EDGEPRUNE_ARM_BOX_ARMHF="$BOX"; fi
+    exec "${PYTHON:-python3}" -m pytest -q -m slow -p no:cacheprovider tests/test_arm_box.py
+fi
