@@ -4,7 +4,8 @@ the aarch64 wheels of ai-edge-litert and onnxruntime, under qemu-user) and on th
 same eval batch; top-1 on each side and the largest logit difference.
 
     sudo tools/arm_box.sh                      # the box, built once and cached
-    python benchmarks/bench_arm_box.py [--only demo,mobilenet] [--work DIR]
+    sudo tools/arm_box.sh --arch armhf         # the 32-bit box, for the armhf suite
+    python benchmarks/bench_arm_box.py [--only demo,mobilenet,armhf] [--work DIR]
         [--mobilenet-samples 20] [--out benchmarks/results]
 
 demo: `edgeprune compress --target rpi4 --dataset demo --flops-reduction 0.5 --epochs 0.2
@@ -12,11 +13,15 @@ demo: `edgeprune compress --target rpi4 --dataset demo --flops-reduction 0.5 --e
 `edgeprune export RUN/model.pt --precision fp16` of the pruned checkpoint and a pruned int8-qat
 .tflite from 0.2 epochs of quantization-aware training (`edgeprune.training.qat`), all on the
 run's shipped eval batch (`models/pruned.samples.npz`, 100 images).
-mobilenet: `torchvision:mobilenet_v2` with untrained weights (no download here), 10 classes at
-3x224x224 on the demo images upscaled, exported fp32, fp16 and int8 PTQ in both formats, on
+mobilenet: `torchvision:mobilenet_v2` with untrained weights (no download here) at 3x224x224
+on the synthetic dataset (4 classes of smooth random patterns, so a 4-way head on the full
+MobileNetV2 backbone), exported fp32, fp16 and int8 PTQ in both formats, on
 `--mobilenet-samples` test images (each takes seconds under qemu). Its top-1 is chance: only
 the difference between the machines means something. QAT of it is left out (minutes of CPU
 training per epoch fraction on this 2-core host, for no more numerics than the demo's QAT).
+armhf: the demo's .tflite files in the 32-bit box (armv7l Debian bookworm, tflite-runtime
+2.14.0 over apt's numpy: the only TFLite runtime with an armv7l wheel) against this host's
+ai-edge-litert; the .onnx files cannot run there (no onnxruntime wheel for armv7l).
 
 Each file passes when the box reproduces the host within the tolerance the export verification
 holds that precision to (`edgeprune.export.precision.DEFAULT_CHECKS`, see `parity`). Steps whose
@@ -41,8 +46,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUNNER = REPO / "devices" / "runner.py"
 BOX = Path.home() / ".cache" / "edgeprune" / "arm-box"
+BOX32 = Path.home() / ".cache" / "edgeprune" / "arm-box-armhf"
 DEMO_SAMPLES = "pruned.samples.npz"
-SUITES = ("demo", "mobilenet")
+SUITES = ("demo", "mobilenet", "armhf")
 
 
 @dataclass
@@ -165,11 +171,12 @@ def qat_export(checkpoint: Path, out: Path) -> None:
 
 
 def mobilenet_files(work: Path, samples: int) -> tuple[list[Path], Path]:
-    """Untrained MobileNetV2 at 3x224x224 in fp32, fp16 and int8; (files, eval batch)."""
+    """Untrained MobileNetV2 at 3x224x224 (synthetic images) in fp32, fp16 and int8;
+    (files, eval batch)."""
     out = work / "mobilenet"
     batch = work / f"mobilenet.samples-{samples}.npz"
     if not out.is_dir():
-        sh(["edgeprune", "export", "torchvision:mobilenet_v2", "--dataset", "demo",
+        sh(["edgeprune", "export", "torchvision:mobilenet_v2", "--dataset", "synthetic",
             "--input-size", "3x224x224", "--precision", "fp32,fp16,int8",
             "--format", "tflite,onnx", "--calibration-samples", "64", "--eval-samples", "32",
             "--no-verify", "--out", str(out), "-q"])
@@ -177,7 +184,7 @@ def mobilenet_files(work: Path, samples: int) -> tuple[list[Path], Path]:
         from edgeprune.devices import write_eval_samples
         from edgeprune.jobs.loading import load_data, take
 
-        data = load_data("demo", input_size="3x224x224", seed=0)
+        data = load_data("synthetic", input_size="3x224x224", seed=0)
         x, y = take(data, "test", samples, 1)
         write_eval_samples(batch, x.numpy(), y.numpy())
     files = sorted(out.glob("*.tflite")) + sorted(out.glob("*.onnx"))
@@ -196,11 +203,11 @@ def run_here(files: list[Path], batch: Path, logits: Path) -> dict:
     return json.loads(out)
 
 
-def box_info(box: Path = BOX) -> dict:
+def box_info(box: Path = BOX, arch: str = "") -> dict:
     """The running box's connection (box.json), or exit saying how to start it."""
     state = box / "box.json"
     if not state.is_file():
-        sys.exit(f"the aarch64 box is not built: sudo {REPO / 'tools' / 'arm_box.sh'}")
+        sys.exit(f"the box {box} is not built: sudo {REPO / 'tools' / 'arm_box.sh'} {arch}")
     return json.loads(state.read_text())
 
 
@@ -295,21 +302,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(SUITES), help="demo,mobilenet")
     p.add_argument("--work", type=Path, default=Path.home() / ".cache/edgeprune/arm-parity")
     p.add_argument("--mobilenet-samples", type=int, default=20)
-    p.add_argument("--box", type=Path, default=BOX, help="the box's cache folder")
+    p.add_argument("--box", type=Path, default=BOX, help="the aarch64 box's cache folder")
+    p.add_argument("--box-armhf", type=Path, default=BOX32, help="the armhf box's")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     suites = [s for s in args.only.split(",") if s]
     unknown = set(suites) - set(SUITES)
     if unknown:
         p.error(f"unknown suite(s) {sorted(unknown)}: choose from {', '.join(SUITES)}")
-    info = box_info(args.box)
     args.work.mkdir(parents=True, exist_ok=True)
     out_json = args.out / "arm_parity.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else {"suites": {}}
+    measured = {}
     for name in suites:
-        files, batch = (demo_files(args.work) if name == "demo"
-                        else mobilenet_files(args.work, args.mobilenet_samples))
-        results["suites"][name] = measure(name, files, batch, args.work, info)
+        if name == "mobilenet":
+            files, batch = mobilenet_files(args.work, args.mobilenet_samples)
+        else:
+            files, batch = demo_files(args.work)
+        if name == "armhf":
+            files = [f for f in files if f.suffix == ".tflite"]
+        info = (box_info(args.box_armhf, "--arch armhf") if name == "armhf"
+                else box_info(args.box))
+        measured[name] = measure(name, files, batch, args.work, info)
+    # Merged into what the file holds now (another suite may have been written meanwhile).
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {"suites": {}}
+    results["suites"].update(measured)
     results["date"] = time.strftime("%Y-%m-%d")
     command = "python benchmarks/bench_arm_box.py" + (
         f" --only {args.only}" if suites != list(SUITES) else "")

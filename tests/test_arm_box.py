@@ -144,11 +144,12 @@ def box_cli_args(info: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory, box: dict) -> Path:
-    """A finished demo run (one epoch, no QAT), made only when the box runs."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished demo run (0.2 epochs, no QAT), made only when a test that asks for it runs
+    (each asks for its box first, so none is made when no box runs)."""
     out = tmp_path_factory.mktemp("armrun") / "run"
     proc = subprocess.run([sys.executable, "-m", "edgeprune", "compress", "--target", "rpi4",
-                           "--dataset", "demo", "--flops-reduction", "0.5", "--epochs", "1",
+                           "--dataset", "demo", "--flops-reduction", "0.5", "--epochs", "0.2",
                            "--qat-epochs", "0", "--out", str(out), "-q"],
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -243,3 +244,77 @@ def test_compress_with_the_box_as_device_lets_the_estimate_decide(box: dict,
     assert all(c["latency_label"].endswith(", emulated") for c in summary["candidates"])
     assert "runs under emulation (qemu)" in proc.stderr
     assert "emulated: not a device" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_every_precision_in_the_box_is_within_the_export_tolerance(box: dict, demo_run: Path,
+                                                                   tmp_path: Path) -> None:
+    """fp32, fp16, int8 PTQ and QAT files of the demo run, through the runner in the box and
+    here on the run's shipped eval batch: each within the tolerance the export verification
+    holds that precision to (benchmarks/bench_arm_box.py `parity`), or the test fails."""
+    sys.path.insert(0, str(SCRIPT.parent.parent / "benchmarks"))
+    import bench_arm_box as bench
+
+    fp16 = tmp_path / "fp16"
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "export",
+                           str(demo_run / "model.pt"), "--dataset", "demo", "--precision", "fp16",
+                           "--format", "tflite,onnx", "--stem", "pruned", "--eval-samples",
+                           "200", "--out", str(fp16), "-q"], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bench.qat_export(demo_run / "model.pt", tmp_path / "qat")
+    models = demo_run / "models"
+    files = [*sorted(models.glob("*.tflite")), *sorted(models.glob("*.onnx")),
+             *sorted(fp16.glob("pruned.fp16.*")), *sorted((tmp_path / "qat").glob("*.tflite"))]
+    result = bench.measure("test", files, models / bench.DEMO_SAMPLES, tmp_path, box)
+    rows = result["rows"]
+    assert {r["precision"] for r in rows} == {"fp32", "fp16", "int8", "int8-qat"}
+    assert result["box"]["machine"] == "aarch64" and result["box"]["emulated"]
+    outside = [f"{r['file']}: {'; '.join(r['failures'])}" for r in rows if not r["passed"]]
+    assert outside == []
+
+
+# --------------------------------------------------------------------------- the armhf box
+
+BOX32 = Path(os.environ.get("EDGEPRUNE_ARM_BOX_ARMHF",
+                            Path.home() / ".cache/edgeprune/arm-box-armhf"))
+
+
+@pytest.fixture(scope="module")
+def armhf_box() -> dict:
+    """The 32-bit box (`tools/arm_box.sh --arch armhf`), skipping when it is not running."""
+    state = BOX32 / "box.json"
+    if not shutil.which("ssh") or not state.is_file():
+        pytest.skip(f"the armhf box is not built: sudo {SCRIPT} --arch armhf")
+    info = json.loads(state.read_text())
+    probe = subprocess.run(["ssh", *box_ssh_args(info), "true"], capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    if probe.returncode:
+        pytest.skip(f"the armhf box is not running: sudo {SCRIPT} --arch armhf")
+    return info
+
+
+@pytest.mark.slow
+def test_a_tflite_runs_in_the_armhf_box_with_tflite_runtime(armhf_box: dict, demo_run: Path,
+                                                            capsys) -> None:
+    """armv7l Debian bookworm with tflite-runtime 2.14.0 from PyPI over apt's numpy: deploy
+    of a .tflite ship folder checks, runs its eval batch and says which runtime ran it."""
+    from edgeprune import console
+
+    console.set_quiet(False)
+    code, out, err = run_cli(capsys, "deploy", str(demo_run), "--runs", "2", "--min-seconds",
+                             "0", "--remote-dir", "~/edgeprune/armhf-run",
+                             *box_cli_args(armhf_box))
+    assert code == 0, err
+    assert "SHA256SUMS match" in out and "emulated (armv7l process on an x86 CPU" in out
+    assert "it ran the file with tflite-runtime 2.14.0" in out + err
+
+
+@pytest.mark.slow
+def test_an_onnx_file_on_the_armhf_box_is_told_what_works_in_one_line(
+        armhf_box: dict, demo_run: Path, capsys) -> None:
+    from helpers import assert_one_line_error
+
+    code, _, err = run_cli(capsys, "bench", str(demo_run / "models" / "pruned.onnx"),
+                           "--runs", "1", "--min-seconds", "0", *box_cli_args(armhf_box))
+    assert_one_line_error(code, err, "onnxruntime has no armv7l wheel: ship .tflite")
