@@ -12,6 +12,12 @@ large calibration batches; at the batch of 1 these files are traced with, the av
 per-image ranges clips the logits of confident images (measured: 2.3 points of top-1 lost on
 Fashion-MNIST). The calibrator is therefore run here with AEQ's `min_max_update`, the overall
 min/max, as TFLite's converter and onnxruntime's MinMax calibration do.
+
+litert-torch folds a per-channel scale that follows a Linear (ConvNeXt's layer scale) into the
+FULLY_CONNECTED op and leaves its bias with the activation's rank, (1, 1, 1, C). AEQ quantizes
+a bias per channel along dimension 0, which for that shape has one entry, so the interpreter
+refuses the file ("num_scales must be 1 ... but got C"). `flatten_fc_biases` gives such
+biases their canonical shape (C,) before quantizing; the values are unchanged.
 """
 
 from __future__ import annotations
@@ -73,12 +79,55 @@ def calibrate(data: bytes, model_recipe: list[dict[str, Any]],
     return calib.get_model_qsvs()
 
 
+def fc_biases_to_flatten(data: bytes) -> list[tuple[int, int]]:
+    """(subgraph, tensor) of each FULLY_CONNECTED bias whose rank is above 1 and which no
+    other op reads."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    fc = schema.BuiltinOperator.FULLY_CONNECTED
+    found = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        bias_of_fc, other = set(), set()
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            is_fc = max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == fc
+            for k in range(op.InputsLength()):
+                t = op.Inputs(k)
+                (bias_of_fc if is_fc and k == 2 else other).add(t)
+        for t in sorted(bias_of_fc - other - {-1}):
+            if graph.Tensors(t).ShapeLength() > 1:
+                found.append((s, t))
+    return found
+
+
+def flatten_fc_biases(data: bytes) -> bytes:
+    """`data` with every FULLY_CONNECTED bias of shape (1, ..., 1, C) reshaped to (C,), so
+    that per-channel quantization of the bias runs along its channels; `data` itself when
+    there is none (the usual case, and then nothing is re-serialized)."""
+    found = fc_biases_to_flatten(data)
+    if not found:
+        return data
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for s, t in found:
+        tensor = model.subgraphs[s].tensors[t]
+        tensor.shape = [int(np.prod(tensor.shape))]
+        if tensor.shapeSignature is not None:
+            tensor.shapeSignature = list(tensor.shape)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def quantize(data: bytes, precision: str, calibration: np.ndarray | None,
              options: ExportOptions) -> tuple[bytes, dict[str, Any]]:
     """The flatbuffer at `precision` and facts for the sidecar. `calibration` is NCHW and
     transposed here when the file takes NHWC input."""
     from ai_edge_quantizer import quantizer
 
+    data = flatten_fc_biases(data)
     model_recipe = recipe(precision, options.int8_io)
     facts: dict[str, Any] = {"quantization": DESCRIPTIONS[precision]}
     with captured_stderr(), warnings.catch_warnings():
