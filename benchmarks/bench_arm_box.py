@@ -8,7 +8,7 @@ same eval batch; top-1 on each side and the largest logit difference.
     python benchmarks/bench_arm_box.py [--only demo,mobilenet,armhf] [--work DIR]
         [--mobilenet-samples 20] [--out benchmarks/results]
 
-demo: `edgeprune compress --target rpi4 --dataset demo --flops-reduction 0.5 --epochs 0.2
+demo: `edgeprune compress --target rpi4 --dataset demo --flops-reduction 0.5 --epochs 1
 --qat-epochs 0` (dense and pruned, fp32 and int8 PTQ, .tflite and .onnx), then
 `edgeprune export RUN/model.pt --precision fp16` of the pruned checkpoint and a pruned int8-qat
 .tflite from 0.2 epochs of quantization-aware training (`edgeprune.training.qat`), all on the
@@ -78,7 +78,7 @@ def tolerance_text(precision: str) -> str:
 
     check = DEFAULT_CHECKS[precision]
     if check.atol is not None:
-        return f"every logit within {check.atol:g} + {check.rtol:g}*|host|"
+        return f"every logit within {check.atol:g} + {check.rtol:g} x abs(host)"
     return (f"top-1 within {check.max_accuracy_drop:g} point(s), same class on "
             f">= {check.min_agreement:.0%}")
 
@@ -134,7 +134,7 @@ def demo_files(work: Path) -> tuple[list[Path], Path]:
     run = work / "demo"
     if not (run / "summary.json").is_file():
         sh(["edgeprune", "compress", "--target", "rpi4", "--dataset", "demo",
-            "--flops-reduction", "0.5", "--epochs", "0.2", "--qat-epochs", "0",
+            "--flops-reduction", "0.5", "--epochs", "1", "--qat-epochs", "0",
             "--out", str(run), "--overwrite", "-q"])
     fp16 = work / "demo-fp16"
     if not fp16.is_dir():
@@ -196,11 +196,20 @@ def mobilenet_files(work: Path, samples: int) -> tuple[list[Path], Path]:
 RUNNER_ARGS = ["--eval", "--runs", "1", "--min-seconds", "0", "--warmup", "0", "--rounds", "1"]
 
 
-def run_here(files: list[Path], batch: Path, logits: Path) -> dict:
-    """The runner on this host; its report (logits saved to `logits`)."""
-    out = sh([sys.executable, str(RUNNER), *map(str, files), *RUNNER_ARGS, "--samples",
-              str(batch), "--logits", str(logits)])
-    return json.loads(out)
+def attempt(cmd: list[str], timeout: float = 7200) -> tuple[dict | None, str]:
+    """Run a runner command: (its JSON report, "") or (None, its error line)."""
+    print("$", shlex.join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        return None, lines[-1] if lines else f"exit code {proc.returncode}"
+    return json.loads(proc.stdout), ""
+
+
+def run_here(file: Path, batch: Path, logits: Path) -> tuple[dict | None, str]:
+    """The runner on this host on one file (logits saved to `logits`)."""
+    return attempt([sys.executable, str(RUNNER), str(file), *RUNNER_ARGS, "--samples",
+                    str(batch), "--logits", str(logits)])
 
 
 def box_info(box: Path = BOX, arch: str = "") -> dict:
@@ -217,24 +226,33 @@ def ssh_options(info: dict) -> list[str]:
             "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
 
 
-def run_in_box(info: dict, files: list[Path], batch: Path, logits: Path, name: str) -> dict:
-    """Copy the files, their sidecars, the batch and the runner into the box, run the runner
-    there with the box's Python, fetch its logits; its report."""
-    remote = f"edgeprune/parity-{name}"  # relative: the login's home, for ssh and scp alike
-    target = f"{info['user']}@127.0.0.1"
-    ssh = ["ssh", *ssh_options(info), "-p", str(info["port"]), target]
-    sh([*ssh, f"rm -rf {remote} && mkdir -p {remote}"])
-    sidecars = [f.with_name(f.name + ".json") for f in files]
-    names = [f.name for f in files]
-    if len(set(names)) != len(names):
-        sys.exit(f"two files share a name in {name}: {names}")
-    sh(["scp", "-q", *ssh_options(info), "-P", str(info["port"]), str(RUNNER), str(batch),
-        *map(str, files), *(str(s) for s in sidecars if s.is_file()), f"{target}:{remote}/"])
-    out = sh([*ssh, f"cd {remote} && {info['python']} runner.py {' '.join(names)} "
-              f"{' '.join(RUNNER_ARGS)} --samples {batch.name} --logits box.npz"], timeout=14400)
-    sh(["scp", "-q", *ssh_options(info), "-P", str(info["port"]),
-        f"{target}:{remote}/box.npz", str(logits)])
-    return json.loads(out)
+class Box:
+    """The box over ssh: a folder there holding the files, their sidecars, the batch and the
+    runner, and the runner run on one file at a time with the box's Python (one file that
+    fails to load must not hide the others' figures)."""
+
+    def __init__(self, info: dict, name: str, files: list[Path], batch: Path) -> None:
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            sys.exit(f"two files share a name in {name}: {names}")
+        self.info, self.batch = info, batch
+        self.remote = f"edgeprune/parity-{name}"  # relative: the login's home (ssh and scp)
+        self.target = f"{info['user']}@127.0.0.1"
+        self.ssh = ["ssh", *ssh_options(info), "-p", str(info["port"]), self.target]
+        self.scp = ["scp", "-q", *ssh_options(info), "-P", str(info["port"])]
+        sh([*self.ssh, f"rm -rf {self.remote} && mkdir -p {self.remote}"])
+        sidecars = [f.with_name(f.name + ".json") for f in files]
+        sh([*self.scp, str(RUNNER), str(batch), *map(str, files),
+            *(str(c) for c in sidecars if c.is_file()), f"{self.target}:{self.remote}/"])
+
+    def run(self, file: Path, logits: Path) -> tuple[dict | None, str]:
+        report, error = attempt([*self.ssh, f"cd {self.remote} && {self.info['python']} "
+                                 f"runner.py {file.name} {' '.join(RUNNER_ARGS)} --samples "
+                                 f"{self.batch.name} --logits {file.name}.logits.npz"],
+                                timeout=14400)
+        if report is not None:
+            sh([*self.scp, f"{self.target}:{self.remote}/{file.name}.logits.npz", str(logits)])
+        return report, error
 
 
 def precision_of(path: Path) -> str:
@@ -242,31 +260,49 @@ def precision_of(path: Path) -> str:
     return json.loads(sidecar.read_text())["precision"]
 
 
+def failed_row(file: str, precision: str, samples: int, where: str, error: str) -> dict:
+    p = Parity(file, precision, samples, 0, 0, 0.0, float("inf"), tolerance_text(precision),
+               [f"{where}: {error}"])
+    return row(p)
+
+
+def row(p: Parity) -> dict:
+    """A Parity as a JSON row: an infinite difference (nothing to compare) as null."""
+    return asdict(p) | {"passed": p.passed,
+                        "max_abs_diff": p.max_abs_diff if np.isfinite(p.max_abs_diff) else None}
+
+
 def measure(name: str, files: list[Path], batch: Path, work: Path, info: dict) -> dict:
-    """Both machines on `files`; the suite's rows and what ran them."""
+    """Both machines on each of `files`; the suite's rows and what ran them. A file that
+    does not run on one side is a failed row with that side's error line."""
     t0 = time.perf_counter()
-    here = run_here(files, batch, work / f"{name}.host.npz")
-    box = run_in_box(info, files, batch, work / f"{name}.box.npz", name)
     labels = np.load(batch)["y"]
-    rows = []
-    with np.load(work / f"{name}.host.npz") as h, np.load(work / f"{name}.box.npz") as b:
-        for f in files:
-            # Files of two folders may share a name (demo-fp16/pruned.fp16.tflite is unique,
-            # but a dense and a pruned fp32 file are not): the runner keys by name, and names
-            # within one call are unique (run_in_box checks).
-            p = parity(f"{f.parent.name}/{f.name}", precision_of(f), h[f.name], b[f.name],
-                       labels)
-            rows.append(asdict(p) | {"passed": p.passed})
-    runtimes = {r["model"].rsplit("/", 1)[-1]: f"{r['runtime']} {r['runtime_version']}"
-                for r in box["results"]}
-    host_runtimes = {Path(r["model"]).name: f"{r['runtime']} {r['runtime_version']}"
-                     for r in here["results"]}
+    box = Box(info, name, files, batch)
+    rows, box_runtimes, host_runtimes, facts = [], {}, {}, {}
+    for f in files:
+        label, precision = f"{f.parent.name}/{f.name}", precision_of(f)
+        here_npz, box_npz = work / f"{name}.{f.name}.host.npz", work / f"{name}.{f.name}.box.npz"
+        here, error = run_here(f, batch, here_npz)
+        if here is None:
+            rows.append(failed_row(label, precision, len(labels), "here", error))
+            continue
+        there, error = box.run(f, box_npz)
+        if there is None:
+            rows.append(failed_row(label, precision, len(labels), "in the box", error))
+            continue
+        with np.load(here_npz) as h, np.load(box_npz) as b:
+            p = parity(label, precision, h[f.name], b[f.name], labels)
+        rows.append(row(p))
+        result, host_result = there["results"][0], here["results"][0]
+        box_runtimes[f.name] = f"{result['runtime']} {result['runtime_version']}"
+        host_runtimes[f.name] = f"{host_result['runtime']} {host_result['runtime_version']}"
+        facts = {"box": {"machine": result["host"]["machine"], "python": result["python"],
+                         "emulated": there["emulated"], "emulation": there["emulation"]},
+                 "host": {"machine": host_result["host"]["machine"],
+                          "python": host_result["python"]}}
     return {"rows": rows, "eval_batch": str(batch), "samples": int(len(labels)),
-            "box": {"machine": box["results"][0]["host"]["machine"],
-                    "python": box["results"][0]["python"], "emulated": box["emulated"],
-                    "emulation": box["emulation"], "runtimes": runtimes},
-            "host": {"machine": here["results"][0]["host"]["machine"],
-                     "python": here["results"][0]["python"], "runtimes": host_runtimes},
+            "box": {**facts.get("box", {}), "runtimes": box_runtimes},
+            "host": {**facts.get("host", {}), "runtimes": host_runtimes},
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -274,25 +310,29 @@ def measure(name: str, files: list[Path], batch: Path, work: Path, info: dict) -
 
 
 def markdown(results: dict, command: str) -> str:
-    lines = ["# Numerical parity on aarch64 (the emulated box against this host)", "",
+    lines = ["# Numerical parity on ARM (the emulated boxes against this host)", "",
              f"Made by `{command}` on {results['date']}.", ""]
     for name, suite in results["suites"].items():
         box, host = suite["box"], suite["host"]
         runtimes = sorted(set(box["runtimes"].values()))
         lines += [f"## {name}", "",
                   f"{suite['samples']} eval images ({Path(suite['eval_batch']).name}); box: "
-                  f"{box['machine']}, Python {box['python']}, {', '.join(runtimes)}, "
-                  f"emulated: {box['emulation']}; host: {host['machine']}, Python "
-                  f"{host['python']}. Latencies not recorded (emulated).", "",
+                  f"{box.get('machine')}, Python {box.get('python')}, {', '.join(runtimes)}, "
+                  f"emulated: {box.get('emulation')}; host: {host.get('machine')}, Python "
+                  f"{host.get('python')}, {', '.join(sorted(set(host['runtimes'].values())))}."
+                  " Latencies not recorded (emulated).", "",
                   "| file | precision | top-1 host | top-1 box | same class | "
                   "max abs logit difference | tolerance (export check) | within |",
                   "|---|---|---:|---:|---:|---:|---|---|"]
         for r in suite["rows"]:
-            n = r["samples"]
-            lines.append(f"| {r['file']} | {r['precision']} | {r['correct_host']}/{n} | "
-                         f"{r['correct_box']}/{n} | {r['same_class']:.0%} | "
-                         f"{r['max_abs_diff']:.1e} | {r['tolerance']} | "
-                         f"{'yes' if r['passed'] else 'NO: ' + '; '.join(r['failures'])} |")
+            n, diff = r["samples"], r["max_abs_diff"]
+            figures = ["-"] * 4  # it did not run on one side: its error says why
+            if diff is not None:
+                figures = [f"{r['correct_host']}/{n}", f"{r['correct_box']}/{n}",
+                           f"{r['same_class']:.0%}", f"{diff:.1e}"]
+            verdict = "yes" if r["passed"] else "NO: " + "; ".join(r["failures"])
+            lines.append(f"| {r['file']} | {r['precision']} | {' | '.join(figures)} | "
+                         f"{tolerance_text(r['precision'])} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
 
