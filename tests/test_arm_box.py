@@ -265,7 +265,8 @@ def test_every_precision_in_the_box_is_within_the_export_tolerance(box: dict, de
     bench.qat_export(demo_run / "model.pt", tmp_path / "qat")
     models = demo_run / "models"
     files = [*sorted(models.glob("*.tflite")), *sorted(models.glob("*.onnx")),
-             *sorted(fp16.glob("pruned.fp16.*")), *sorted((tmp_path / "qat").glob("*.tflite"))]
+             *sorted(fp16.glob("pruned.fp16.tflite")), *sorted(fp16.glob("pruned.fp16.onnx")),
+             *sorted((tmp_path / "qat").glob("*.tflite"))]
     result = bench.measure("test", files, models / bench.DEMO_SAMPLES, tmp_path, box)
     rows = result["rows"]
     assert {r["precision"] for r in rows} == {"fp32", "fp16", "int8", "int8-qat"}
