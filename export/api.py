@@ -209,8 +209,8 @@ def make_eval_set(net: torch.nn.Module, eval_samples: tuple[torch.Tensor, torch.
     if y.min() < 0 or y.max() >= logits.shape[1]:
         raise EdgepruneError(f"evaluation labels span {int(y.min())}..{int(y.max())} but the "
                              f"model has {logits.shape[1]} classes")
-    reference = float(np.mean(logits.argmax(1) == y.numpy()))
-    return EvalSet(x.numpy(), y.numpy(), reference)
+    correct = logits.argmax(1) == y.numpy()
+    return EvalSet(x.numpy(), y.numpy(), float(np.mean(correct)), correct)
 
 
 def reference_logits(net: torch.nn.Module, inputs: torch.Tensor, spec: InputSpec) -> np.ndarray:
@@ -335,6 +335,8 @@ def sidecar_json(exporter: Exporter, precision: str, file: Path, name: str,
             "max_abs_diff": metrics.max_abs_diff, "max_rel_diff": metrics.max_rel_diff,
             "top1_agreement": metrics.top1_agreement, "eval_samples": metrics.eval_samples,
             "accuracy": metrics.accuracy, "reference_accuracy": metrics.reference_accuracy,
+            "drop_interval": (None if metrics.drop_interval is None
+                              else list(metrics.drop_interval)),
             "passed": metrics.passed, "failures": list(metrics.failures)},
         "details": details, "torch": torch.__version__,
     }

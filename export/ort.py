@@ -72,9 +72,9 @@ def export_ort(onnx_path: Path, samples: np.ndarray, eval_set: EvalSet | None = 
     ort_eval = None
     if eval_set is not None:
         onnx_run = exporter.runner(onnx_path, layout)
-        onnx_top1 = np.mean(np.concatenate([
-            onnx_run(eval_set.x[i:i + 1]) for i in range(len(eval_set))]).argmax(1) == eval_set.y)
-        ort_eval = EvalSet(eval_set.x, eval_set.y, float(onnx_top1))
+        onnx_correct = np.concatenate([
+            onnx_run(eval_set.x[i:i + 1]) for i in range(len(eval_set))]).argmax(1) == eval_set.y
+        ort_eval = EvalSet(eval_set.x, eval_set.y, float(np.mean(onnx_correct)), onnx_correct)
     try:
         metrics = validate_outputs(reference, exporter.runner(out, layout), samples,
                                    exporter.checks["fp32"], label=f"ort {meta['precision']}",

@@ -629,7 +629,7 @@ def test_validator_agreement_and_accuracy():
                          eval_set=labelled)
     assert m.accuracy == 0.25 and m.eval_samples == 4  # 1 of 4: only the near-tie right
     assert m.failures == ("top-1 25.00% vs PyTorch's 100.00% on 4 labelled samples: 75.00 "
-                          "points lost, more than 1 allowed",)
+                          "points lost (95% interval 30.06 to 95.44), more than 1 allowed",)
 
 
 def test_captured_stderr_replays_only_on_failure(capfd):

@@ -19,7 +19,7 @@ from edgeprune.spec import InputSpec
 EVAL_SAMPLES = 100  # shipped beside each model for the on-device runner's --eval ...
 EVAL_SAMPLES_BYTES = 8_000_000  # ... fewer when 100 would make the batch larger than this
 CALIBRATION_SAMPLES = 512  # training images int8 activation ranges are calibrated on
-VERIFY_SAMPLES = 32  # test images every file's logits are compared with PyTorch's on
+from edgeprune.export.validate import VERIFY_SAMPLES  # noqa: E402,F401  (one home: export)
 
 
 @dataclass

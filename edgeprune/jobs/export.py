@@ -9,12 +9,11 @@ from typing import Any
 
 from edgeprune.export import ExportOptions, ExportResult, export_model, select_exporters
 from edgeprune.export.precision import CALIBRATED, parse_precisions
+from edgeprune.export.validate import VERIFY_SAMPLES
 from edgeprune.jobs.checks import check_options, check_output_folder
 from edgeprune.jobs.loading import load_model_and_data, take
 from edgeprune.models import LoadedModel
 
-VERIFY_SAMPLES = 32
-"""Test images every file's logits are compared with PyTorch's on."""
 SUMMARY_KEYS = ("pruned_from", "criterion", "flops_reduction", "params", "macs", "test_acc")
 """Checkpoint metadata that describes how a model was compressed (edgeprune compress)."""
 
