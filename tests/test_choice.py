@@ -58,3 +58,21 @@ def test_without_a_device_the_targets_estimate_decides_not_this_hosts_timings() 
     assert "host, 2 threads measured 0.59x" in choice.reason
     # on the device (measured there), the measurement decides
     assert choose([dense, int8], 1.0, None, "measured", by_estimate=False).shipped is dense
+
+
+def test_the_reason_quotes_the_validation_drop_that_decided_and_the_test_drop_apart() -> None:
+    """With a validation split the tolerance judges the validation drop; the reason must not
+    put the test drop (reported, never decided on) where the judged one belongs."""
+    dense, pruned = _candidate("dense", 1.0, 1.0, 0.94), _candidate("pruned", 0.1, 8.0, 0.925)
+    dense.validation_accuracy, pruned.validation_accuracy = 0.934, 0.926
+    judge([dense, pruned], 0.94, 1.0, None, False, reference_validation=0.934)
+    choice = choose([dense, pruned], 1.0, None, "estimate")
+    assert choice.shipped is pruned  # 0.80 on validation, though 1.50 on test
+    assert ("within 1 point of dense fp32 on the validation images (top-1 -0.80 points; "
+            "-1.50 on the test images") in choice.reason
+    pruned.validation_accuracy = 0.91
+    judge([pruned], 0.94, 1.0, None, False, reference_validation=0.934)
+    nothing = choose([pruned], 1.0, None, "estimate")
+    assert nothing.shipped is None
+    assert "on the validation images (the closest, pruned int8 tflite, loses 2.40)" in \
+        nothing.reason

@@ -113,6 +113,14 @@ def judge(candidates: list[Candidate], reference_accuracy: float, max_drop: floa
                               and c.budget_latency_ms <= budget_ms)
 
 
+def _judged_drop(c: Candidate) -> tuple[float, str]:
+    """The drop the tolerance judged (validation when there is one, else test) and the
+    words naming where it was taken."""
+    if c.validation_drop_points is not None:
+        return c.validation_drop_points, " on the validation images"
+    return (c.drop_points if c.drop_points is not None else float("inf")), ""
+
+
 def _budget_latency(c: Candidate) -> float:
     return c.budget_latency_ms if c.budget_latency_ms is not None else float("inf")
 
@@ -153,15 +161,19 @@ def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None
     fit = sorted((c for c in candidates if c.within_tolerance),
                  key=lambda c: _slowness(c, by_estimate))
     if not fit:
-        best = max(candidates, key=lambda c: c.accuracy or 0.0)
-        return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32 (the "
-                      f"closest, {best.name}, loses {best.drop_points:.2f}); raise --max-drop "
-                      "or prune less")
+        best = min(candidates, key=lambda c: _judged_drop(c)[0])
+        drop, where = _judged_drop(best)
+        return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32{where} "
+                      f"(the closest, {best.name}, loses {drop:.2f}); raise --max-drop or "
+                      "prune less")
     within = [c for c in fit if c.meets_budget] if budget_ms is not None else fit
     shipped = (within or fit)[0]
     speed = _speed(shipped, by_estimate)
+    drop, where = _judged_drop(shipped)
+    test = (f"; {0.0 - shipped.drop_points:+.2f} on the test images"
+            if where and shipped.drop_points is not None else "")
     reason = (f"fastest of {len(fit)} candidate{'s' if len(fit) > 1 else ''} within "
-              f"{_points(max_drop)} of dense fp32 (top-1 {0.0 - shipped.drop_points:+.2f} points"
+              f"{_points(max_drop)} of dense fp32{where} (top-1 {0.0 - drop:+.2f} points{test}"
               f"{speed})")
     if budget_ms is not None:
         reason += (f"; meets the {budget_ms:g} ms budget ({budget_label})" if within else
