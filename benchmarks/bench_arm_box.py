@@ -13,12 +13,17 @@ demo: `edgeprune compress --target rpi4 --dataset demo --flops-reduction 0.5 --e
 `edgeprune export RUN/model.pt --precision fp16` of the pruned checkpoint and a pruned int8-qat
 .tflite from 0.2 epochs of quantization-aware training (`edgeprune.training.qat`), all on the
 run's shipped eval batch (`models/pruned.samples.npz`, 100 images).
-mobilenet: `torchvision:mobilenet_v2` with untrained weights (no download here) at 3x224x224
-on the synthetic dataset (4 classes of smooth random patterns, so a 4-way head on the full
-MobileNetV2 backbone), exported fp32, fp16 and int8 PTQ in both formats, on
-`--mobilenet-samples` test images (each takes seconds under qemu). Its top-1 is chance: only
-the difference between the machines means something. QAT of it is left out (minutes of CPU
-training per epoch fraction on this 2-core host, for no more numerics than the demo's QAT).
+mobilenet: torchvision's mobilenet_v2 at 3x224x224 made meaningful without a download
+(`trained_mobilenet`: random init, BatchNorm statistics recomputed on 600 Fashion-MNIST images
+resized to 224 px and 3 channels, the classifier fitted as a linear probe on the backbone's
+features; about 4 minutes here), so its logits have a real scale and its top-1 (about 45%,
+10 classes) is well above chance; exported fp32, fp16 and int8 PTQ in both formats through
+`edgeprune.export.api.export_model`, on `--mobilenet-samples` test images (each takes seconds
+under qemu). An untrained MobileNetV2 is no test: its logits are ~1e-15, every fp16 logit ties,
+and its int8 activation scales are so small that TFLite's CONV_2D with a fused RELU6 refuses
+to prepare (6 / output scale overflows int32, kernel_util.cc `Quantize`). QAT of it is left
+out (minutes of CPU training per epoch fraction on this 2-core host, for no more numerics than
+the demo's QAT).
 armhf: the demo's .tflite files in the 32-bit box (armv7l Debian bookworm, tflite-runtime
 2.14.0 over apt's numpy: the only TFLite runtime with an armv7l wheel) against this host's
 ai-edge-litert; the .onnx files cannot run there (no onnxruntime wheel for armv7l).
@@ -39,8 +44,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeprune.spec import InputSpec
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -170,23 +181,105 @@ def qat_export(checkpoint: Path, out: Path) -> None:
                  options=ExportOptions(quantizer=result.quantizer))
 
 
+MOBILENET_TRAIN = 600  # Fashion-MNIST training images: BatchNorm statistics and the probe
+MOBILENET_TEST = 200  # test images PyTorch's top-1 is measured on (the export's eval batch)
+
+
+def to_224(x: torch.Tensor) -> torch.Tensor:
+    """Fashion-MNIST images (N, 1, 28, 28), normalized, as MobileNetV2 inputs: bilinear to
+    224x224, the one channel repeated to three."""
+    import torch.nn.functional as F
+
+    return F.interpolate(x, size=(224, 224), mode="bilinear",
+                         align_corners=False).repeat(1, 3, 1, 1)
+
+
+def trained_mobilenet() -> tuple[torch.nn.Module, InputSpec, dict]:
+    """torchvision's MobileNetV2 (10 classes) made meaningful without downloading weights:
+    random initialization (seed 0), every BatchNorm's running statistics recomputed on
+    MOBILENET_TRAIN Fashion-MNIST images at 224 px (so each layer's activations have the
+    scale of real images, not the ~1e-15 an uncalibrated random network ends with), then the
+    classifier fitted as a linear probe on the frozen backbone's pooled features of the same
+    images. The features are random but real, so its logits have a real scale and its top-1 is
+    well above chance (10%), which an untrained head is not. Returns (model, spec, facts)."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    from edgeprune.data.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+    from edgeprune.jobs.loading import take
+    from edgeprune.spec import InputSpec
+
+    t0 = time.perf_counter()
+    data = load_fashion_mnist(download=False)
+    mean, std = data.spec.mean * 3, data.spec.std * 3
+    spec = InputSpec(3, 224, 224, mean, std, tuple(FASHION_MNIST_LABELS))
+    x_train, y_train = take(data, "train", MOBILENET_TRAIN, 0)
+    x_test, y_test = take(data, "test", MOBILENET_TEST, 0)
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    batches = [to_224(x_train[i:i + 50]) for i in range(0, len(x_train), 50)]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over every batch
+        model.train()
+        for x in batches:
+            model(x)
+        model.eval()
+
+        def features(xs: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([model.features(x).mean(dim=(2, 3)) for x in xs])
+
+        f_train = features(batches)
+        f_test = features([to_224(x_test[i:i + 50]) for i in range(0, len(x_test), 50)])
+    probe = model.classifier[1]
+    opt = torch.optim.Adam(probe.parameters(), lr=0.01, weight_decay=1e-4)
+    for _ in range(300):  # full batch: 600 x 1280 features, well under a second each
+        opt.zero_grad()
+        nn.functional.cross_entropy(probe(f_train), y_train).backward()
+        opt.step()
+    with torch.no_grad():
+        train_top1 = float((probe(f_train).argmax(1) == y_train).float().mean())
+        logits = probe(f_test)
+        test_top1 = float((logits.argmax(1) == y_test).float().mean())
+    facts = {"train_images": len(x_train), "test_images": len(x_test),
+             "train_top1": round(train_top1, 4), "test_top1": round(test_top1, 4),
+             "logit_abs_mean": round(float(logits.abs().mean()), 3),
+             "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"mobilenet: {facts}", flush=True)
+    return model, spec, facts
+
+
 def mobilenet_files(work: Path, samples: int) -> tuple[list[Path], Path]:
-    """Untrained MobileNetV2 at 3x224x224 (synthetic images) in fp32, fp16 and int8;
-    (files, eval batch)."""
+    """MobileNetV2 at 3x224x224 (`trained_mobilenet`) exported through edgeprune's exporters in
+    fp32, fp16 and int8 PTQ (64 calibration images), .tflite and .onnx, each file's top-1
+    measured on the MOBILENET_TEST images; (files, eval batch of `samples` other test images)."""
     out = work / "mobilenet"
     batch = work / f"mobilenet.samples-{samples}.npz"
     if not out.is_dir():
-        sh(["edgeprune", "export", "torchvision:mobilenet_v2", "--dataset", "synthetic",
-            "--input-size", "3x224x224", "--precision", "fp32,fp16,int8",
-            "--format", "tflite,onnx", "--calibration-samples", "64", "--eval-samples", "32",
-            "--no-verify", "--out", str(out), "-q"])
-    if not batch.is_file():
-        from edgeprune.devices import write_eval_samples
-        from edgeprune.jobs.loading import load_data, take
+        from edgeprune.data.fashion_mnist import load_fashion_mnist
+        from edgeprune.export.api import export_model
+        from edgeprune.jobs.loading import take
 
-        data = load_data("synthetic", input_size="3x224x224", seed=0)
-        x, y = take(data, "test", samples, 1)
-        write_eval_samples(batch, x.numpy(), y.numpy())
+        model, spec, facts = trained_mobilenet()
+        data = load_fashion_mnist(download=False)
+        x_cal, _ = take(data, "train", 64, 1)  # other images than the probe's
+        x_test, y_test = take(data, "test", MOBILENET_TEST, 0)
+        export_model(model, spec, out, to_224(x_test[:32]), formats=["tflite", "onnx"],
+                     stem="mobilenet_v2", verify=False, precisions=["fp32", "fp16", "int8"],
+                     calibration=to_224(x_cal), eval_samples=(to_224(x_test), y_test),
+                     summary={"made_by": "benchmarks/bench_arm_box.py trained_mobilenet",
+                              **facts})
+        (out / "model.json").write_text(json.dumps(facts, indent=1) + "\n")
+    if not batch.is_file():
+        from edgeprune.data.fashion_mnist import load_fashion_mnist
+        from edgeprune.devices import write_eval_samples
+        from edgeprune.jobs.loading import take
+
+        x, y = take(load_fashion_mnist(download=False), "test", samples, 1)
+        write_eval_samples(batch, to_224(x).numpy(), y.numpy())
     files = sorted(out.glob("*.tflite")) + sorted(out.glob("*.onnx"))
     return files, batch
 
@@ -309,15 +402,46 @@ def measure(name: str, files: list[Path], batch: Path, work: Path, info: dict) -
 # --------------------------------------------------------------------------- the table
 
 
+BOX_COMMANDS = {"demo": "tools/arm_box.sh", "mobilenet": "tools/arm_box.sh",
+                "armhf": "tools/arm_box.sh --arch armhf"}
+
+
+def command(name: str, mobilenet_samples: int = 20) -> str:
+    """The command line that measures suite `name` (what the table's header quotes)."""
+    extra = (f" --mobilenet-samples {mobilenet_samples}"
+             if name == "mobilenet" and mobilenet_samples != 20 else "")
+    return f"python benchmarks/bench_arm_box.py --only {name}{extra}"
+
+
+def mobilenet_model(work: Path) -> dict:
+    """How the MobileNetV2 suite's model was made, with its figures (model.json)."""
+    facts = json.loads((work / "mobilenet" / "model.json").read_text())
+    return facts | {"how": (
+        f"torchvision mobilenet_v2 (10 classes), random init (seed 0), BatchNorm running "
+        f"statistics recomputed on {facts['train_images']} Fashion-MNIST training images "
+        f"(224 px, 3 channels), classifier fitted as a linear probe on the frozen backbone's "
+        f"features of the same images: PyTorch top-1 {facts['test_top1']:.1%} on "
+        f"{facts['test_images']} test images (chance 10%), mean abs logit "
+        f"{facts['logit_abs_mean']}; fp32, fp16 and int8 PTQ (64 calibration images) through "
+        f"edgeprune.export.api.export_model.")}
+
+
 def markdown(results: dict) -> str:
     lines = ["# Numerical parity on ARM (the emulated boxes against this host)", "",
-             f"Made by `python benchmarks/bench_arm_box.py` (a suite at a time: `--only NAME`), "
-             f"last on {results['date']}.", ""]
+             "Made one suite at a time, each run merging its suite into arm_parity.json "
+             "(`python benchmarks/bench_arm_box.py --table` writes this file again from it):", ""]
+    for name, suite in results["suites"].items():
+        lines.append(f"- {name} ({suite.get('date', results['date'])}): "
+                     f"`{BOX_COMMANDS[name]} && {suite.get('command', command(name))}`")
+    lines.append("")
     for name, suite in results["suites"].items():
         box, host = suite["box"], suite["host"]
         runtimes = sorted(set(box["runtimes"].values()))
-        lines += [f"## {name}", "",
-                  f"{suite['samples']} eval images ({Path(suite['eval_batch']).name}); box: "
+        model = suite.get("model")
+        lines += [f"## {name}", ""]
+        if model:
+            lines += [f"Model: {model['how']}", ""]
+        lines += [f"{suite['samples']} eval images ({Path(suite['eval_batch']).name}); box: "
                   f"{box.get('machine')}, Python {box.get('python')}, {', '.join(runtimes)}, "
                   f"emulated: {box.get('emulation')}; host: {host.get('machine')}, Python "
                   f"{host.get('python')}, {', '.join(sorted(set(host['runtimes'].values())))}."
@@ -368,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
             files = [f for f in files if f.suffix == ".tflite"]
         info = (box_info(args.box_armhf, "--arch armhf") if name == "armhf"
                 else box_info(args.box))
-        measured[name] = measure(name, files, batch, args.work, info)
+        measured[name] = measure(name, files, batch, args.work, info) | {
+            "date": time.strftime("%Y-%m-%d"),
+            "command": command(name, args.mobilenet_samples)}
+        if name == "mobilenet":
+            measured[name]["model"] = mobilenet_model(args.work)
     # Merged into what the file holds now (another suite may have been written meanwhile).
     results = json.loads(out_json.read_text()) if out_json.is_file() else {"suites": {}}
     results["suites"].update(measured)
