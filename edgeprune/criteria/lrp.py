@@ -24,10 +24,20 @@ Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open
   (zennit's `Pass`), the reading of CP-LRP (Ali et al., ICML 2022) and AttnLRP (Achtibat et
   al., ICML 2024), which treat the normalisation's scale as a constant so that, biases left
   out, relevance crosses the norm as it arrives; GELU and SiLU are activations (`Pass`) in
-  zennit's own map, and Mish is added to them. Attention's softmax is *not* given CP-LRP's
-  rule (which holds the attention weights constant): relevance crosses it as a gradient, so
-  it is not conserved inside attention blocks (MobileViT, ViT), while the convs and linear
-  layers around them are scored with their usual rules;
+  zennit's own map, and Mish is added to them;
+- attention (timm's `Attention` in ViT, DeiT and MobileViT; `nn.MultiheadAttention` in
+  torchvision's ViT) follows CP-LRP: the softmax's attention weights are held constant, so
+  `weights @ values` is a linear layer whose relevance goes to the values by the epsilon rule
+  (`_ConstantAttention`) and none to the queries and keys; the projections around it are
+  linear layers with the epsilon rule. AttnLRP's softmax rule (relevance to the logits too) is
+  not used: the queries' and keys' relevance would then be scored twice in the fused `qkv`.
+  An attention this rule cannot follow (a mask, cross-attention, separate key/value sizes)
+  stops scoring with an error naming the layer and `l1`/`taylor`, which can score it;
+- a layer scale (ConvNeXt's `gamma`, a per-channel product with a parameter) is left to the
+  gradient, which multiplies each channel's relevance crossing it by its scale where LRP's
+  reading of a product with a constant would pass it unchanged: the layer writing into it is
+  ranked by scale times relevance, and the block's branch carries less relevance than its
+  shortcut (scores are normalized per layer, so the other layers' rankings are unchanged);
 - scores are non-negative (absolute relevance): a filter whose output never changes the true
   class's logit, a dead one included, scores about 0 and goes first, while a filter that
   carries evidence against the true class (negative relevance, possible where the classifier's
@@ -137,12 +147,137 @@ def _batchnorm_pairs(gm: fx.GraphModule) -> list[tuple[nn.Module, nn.Module]]:
     return pairs
 
 
+class _ConstantAttention(torch.autograd.Function):
+    """`weights @ values` whose backward is LRP's epsilon rule with the attention weights as
+    constant weights (CP-LRP): the relevance R of the output goes to the values as
+    `v * (weights^T (R / z))`, z = the output stabilised, and none to the weights (so none
+    reaches the queries and keys through the softmax)."""
+
+    @staticmethod
+    def forward(ctx: object, weights: Tensor, values: Tensor,  # type: ignore[override]
+                epsilon: float) -> Tensor:
+        out = weights @ values
+        ctx.save_for_backward(weights, values, out)
+        ctx.epsilon = epsilon
+        return out
+
+    @staticmethod
+    def backward(ctx: object, relevance: Tensor  # type: ignore[override]
+                 ) -> tuple[None, Tensor, None]:
+        weights, values, out = ctx.saved_tensors
+        z = out + ctx.epsilon * torch.where(out >= 0, 1.0, -1.0).to(out)
+        return None, values * (weights.transpose(-2, -1) @ (relevance / z)), None
+
+
+def constant_attention_values(weights: Tensor, values: Tensor, epsilon: float) -> Tensor:
+    """`weights @ values`, relevance passed by CP-LRP's rule (see `_ConstantAttention`);
+    one leaf call on a torch.fx trace."""
+    return _ConstantAttention.apply(weights.detach(), values, epsilon)
+
+
+fx.wrap("constant_attention_values")
+
+
+def _is_timm_attention(module: nn.Module) -> bool:
+    """timm's attention (ViT, DeiT, MobileViT): a fused `qkv` Linear of 3 * num_heads *
+    head_dim outputs, a `proj` Linear, and no gate."""
+    qkv, heads, dim = (getattr(module, a, None) for a in ("qkv", "num_heads", "head_dim"))
+    return isinstance(qkv, nn.Linear) and isinstance(getattr(module, "proj", None), nn.Linear) \
+        and isinstance(heads, int) and isinstance(dim, int) \
+        and qkv.out_features == 3 * heads * dim and getattr(module, "gate", None) is None \
+        and callable(getattr(module, "q_norm", None)) and callable(getattr(module, "norm", None))
+
+
+def _timm_attention_lrp(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
+                        is_causal: bool = False) -> Tensor:
+    """timm attention's forward (no mask) with the attention weights held constant."""
+    b, n, _ = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    weights = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = constant_attention_values(weights, v, ATTENTION_EPSILON)
+    out = self.norm(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+    return self.proj(out)
+
+
+ATTENTION_EPSILON = 1e-6
+"""Stabiliser of the epsilon rule on the attention-weighted sum of the values."""
+
+
+class ConstantAttentionMHA(nn.Module):
+    """An `nn.MultiheadAttention` (self-attention, no mask) recomputed for LRP: its packed
+    input projection as a `Linear` sharing its weights (so the epsilon rule applies to it), the
+    attention weights held constant (`constant_attention_values`), and its own `out_proj`.
+    Stands in for the original, under the same name, in the copy being explained; zennit would
+    otherwise take `nn.MultiheadAttention` for an activation and pass relevance through it as
+    if it had one input."""
+
+    def __init__(self, name: str, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+            raise _cannot_score(name, "its key and value have their own sizes")
+        self.name, self.num_heads, self.head_dim = name, mha.num_heads, mha.head_dim
+        self.batch_first = mha.batch_first
+        self.in_proj = nn.Linear(mha.embed_dim, 3 * mha.embed_dim,
+                                 bias=mha.in_proj_bias is not None)
+        self.in_proj.weight = mha.in_proj_weight
+        if mha.in_proj_bias is not None:
+            self.in_proj.bias = mha.in_proj_bias
+        self.out_proj = mha.out_proj
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Tensor | None = None, need_weights: bool = True,
+                attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        if key is not query or value is not query:
+            raise _cannot_score(self.name, "it attends to another sequence than its input")
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise _cannot_score(self.name, "it is called with an attention mask")
+        x = query if self.batch_first else query.transpose(0, 1)
+        b, n, e = x.shape
+        qkv = self.in_proj(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        weights = ((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = constant_attention_values(weights, v, ATTENTION_EPSILON)
+        out = self.out_proj(out.transpose(1, 2).reshape(b, n, e))
+        out = out if self.batch_first else out.transpose(0, 1)
+        average = weights.detach().mean(1) if average_attn_weights else weights.detach()
+        return out, average if need_weights else None
+
+
+def _cannot_score(name: str, why: str) -> EdgepruneError:
+    return EdgepruneError(f"lrp cannot score attention layer {name}: {why}, which its "
+                          "CP-LRP rule does not follow; score this model with --criterion "
+                          "l1 or taylor")
+
+
+def with_attention_rules(model: nn.Module) -> int:
+    """Give every attention of `model` (a copy being explained) CP-LRP's rule: timm's
+    attention its forward replaced, each `nn.MultiheadAttention` replaced by a
+    `ConstantAttentionMHA`; the same outputs, with relevance crossing the attention by
+    `constant_attention_values`. Returns how many attention layers were changed."""
+    count = 0
+    for name, module in list(model.named_modules()):
+        if _is_timm_attention(module):
+            module.forward = partial(_timm_attention_lrp, module)
+            count += 1
+        elif isinstance(module, nn.MultiheadAttention):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, ConstantAttentionMHA(name, module))
+            count += 1
+    return count
+
+
 def canonical_model(model: nn.Module, example: Tensor) -> tuple[nn.Module, list[Canonizer]]:
     """An eval-mode copy of `model` ready for LRP and the canonizers to use with it."""
     work = copy.deepcopy(model).eval()
+    with_attention_rules(work)
     try:
         gm = fx.symbolic_trace(work)
-        ShapeProp(gm).propagate(example)
+        # two samples, so that adding a parameter broadcast over the batch (a position
+        # embedding of batch size 1) is not mistaken for a residual sum
+        ShapeProp(gm).propagate(torch.cat([example[:1], example[:1]]))
     except Exception as e:  # noqa: BLE001 - any trace failure means: use the module tree
         info(f"lrp: torch.fx cannot trace the model ({type(e).__name__}); residual adds are "
              "not canonized and BatchNorm is merged by module order")

@@ -7,6 +7,11 @@ Without it Torch-Pruning falls back to an older shape inference that divides by 
 ShuffleNet's channel shuffle and mis-sizes `torch.chunk`. `sizes_as_torch_pruning_expects()`
 gives those nodes the old attribute for the duration of a graph build and takes it away after.
 
+`nn.MultiheadAttention` is pruned by edgeprune's `HeadAwareMHAPruner` (whole heads or the same
+dimensions of every head, `num_heads`/`head_dim` kept consistent) in place of Torch-Pruning's,
+which keeps the head count whatever it cuts: `mha_heads_pruned()` swaps it into Torch-Pruning's
+table of pruners for the duration of a call.
+
 Every graph build also warns, over several lines, about parameters outside conv/linear layers
 ("Unwrapped parameters detected", e.g. ConvNeXt's `layer_scale`), and one `prune()` builds
 dozens of graphs. `unwrapped_parameters_summarised()` catches those warnings where they arise
@@ -25,6 +30,7 @@ from typing import Any
 
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping, shape_infer
+from torch_pruning.pruner import function
 
 from edgeprune.console import info
 
@@ -87,6 +93,20 @@ def sizes_as_torch_pruning_expects() -> Iterator[None]:
 
 
 @contextmanager
+def mha_heads_pruned() -> Iterator[None]:
+    """Within the block, dependency graphs built by Torch-Pruning prune `nn.MultiheadAttention`
+    with `HeadAwareMHAPruner` (see `attention.py`)."""
+    from edgeprune.pruning.attention import HeadAwareMHAPruner
+
+    original = function.PrunerBox[ops.OPTYPE.MHA]
+    function.PrunerBox[ops.OPTYPE.MHA] = HeadAwareMHAPruner()
+    try:
+        yield
+    finally:
+        function.PrunerBox[ops.OPTYPE.MHA] = original
+
+
+@contextmanager
 def unwrapped_parameters_summarised() -> Iterator[None]:
     """Within the block, Torch-Pruning's "Unwrapped parameters detected" warnings are
     collected; on exit one line names how many parameters they covered (Torch-Pruning prunes
@@ -115,14 +135,16 @@ def unwrapped_parameters_summarised() -> Iterator[None]:
 
 def torch_pruning_compat(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: run `fn` inside `sizes_as_torch_pruning_expects()` (every group query of
-    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing);
-    the outermost call also summarises Torch-Pruning's warnings in one line."""
+    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing)
+    and `mha_heads_pruned()`; the outermost call also summarises Torch-Pruning's warnings in
+    one line."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         if _inside():
             return fn(*args, **kwargs)
-        with unwrapped_parameters_summarised(), sizes_as_torch_pruning_expects():
+        with unwrapped_parameters_summarised(), sizes_as_torch_pruning_expects(), \
+                mha_heads_pruned():
             return fn(*args, **kwargs)
 
     return run

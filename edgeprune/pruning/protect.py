@@ -136,14 +136,40 @@ OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
 
 @torch.no_grad()
 def _zero_removed(model: nn.Module, kept: dict[str, list[int]]) -> None:
-    """Make every removed channel output zero: its weight row, bias and BN mean set to 0."""
+    """Make every removed channel output zero: its weight row, bias and BN mean set to 0; an
+    `nn.MultiheadAttention`'s query, key and value rows and output rows; a loose parameter's
+    (class token's) entries."""
+    modules = dict(model.named_modules())
     for name, keep in kept.items():
-        module = model.get_submodule(name)
+        if name not in modules:
+            parameter = model.get_parameter(name)
+            dims = [d for d, size in enumerate(parameter.shape) if size != 1]
+            gone = sorted(set(range(parameter.shape[dims[-1]])) - set(keep))
+            parameter.index_fill_(dims[-1], torch.tensor(gone, dtype=torch.long), 0.0)
+            continue
+        module = modules[name]
+        if isinstance(module, nn.MultiheadAttention):
+            _zero_mha(module, keep)
+            continue
         gone = sorted(set(range(module.weight.shape[0])) - set(keep))
         for attr in ("weight", "bias", "running_mean"):
             tensor = getattr(module, attr, None)
             if isinstance(tensor, Tensor):
                 tensor[gone] = 0
+
+
+def _zero_mha(module: nn.MultiheadAttention, keep: list[int]) -> None:
+    """Removed embedding channels of `module` silenced: with their query, key and value rows
+    zero, a removed head adds nothing (softmax of zeros times zero values)."""
+    e = module.embed_dim
+    gone = sorted(set(range(e)) - set(keep))
+    rows = [i + k * e for k in range(3) for i in gone]
+    for tensor in (module.in_proj_weight, module.in_proj_bias):
+        if isinstance(tensor, Tensor):
+            tensor[rows] = 0
+    for tensor in (module.out_proj.weight, module.out_proj.bias):
+        if isinstance(tensor, Tensor):
+            tensor[gone] = 0
 
 
 def _without_channel_mixing_norms(model: nn.Module) -> nn.Module:

@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from edgeprune.pruning.attention import (
+    as_whole_heads,
+    attention_head_dim,
+    head_counts,
+    mha_head_dim,
+    sync_heads,
+    trim_heads,
+)
 from edgeprune.pruning.compat import torch_pruning_compat
 from edgeprune.pruning.importance import PrecomputedImportance
 
@@ -33,9 +41,19 @@ class Cut:
 
 
 def out_width(module: nn.Module) -> int | None:
-    """Output channels of a layer with a per-channel weight (conv, linear, norm), else None."""
+    """Output channels of a layer with a per-channel weight (conv, linear, norm), of an
+    `nn.MultiheadAttention` (its `embed_dim`), else None."""
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.embed_dim)
     weight = getattr(module, "weight", None)
     return int(weight.shape[0]) if isinstance(weight, Tensor) and weight.ndim >= 1 else None
+
+
+def parameter_width(parameter: Tensor) -> int:
+    """Channels of a parameter outside conv/linear layers (a class token, a position
+    embedding): its last non-singleton dimension, the one Torch-Pruning cuts."""
+    sizes = [d for d in parameter.shape if d != 1]
+    return int(sizes[-1]) if sizes else 1
 
 
 def kept_from_removed(removed: dict[str, set[int]], widths: dict[str, int]) -> dict[str, list[int]]:
@@ -86,27 +104,49 @@ def cut(base: nn.Module, example_inputs: Tensor, scores: dict[str, Tensor], poli
         protected: list[str], ratio: float = 0.0,
         layer_ratios: dict[str, float] | None = None) -> Cut:
     """A copy of `base` pruned in one Torch-Pruning step at channel ratio `ratio`, or at
-    `layer_ratios` (layer name -> ratio of its group; other layers untouched)."""
+    `layer_ratios` (layer name -> ratio of its group; other layers untouched).
+
+    Attention loses whole heads at the same ratio (`head_pruning_ratio`; a `qkv` layer named
+    in `layer_ratios` sets its own), ranked as the channels are, each attention keeping one
+    head at least (see `attention.py`)."""
     work = copy.deepcopy(base)
     names = {m: n for n, m in work.named_modules()}
     widths = {n: w for n, m in work.named_modules() if (w := out_width(m)) is not None}
+    owned = {id(p) for m in names for p in m.parameters(recurse=False)
+             if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention))}
+    loose = {p: n for n, p in work.named_parameters() if id(p) not in owned}
+    names.update(loose)  # parameters Torch-Pruning cuts with the channels (class tokens)
+    widths.update({n: parameter_width(p) for p, n in loose.items()})
     importance = PrecomputedImportance(scores, names)
     per_layer = {work.get_submodule(n): r for n, r in (layer_ratios or {}).items()}
+    heads = head_counts(work)
+    fused = {m: n for m, n in heads.items() if not isinstance(m, nn.MultiheadAttention)}
     pruner = tp.pruner.BasePruner(
         work, example_inputs, importance=importance,
         pruning_ratio=0.0 if layer_ratios else ratio, pruning_ratio_dict=per_layer or None,
         global_pruning=policy.global_ranking and not layer_ratios, round_to=policy.round_to,
-        ignored_layers=[work.get_submodule(n) for n in protected])
+        ignored_layers=[work.get_submodule(n) for n in protected],
+        num_heads=dict(fused), prune_num_heads=bool(fused), prune_head_dims=False,
+        head_pruning_ratio=0.0 if layer_ratios else ratio,
+        head_pruning_ratio_dict={m: r for m, r in per_layer.items() if m in fused} or None,
+        out_channel_groups={m: n for m, n in heads.items() if m not in fused})
     # Torch-Pruning drops a group outright when the ranking takes all its channels; let every
     # group through instead, trim it to the floor, then apply Torch-Pruning's check.
     check = pruner.DG.check_pruning_group
     pruner.DG.check_pruning_group = lambda group: True
     removed: dict[str, set[int]] = {}
     for group in pruner.step(interactive=True):
-        trimmed = _above_floor(pruner, importance, group, policy.floor)
+        head_dim, mha_dim = attention_head_dim(group, fused), mha_head_dim(group)
+        if head_dim is not None:
+            trimmed = trim_heads(group, pruner.DG, head_dim, importance, policy.floor)
+        elif mha_dim is not None:
+            trimmed = as_whole_heads(group, pruner.DG, mha_dim, importance, policy.floor)
+        else:
+            trimmed = _above_floor(pruner, importance, group, policy.floor)
         if trimmed is not None and check(trimmed):
             record_removed(trimmed, pruner.DG, names, widths, removed)
             trimmed.prune()
+    sync_heads(work)
     return Cut(work, kept_from_removed(removed, widths))
 
 
