@@ -110,3 +110,19 @@ def test_a_pruned_vision_transformer_round_trips(tmp_path):
     x = torch.zeros(1, 3, 32, 32)
     result = prune(loaded.model, x, flops_reduction=0.2)
     round_trip(result.model, loaded.arch, x, tmp_path)
+
+
+def test_a_timm_model_on_a_users_folder_keeps_the_folders_class_names(tmp_path):
+    """The pretrained config has 1000 ImageNet classes; on a 3-class folder the spec (and
+    so the shipped files) names the folder's classes, not '0', '1', '2'."""
+    from imagetree import CLASSES, make_tree
+
+    from edgeprune.jobs.loading import load_model_and_data
+
+    tree = make_tree(tmp_path / "photos", per_class=3)
+    md = load_model_and_data("timm:deit_tiny_patch16_224?img_size=32,depth=1",
+                             dataset="imagefolder", data_dir=tree, input_size="3x32x32",
+                             workers=0)
+    assert md.loaded.meta["input_spec_from"] == "timm pretrained_cfg"
+    assert md.spec.labels == tuple(CLASSES)
+    assert md.spec.mean == pytest.approx((0.485, 0.456, 0.406))  # still the config's

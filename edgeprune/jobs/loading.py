@@ -130,14 +130,31 @@ def load_model_for(ref: str | None, weights: Path | str | None, data: DataBundle
     loaded = load_model(ref, weights, in_channels=data.spec.channels,
                         num_classes=data.spec.num_classes, trust_code=trust_code)
     spec = loaded.spec or data.spec
-    placeholders = tuple(str(i) for i in range(len(spec.labels)))
-    if spec.labels == placeholders and len(data.spec.labels) == len(spec.labels):
-        spec = dataclasses.replace(spec, labels=data.spec.labels)  # e.g. a timm model's
+    if _labels_from_data(loaded, spec, data):
+        spec = dataclasses.replace(spec, labels=data.spec.labels)
     if size is not None and size != spec.shape:
         spec = InputSpec(*size, spec.mean, spec.std, spec.labels)
     if check:
         check_shape(spec, data)
     return loaded, spec
+
+
+def _labels_from_data(loaded: LoadedModel, spec: InputSpec, data: DataBundle) -> bool:
+    """Whether the model's spec should carry the dataset's class names: a spec taken from a
+    timm model's pretrained config whose class count is not the config's (its names are then
+    placeholders), or any spec of placeholder names ('0', '1', ...), when the counts agree."""
+    if len(data.spec.labels) != len(spec.labels):
+        return False
+    placeholders = spec.labels == tuple(str(i) for i in range(len(spec.labels)))
+    from_config = (loaded.meta or {}).get("input_spec_from") == "timm pretrained_cfg"
+    return placeholders or (from_config and _config_classes(loaded) != len(spec.labels))
+
+
+def _config_classes(loaded: LoadedModel) -> int | None:
+    """The class count of a timm model's pretrained config, None when it has none."""
+    cfg = getattr(loaded.model, "pretrained_cfg", None)
+    count = cfg.get("num_classes") if isinstance(cfg, dict) else None
+    return count if isinstance(count, int) else None
 
 
 def check_shape(spec: InputSpec, data: DataBundle) -> None:
