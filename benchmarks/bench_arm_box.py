@@ -114,7 +114,7 @@ def parity(file: str, precision: str, host: np.ndarray, box: np.ndarray,
     metrics = compare(host, box, check)
     correct_host = int(np.sum(top1(host) == labels))
     correct_box = int(np.sum(top1(box) == labels))
-    failures = list(metrics.failures)
+    failures = [f.replace("with PyTorch", "with the host") for f in metrics.failures]
     if check.max_accuracy_drop is not None:
         points = abs(correct_box - correct_host) * 100 / n
         if points > check.max_accuracy_drop:
