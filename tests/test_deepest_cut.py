@@ -198,3 +198,23 @@ def test_a_level_that_makes_the_same_cut_as_a_tried_one_is_not_fine_tuned_again(
     assert twin["level"] == 0.25 and twin["parent"] is None and twin["cost"] == 0
     assert twin["macs"] == trials[0]["macs"] and not twin["accepted"]
     assert "the cut of level 0.5" in twin["note"]
+
+
+def test_a_level_the_parents_cut_already_reaches_takes_the_parents_verdict(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Rounding overshoots (the demo's level 50% cuts 62.6% of the MACs): a deeper level
+    tried from that trial but still within what it cut is its cut, not a deeper one pruned
+    as if the parent had reached only the level it was asked for."""
+    real = deepest_cut._Trials.prune_from
+
+    def overshoot(self, parent, level, parent_achieved):  # level 50% from dense cuts ~75%
+        return real(self, parent, 0.75 if parent is None else level, parent_achieved)
+
+    monkeypatch.setattr(deepest_cut._Trials, "prune_from", overshoot)
+    result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "overshoot"),
+                      **(SEARCH | {"max_drop": 100.0, "search_budget": 1.0}))
+    first, second = result.search["trials"][:2]
+    assert first["level"] == 0.5 and first["achieved"] >= 0.7 and first["accepted"]
+    assert second["level"] == 0.7 and second["parent"] == 0  # within the first's 75%
+    assert second["macs"] == first["macs"] and second["cost"] == 0 and second["accepted"]
+    assert "the cut of level 0.5" in second["note"]

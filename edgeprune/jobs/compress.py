@@ -276,4 +276,4 @@ def _run_stages(inputs: Inputs, run: RunFolder,
         shipped=choice.shipped.to_dict() if choice.shipped else None, reason=choice.reason,
         max_drop=cfg.max_drop, latency_budget_ms=cfg.latency_ms, decided_by=decided_by,
         failed=[asdict(f) for f in failures],
-        search=getattr(pruned, "search", None))
+        search=pruned.search if isinstance(pruned, PrunedModel) else None)

@@ -8,10 +8,10 @@ progressively: from the model of the deepest accepted trial below it (the dense 
 first), with the criterion's scores of the channels that model kept (scored once, on the
 dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
 for `policy.trial_epochs` epochs (a pinned run's fine-tuning: the winner ships as it is, not
-fine-tuned again) and is judged by the file that would ship (the target's
-format at its first precision, int8 post-training quantization on the Pi profiles) on the
-validation split (half of the held-out images, see `compress._resolve`). The images the report
-uses are never read here.
+fine-tuned again) and is judged by the file that would ship (the target's format at its
+first precision, int8 post-training quantization on the Pi profiles) on the validation split
+(half of the held-out images, see `compress._resolve`). The images the report uses are never
+read here.
 
 Every trial is written to the run folder as it ends (`search.json`, and the trial's
 state_dict and channel scores under `search/`), so a run killed during the search resumes at
@@ -84,12 +84,16 @@ class _Trials:
         self.scores: dict[int | None, dict[str, torch.Tensor]] = {}
         self.x = torch.zeros(1, *inputs.spec.shape)
 
-    def prune_from(self, parent: int | None, level: float, parent_level: float
+    def prune_from(self, parent: int | None, level: float, parent_achieved: float
                    ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         """The parent's model pruned one-shot to `level` of the dense FLOPs, with its scores;
-        the kept channels' scores become the child's."""
+        the kept channels' scores become the child's. `parent_achieved` is the reduction the
+        parent reached (channel rounding overshoots the level asked for); a level it already
+        reaches is the parent's own cut."""
         cfg = self.inputs.cfg
-        relative = min(MAX_RELATIVE, 1 - (1 - level) / (1 - parent_level))
+        relative = min(MAX_RELATIVE, 1 - (1 - level) / (1 - parent_achieved))
+        if relative <= 0:
+            return copy.deepcopy(self.models[parent]), self.scores[parent]
         result = prune(copy.deepcopy(self.models[parent]), self.x, scores=self.scores[parent],
                        round_to=self.inputs.target.simd_width,
                        global_ranking=cfg.global_ranking, goal=FlopsReduction(relative),
@@ -107,12 +111,12 @@ class _Trials:
             torch.save(obj, path)
             self.run.record(path, "search-trial", "search", trial=index)
 
-    def restore(self, state: SearchState, levels: dict[int | None, float]) -> None:
+    def restore(self, state: SearchState, achieved: dict[int | None, float]) -> None:
         """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
         for index, trial in enumerate(state.trials):
             if trial.note.startswith(UNREACHABLE):  # no model was made
                 continue
-            model, scores = self.prune_from(trial.parent, trial.level, levels[trial.parent])
+            model, scores = self.prune_from(trial.parent, trial.level, achieved[trial.parent])
             weights = torch.load(self.run.path(TRIALS) / f"trial-{index}.pt",
                                  weights_only=True)
             model.load_state_dict(weights)
@@ -137,12 +141,12 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     scores, _ = score_and_prune(inputs, run, dense, FlopsReduction(settings.start), scores)
     trials.scores[None] = scores
     state = _load_state(run)
-    levels: dict[int | None, float] = {None: 0.0} | {
-        i: t.level for i, t in enumerate(state.trials)}
+    achieved: dict[int | None, float] = {None: 0.0} | {
+        i: t.achieved for i, t in enumerate(state.trials)}
     if state.trials:
         info(f"search: resuming after {len(state.trials)} finished trial"
              f"{'s' if len(state.trials) > 1 else ''}")
-        trials.restore(state, levels)
+        trials.restore(state, achieved)
     info(f"search: the deepest cut whose {ship} {precision} file stays within "
          f"{cfg.max_drop:g} point{'' if cfg.max_drop == 1 else 's'} of dense on {len(val_y)} "
          "validation images "
@@ -152,20 +156,20 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     def evaluate_level(level: float, parent: int | None) -> Trial:
         t0 = time.perf_counter()
         try:
-            model, kept_scores = trials.prune_from(parent, level, levels[parent])
+            model, kept_scores = trials.prune_from(parent, level, achieved[parent])
         except Unreachable as e:  # deeper than the architecture allows: the bracket's top
-            index = len(levels) - 1
-            levels[index] = level
+            index = len(achieved) - 1
+            achieved[index] = level
             info(f"search: level {level:.1%} cannot be reached ({e}): rejected")
             return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
                          parent, f"{UNREACHABLE}: {e}")  # no model: all 100 points count lost
         macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
-        twin = next((i for i, t in enumerate(state.trials)
-                     if t.parent == parent and t.macs == macs and t.cost > 0), None)
-        if twin is not None:  # channel rounding made the same cut: judged already
+        twin = next((i for i, t in enumerate(state.trials) if t.macs == macs and t.cost > 0
+                     and (t.parent == parent or i == parent)), None)
+        if twin is not None:  # channel rounding made the same cut (or the parent's): judged
             same = state.trials[twin]
-            index = len(levels) - 1
-            levels[index] = level
+            index = len(achieved) - 1
+            achieved[index] = same.achieved
             trials.keep(index, trials.models[twin], trials.scores[twin])
             info(f"search: level {level:.1%} cuts the same channels as level {same.level:.1%} "
                  f"(-{same.achieved:.1%} MACs): {'accepted' if same.accepted else 'rejected'} "
@@ -174,7 +178,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                          time.perf_counter() - t0, same.latency_ms, parent,
                          f"{same.note}, the cut of level {same.level:g}")
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                           seed=cfg.seed + len(levels), monitor=False)
+                           seed=cfg.seed + len(achieved), monitor=False)
         if epochs > 0:
             train(model, data, tcfg, teacher=teacher(cfg, dense),
                   description=f"fine-tuning level {level:.0%}")
@@ -189,7 +193,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                  f"{qat_epochs_:g} epochs, as compress would")
             qat = train_qat(model, data, TrainConfig(epochs=qat_epochs_, lr=cfg.lr * 0.1,
                                                      batch_size=cfg.batch_size,
-                                                     seed=cfg.seed + len(levels)),
+                                                     seed=cfg.seed + len(achieved)),
                             teacher=teacher(cfg, dense), evaluate=False,
                             description=f"quantization-aware training, level {level:.0%}")
             accuracy, latency = _judge(inputs, qat.model, samples, val_x, val_y, "int8-qat",
@@ -198,8 +202,8 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                                 cost + qat_epochs_)
         trial = Trial(level, 1 - macs / dense_macs, macs, drop, drop <= cfg.max_drop + 1e-9,
                       cost, time.perf_counter() - t0, latency, parent, note)
-        index = len(levels) - 1
-        levels[index] = trial.level
+        index = len(achieved) - 1
+        achieved[index] = trial.achieved
         trials.keep(index, model, kept_scores)
         info(f"search: level {level:.1%} -> MACs {macs / 1e6:.2f}M (-{trial.achieved:.1%}), "
              f"validation drop {drop:+.2f} points, ~{latency:.3f} ms on {inputs.target.name}: "

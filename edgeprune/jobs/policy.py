@@ -57,10 +57,11 @@ def finetune_epochs(cfg: CompressConfig, train_images: int) -> float:
 
 def trial_epochs(cfg: CompressConfig, train_images: int) -> float:
     """Fine-tuning epochs of one level-search trial: as many as a pinned run's fine-tuning,
-    so that a trial is judged in the state it would ship in (the winner is not fine-tuned
-    again). Judged after a quarter of it, the full Fashion-MNIST model at -62.6% MACs lost
-    1.54 validation points, where two epochs leave it within a point, so the search stopped
-    short of the cut that ships 8x."""
+    so that a trial is judged in the state it ships in (the winner is not fine-tuned again).
+    Judged after a quarter of it, the full Fashion-MNIST model at -62.6% MACs lost 1.54
+    validation points, where two epochs leave it within a point, so the search stopped short
+    of the cut that ships 8x. Fine-tuning it longer buys nothing there: that cut lost 0.90
+    points (fp32, 10,000 test images) after 2 epochs and 0.86 after 4."""
     return finetune_epochs(cfg, train_images)
 
 
