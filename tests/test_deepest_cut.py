@@ -106,12 +106,20 @@ def test_each_candidate_reports_its_test_drop_with_a_paired_interval(searched):
     assert result.candidates[0]["test_drop"]["points"] == 0.0
 
 
-def test_a_pinned_level_does_not_search(tiny_checkpoint, tmp_path):
+def test_a_pinned_level_does_not_search_and_decides_on_validation_too(tiny_checkpoint,
+                                                                      tmp_path):
+    """--flops-reduction pins the level; the file to ship is still chosen on the validation
+    half, never on the test images the figures come from."""
     result = compress(model=str(tiny_checkpoint), out=str(tmp_path / "pinned"),
                       **(SEARCH | {"flops_reduction": 0.5, "epochs": 0.5}))
     assert result.search is None
     assert not (result.run_dir / "search.json").exists()
-    assert "validation_images" not in json.loads((result.run_dir / "dataset.json").read_text())
+    dataset = json.loads((result.run_dir / "dataset.json").read_text())
+    assert dataset["validation_images"] > 0 and dataset["validation_from"].startswith("test")
+    for c in result.candidates:
+        assert c["validation_accuracy"] is not None
+        assert c["within_tolerance"] == (c["validation_drop_points"] <= result.max_drop + 1e-9)
+        assert c["test_drop"]["n"] == dataset["test_images"]
 
 
 def test_a_run_killed_during_the_search_resumes_at_its_trial(tiny_checkpoint, tmp_path):

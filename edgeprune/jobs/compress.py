@@ -175,8 +175,8 @@ def _resolve(cfg: CompressConfig, trust_code: bool = False) -> Inputs:
     md = load_model_and_data(cfg.model, cfg.weights, cfg.dataset, cfg.data_dir, cfg.input_size,
                              cfg.mean, cfg.std, cfg.skip_bad_images, cfg.workers, cfg.seed,
                              trust_code=trust_code)
-    if cfg.searches:  # every decision of the search is made on images the report never uses
-        md.data = md.data.with_validation(held_out_size(len(md.data.test)), cfg.seed, "test")
+    # every decision (level, QAT, the file to ship) is made on images the report never uses
+    md.data = md.data.with_validation(held_out_size(len(md.data.test)), cfg.seed, "test")
     return Inputs(cfg, target, md.loaded, md.data, md.spec,
                   precisions_to_try(cfg, target, len(md.data.train)),
                   inference_threads(target, cfg.threads))
