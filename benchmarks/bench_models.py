@@ -35,7 +35,7 @@ DOC = HERE.parent / "docs" / "MODELS.md"
 STAGES = ("prune", "onnx", "tflite fp32", "tflite int8", "verify")
 EXPORTS = (("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "int8"))
 COMMAND = ("nice -n 10 python benchmarks/bench_models.py --only torchvision --timeout 600` and "
-           "`... --only timm --timeout 600")
+           "`nice -n 10 python benchmarks/bench_models.py --only timm --timeout 600")
 
 TIMM = (
     # CNNs
