@@ -69,6 +69,23 @@ def test_int8_tolerates_a_quantization_step_but_not_lost_top1() -> None:
     assert not parity("m", "int8-qat", host, better, labels).passed  # same computation
 
 
+def test_an_int8_tie_on_the_host_is_left_out_but_a_decided_sample_is_not() -> None:
+    """Where the host's two highest int8 logits are equal, its argmax takes the first and a
+    box one step apart may take the other: no class to reproduce, so the sample is left out
+    (and counted); a decided sample changing class still fails."""
+    host, labels = logits()
+    tied = int(np.flatnonzero(host.argmax(1) == labels)[0])
+    other = (labels[tied] + 1) % host.shape[1]
+    host[tied, other] = host[tied, labels[tied]]  # exact tie, the right class first
+    box = host.copy()
+    box[tied, other] += 0.05  # one step: the box takes the other class
+    p = parity("m", "int8", host, box, labels)
+    assert p.passed and p.host_ties == 1 and p.samples == 99 and p.same_class == 1.0
+    decided = int(np.flatnonzero(host.argmax(1) == labels)[1])
+    box[decided, labels[decided]] -= 10  # a class the host decided, lost: 1.01 points
+    assert not parity("m", "int8", host, box, labels).passed
+
+
 def test_agreement_floor_of_fp16_fails_many_swaps_that_keep_top1() -> None:
     host, labels = logits()
     box = host.copy()
