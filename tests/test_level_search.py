@@ -221,6 +221,18 @@ def test_best_prefers_lowest_latency_when_every_accepted_trial_has_one() -> None
     assert best is not None and best.level == 0.6
 
 
+def test_best_between_trials_of_the_same_cut_takes_the_smaller_drop() -> None:
+    """The same cut reached twice (a deeper level whose pruning changed nothing, fine-tuned
+    again from its parent): equal latency and reduction, so the one that lost less wins."""
+    trials = [make_trial(0.5, None, 0.84, latency_ms=0.1), make_trial(0.6, 0, 0.84, cost=0.0,
+                                                                     latency_ms=0.1),
+              make_trial(0.7, 1, 2.08, latency_ms=0.05), make_trial(0.625, 1, 0.56, latency_ms=0.1)]
+    for t in (trials[0], trials[1], trials[3]):  # channel rounding: all cut 62.6%
+        t.achieved, t.macs = 0.626, trials[0].macs
+    best = SearchState(trials).best()
+    assert best is trials[3]
+
+
 def test_first_level_and_no_reason_while_running() -> None:
     settings = SearchSettings(start=0.4)
     assert next_level(SearchState(), settings) == 0.4

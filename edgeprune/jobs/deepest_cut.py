@@ -164,8 +164,9 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
             return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
                          parent, f"{UNREACHABLE}: {e}")  # no model: all 100 points count lost
         macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
-        twin = next((i for i, t in enumerate(state.trials) if t.macs == macs and t.cost > 0
-                     and (t.parent == parent or i == parent)), None)
+        twin = parent if parent is not None and state.trials[parent].macs == macs else next(
+            (i for i, t in enumerate(state.trials)
+             if t.parent == parent and t.macs == macs and t.cost > 0), None)
         if twin is not None:  # channel rounding made the same cut (or the parent's): judged
             same = state.trials[twin]
             index = len(achieved) - 1

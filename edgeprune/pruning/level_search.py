@@ -162,12 +162,14 @@ class SearchState:
 
     def best(self) -> Trial | None:
         """The winning accepted trial: the lowest `latency_ms` when every accepted trial has one,
-        else the largest `achieved` reduction; None when nothing was accepted."""
+        else the largest `achieved` reduction; between trials as fast and as deep (the same
+        cut, fine-tuned along another path), the smaller drop; None when nothing was
+        accepted."""
         accepted = [t for t in self.trials if t.accepted]
         if not accepted:
             return None
         if all(t.latency_ms is not None for t in accepted):
-            return min(accepted, key=lambda t: (t.latency_ms, -t.achieved))
+            return min(accepted, key=lambda t: (t.latency_ms, -t.achieved, t.drop_points))
         return max(accepted, key=lambda t: (t.achieved, -t.drop_points))
 
     def spent(self) -> float:
