@@ -181,6 +181,9 @@ def test_a_level_deeper_than_the_architecture_allows_is_rejected_not_fatal(
     trials = result.search["trials"]
     unreachable = [t for t in trials if t["note"].startswith("unreachable")]
     assert unreachable and all(not t["accepted"] and t["cost"] == 0 for t in unreachable)
+    # the share in the message is of the model pruned, which the note names
+    from_first = [t for t in unreachable if t["parent"] == 0]
+    assert from_first and all("from level 50.0%'s model (-" in t["note"] for t in from_first)
     assert trials[0]["level"] == 0.5 and trials[0]["accepted"]
     assert result.search["found"] and 0.5 <= result.search["shipped_level"] <= 0.6
     assert result.shipped is not None

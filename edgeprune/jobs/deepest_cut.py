@@ -160,9 +160,10 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
         except Unreachable as e:  # deeper than the architecture allows: the bracket's top
             index = len(achieved) - 1
             achieved[index] = level
-            info(f"search: level {level:.1%} cannot be reached ({e}): rejected")
+            reason = f"from {_model_of(state, parent)}, {e}"  # its share is of that model
+            info(f"search: level {level:.1%} cannot be reached ({reason}): rejected")
             return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
-                         parent, f"{UNREACHABLE}: {e}")  # no model: all 100 points count lost
+                         parent, f"{UNREACHABLE}: {reason}")  # no model: 100 points lost
         macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
         twin = parent if parent is not None and state.trials[parent].macs == macs else next(
             (i for i, t in enumerate(state.trials)
@@ -247,6 +248,14 @@ def _budget_verdict(inputs: Inputs, trial: Trial) -> dict[str, float | bool]:
          "within the tolerance meets it (raise --max-drop or --latency-ms)"))
     return {"latency_budget_ms": budget, "budget_met": met,
             "budget_missed_by_ms": max(0.0, trial.latency_ms - budget)}
+
+
+def _model_of(state: SearchState, parent: int | None) -> str:
+    """Which model a trial prunes, in words: an Unreachable's share of the FLOPs is of it."""
+    if parent is None:
+        return "the dense model"
+    trial = state.trials[parent]
+    return f"level {trial.level:.1%}'s model (-{trial.achieved:.1%} MACs of the dense model)"
 
 
 def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
