@@ -94,6 +94,15 @@ def test_atlas_rejects_layers_that_are_not_convs(tmp_path):
         build_atlas(_democnn(), SHAPE, tmp_path, layers=["23"], am=FAST)
 
 
+@pytest.mark.parametrize(("option", "value"), [("keep_ratio", 2.0), ("keep_ratio", 0.0),
+                                               ("flops_reduction", 1.0)])
+def test_atlas_rejects_a_ratio_out_of_range_before_any_work(tmp_path, option, value):
+    """The Python API checks the ranges the command line does, before anything is written."""
+    with pytest.raises(EdgepruneError, match=f"--{option.replace('_', '-')} {value} must be"):
+        build_atlas(_democnn(), SHAPE, tmp_path / "atlas", am=FAST, **{option: value})
+    assert not (tmp_path / "atlas").exists()
+
+
 SYNTHETIC = ["--dataset", "synthetic", "--input-size", "1x16x16", "--quiet"]
 
 

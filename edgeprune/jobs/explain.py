@@ -29,6 +29,7 @@ from edgeprune.criteria.lrp import input_box
 from edgeprune.criteria.redundancy import RedundancyCriterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import staged_folder
+from edgeprune.jobs.bounds import check_bound
 from edgeprune.jobs.loading import load_reference
 from edgeprune.pruning import prune
 from edgeprune.report.atlas import draw_atlas_layer
@@ -118,6 +119,8 @@ def build_atlas(model: nn.Module, input_shape: tuple[int, int, int], out_dir: Pa
     appears complete or not at all; an existing non-empty one is replaced only with
     `overwrite`.
     """
+    check_bound("flops_reduction", flops_reduction)
+    check_bound("keep_ratio", keep_ratio)
     final = Path(out_dir)
     if final.exists() and not overwrite and (not final.is_dir() or any(final.iterdir())):
         raise EdgepruneError(f"{final} exists; pass --overwrite to replace it or choose "
