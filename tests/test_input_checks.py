@@ -62,6 +62,20 @@ def test_a_three_channel_model_on_one_channel_inputs_names_the_layer_and_the_fix
         check_inputs(_rgb_model(), spec, "timm:resnet18")
 
 
+def test_images_too_small_for_the_models_downsampling_name_the_fix() -> None:
+    """ConvNeXt on 28x28 Fashion-MNIST failed with PyTorch's "Kernel size can't be greater
+    than actual input size" and no way out."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Conv2d(8, 8, 4, stride=4),
+                          nn.Conv2d(8, 8, 4, stride=4), nn.Flatten(), nn.LazyLinear(4))
+    spec = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcd"))
+    with pytest.raises(EdgepruneError) as e:
+        check_outputs(model, spec, 4)
+    text = str(e.value)
+    assert text.startswith("the model fails on a 1x28x28 input: RuntimeError:")
+    assert "needs larger images than 28x28" in text and "--input-size 1x64x64" in text
+    assert "\n" not in text
+
+
 def test_matching_models_pass_and_keep_their_mode() -> None:
     model = _rgb_model().train()
     spec = InputSpec(3, 8, 8, (0.5,) * 3, (0.5,) * 3, tuple("abcd"))

@@ -18,7 +18,8 @@ from edgeprune.jobs.config import CompressConfig
 D = CompressConfig()
 """Every option's default, written once in CompressConfig and read by each flag here."""
 
-MODEL_HELP = "demo | zoo name (resnet20) | torchvision:NAME | pkg.mod:factory | path/to/model.pt"
+MODEL_HELP = ("demo | zoo name (resnet20) | torchvision:NAME | timm:NAME | pkg.mod:factory | "
+              "path/to/model.pt")
 CRITERIA_HELP = ("interpretability: actmax, lrp, lrp-logit, function, fmcluster, concept; "
                  "baselines: l1, "
                  "l2, fpgm, taylor, hrank, gradient, act-taylor, random (see docs/CRITERIA.md)")

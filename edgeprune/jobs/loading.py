@@ -175,14 +175,34 @@ def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int,
         try:
             out = model.eval()(torch.zeros(1, *spec.shape))
         except Exception as e:  # noqa: BLE001 - a user's model failing on its input
+            text = str(e).splitlines()[0] if str(e).strip() else ""
             raise EdgepruneError(f"the model fails on a {'x'.join(map(str, spec.shape))} "
-                                 f"input: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+                                 f"input: {type(e).__name__}: {text}"
+                                 + (_too_small_fix(spec) if _too_small(text) else "")) from None
         finally:
             model.train(training)
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise EdgepruneError(f"the model outputs {shape} but the dataset has {num_classes} "
                              f"classes; " + _route_fix(ref, weights, "classes", num_classes))
+
+
+TOO_SMALL = ("can't be greater than actual input size", "Output size is too small",
+             "input size per channel")
+"""PyTorch's words when a pooling window or kernel is larger than the feature map left after
+the model's downsampling (ConvNeXt or a torchvision ResNet on 28x28 images)."""
+
+
+def _too_small(text: str) -> bool:
+    return any(words in text for words in TOO_SMALL)
+
+
+def _too_small_fix(spec: InputSpec) -> str:
+    """The fix when the images are smaller than the model's downsampling allows."""
+    return (f"; its downsampling needs larger images than {spec.height}x{spec.width}: use an "
+            f"image folder, which is resized to --input-size (--dataset imagefolder --data-dir "
+            f"DIR --input-size {spec.channels}x64x64), or a model made for "
+            f"{spec.height}x{spec.width} inputs")
 
 
 MAX_SCORE_BATCH = 64
