@@ -122,12 +122,19 @@ class Staging:
 
 @contextmanager
 def staged(folder: Path) -> Iterator[Staging]:
-    """Stage files in `folder`; commit them if the block succeeds, discard them if it raises."""
+    """Stage files in `folder`; commit them if the block succeeds, discard them if it raises
+    (and remove `folder` too when this call created it and it is left empty)."""
+    created = not os.path.lexists(folder)
     Path(folder).mkdir(parents=True, exist_ok=True)
     stage = Staging(folder)
     try:
         yield stage
         stage.commit()
+    except BaseException:
+        stage.discard()
+        if created and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+        raise
     finally:
         stage.discard()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.export.base import ExportOptions
+from edgeprune.export.base import ExportError, ExportOptions
 from edgeprune.export.quiet import captured_stderr
 
 
@@ -141,7 +141,60 @@ def quantize(data: bytes, precision: str, calibration: np.ndarray | None,
             facts.update(calibration_samples=len(calibration), int8_io=options.int8_io)
         result = quantizer.Quantizer(data, model_recipe).quantize(
             ranges, enable_progress_report=False)
-    return bytes(result.quantized_model), facts
+    quantized = bytes(result.quantized_model)
+    if precision == "int8":
+        _refuse_vanishing_activations(quantized)
+    return quantized, facts
+
+
+FUSED_BOUNDS = {"RELU6": 6.0, "RELU_N1_TO_1": 1.0}
+"""The bound TFLite's kernels quantize, at load time, for each clamping fused activation."""
+INT32_MAX = 2**31 - 1
+
+
+def vanishing_activations(data: bytes) -> list[tuple[str, float]]:
+    """(name, scale) of each int8 output of an op with a fused ReLU6 (or ReLU-1..1) whose bound
+    overflows int32 once quantized with that scale (round(6 / scale) > 2^31 - 1). TFLite's
+    kernels check exactly that when they prepare the op (kernel_util `Quantize`,
+    `no_integer_overflow_from_quantization`) and refuse the whole file: the scale comes from
+    activations that never left ~1e-12 on the calibration samples, a model whose layers
+    carry no signal (untrained, or a dead block). XNNPACK on x86 can take the op before the
+    kernel's check runs, so the host may load a file an ARM board refuses."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.ActivationFunctionType).items() if k.isupper()}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    found = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            act = getattr(op.builtinOptions, "fusedActivationFunction", None)
+            bound = FUSED_BOUNDS.get(names.get(act, ""))
+            if bound is None or not op.outputs:
+                continue
+            tensor = graph.tensors[op.outputs[0]]
+            q = tensor.quantization
+            scales = [] if q is None or q.scale is None else list(q.scale)
+            if scales and min(scales) > 0 and round(bound / min(scales)) > INT32_MAX:
+                found.append((_layer_name(tensor.name), float(min(scales))))
+    return found
+
+
+def _layer_name(name: bytes | str) -> str:
+    """'ReLU6_1' of litert-torch's 'torch.nn.../torch.nn.modules.activation.ReLU6_1;;...'."""
+    text = name.decode() if isinstance(name, bytes) else str(name)
+    return text.split(";")[0].split("/")[-1].split(".")[-1]
+
+
+def _refuse_vanishing_activations(data: bytes) -> None:
+    found = vanishing_activations(data)
+    if found:
+        name, scale = found[0]
+        raise ExportError(
+            f"tflite int8: {len(found)} layer output{'s' if len(found) > 1 else ''} never "
+            f"left ~{scale * 255:.0e} on the calibration samples (first: {name}, "
+            f"scale {scale:.1e}); TFLite on ARM refuses such a file "
+            "(no_integer_overflow_from_quantization): train the model, or ship fp32/fp16")
 
 
 DESCRIPTIONS = {

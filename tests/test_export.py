@@ -549,6 +549,38 @@ def test_too_few_calibration_samples_refused(images, tmp_path):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("signal", [1.0, 1e-14])
+def test_int8_of_vanishing_relu6_activations_is_refused_before_a_device_does(
+        images, tmp_path, signal):
+    """A ReLU6 output whose calibrated scale makes round(6 / scale) overflow int32 is what
+    TFLite's kernels refuse when they prepare the op (an untrained MobileNetV2's file loaded
+    on x86 and was refused on aarch64); the same model with a real signal exports."""
+    from edgeprune.export.tflite_quant import vanishing_activations
+
+    x, _ = images
+    calib = torch.cat([x, x.flip(-1)])  # 96 images
+    spec = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcd"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(signal)
+        model[0].bias.mul_(signal)
+    out = tmp_path / "out"
+    if signal < 1:
+        with pytest.raises(ExportError, match=r"tflite int8: 1 layer output never left .* "
+                           r"\(first: ReLU6_1, scale .*e-1\d\); TFLite on ARM refuses"):
+            export_model(model, spec, out, x[:8], formats=["tflite"], precisions=["int8"],
+                         calibration=calib, verify=False)
+        assert not out.exists()
+        return
+    result = export_model(model, spec, out, x[:8], formats=["tflite"], precisions=["int8"],
+                          calibration=calib, verify=False)[0]
+    assert vanishing_activations(result.path.read_bytes()) == []
+
+
 def test_calibration_of_wrong_shape_refused(images, tmp_path):
     x, spec = images
     with pytest.raises(EdgepruneError, match=r"calibration samples have shape \(64, 3, 28, "
