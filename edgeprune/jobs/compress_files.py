@@ -126,7 +126,7 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
 
     def make() -> list[ExportResult]:
         trained.append(train_qat(model, inputs.data, tcfg, teacher=teacher(cfg, dense),
-                                 eval_limit=cfg.eval_limit))
+                                 evaluate=False))  # its file is evaluated by the export
         return export_model(trained[0].model, inputs.spec, run.path("models"),
                             samples.x[:VERIFY_SAMPLES], formats=[ship], stem="pruned",
                             verify=False, precisions=["int8-qat"],
