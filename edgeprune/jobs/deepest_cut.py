@@ -53,7 +53,7 @@ from edgeprune.jobs.runs import RunFolder
 from edgeprune.pruning import FlopsReduction, prune
 from edgeprune.pruning.level_search import SearchState, Trial, run_search
 from edgeprune.pruning.search import Unreachable, count
-from edgeprune.training import TrainConfig, evaluate, train
+from edgeprune.training import TrainConfig, evaluate, top1, train
 from edgeprune.training.qat import train_qat
 
 SEARCH_FILE = "search.json"
@@ -187,9 +187,10 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
         model = model.cpu().eval()
         accuracy, latency = _judge(inputs, model, samples, val_x, val_y, precision)
         drop, note, cost = drop_points(dense_val, accuracy), f"{ship} {precision}", epochs
-        if precision == "int8" and qat_epochs_ > 0 and qat_wanted(
-                {"int8": drop, "fp32": drop_points(dense_val, _top1(model, val_x, val_y))},
-                cfg.max_drop):
+        fp32 = top1(model, zip(val_x.split(512), val_y.split(512), strict=True)) if (
+            precision == "int8" and qat_epochs_ > 0) else None
+        if fp32 is not None and qat_wanted({"int8": drop, "fp32": drop_points(dense_val, fp32)},
+                                           cfg.max_drop):
             info(f"search: level {level:.1%} int8 loses {drop:.2f} points on validation, fp32 "
                  f"stays within {cfg.max_drop:g}: quantization-aware training for "
                  f"{qat_epochs_:g} epochs, as compress would")
@@ -256,14 +257,6 @@ def _model_of(state: SearchState, parent: int | None) -> str:
         return "the dense model"
     trial = state.trials[parent]
     return f"level {trial.level:.1%}'s model (-{trial.achieved:.1%} MACs of the dense model)"
-
-
-def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The PyTorch model's top-1 on (x, y) (its fp32 file reproduces it)."""
-    with torch.no_grad():
-        right = sum(int((model(xb).argmax(1) == yb).sum())
-                    for xb, yb in zip(x.split(512), y.split(512), strict=True))
-    return right / max(len(y), 1)
 
 
 def _judge(inputs: Inputs, model: nn.Module, samples: Samples, val_x: torch.Tensor,

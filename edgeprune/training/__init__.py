@@ -8,8 +8,9 @@ from edgeprune.training.loop import (
     distillation_loss,
     evaluate,
     random_crop_flip,
+    top1,
     train,
 )
 
 __all__ = ["TrainConfig", "TrainResult", "default_device", "distillation_loss", "evaluate",
-           "random_crop_flip", "train"]
+           "random_crop_flip", "top1", "train"]

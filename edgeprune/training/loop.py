@@ -7,9 +7,10 @@ import copy
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,18 +89,29 @@ def random_crop_flip(x: torch.Tensor, pad: int = 2, generator=None) -> torch.Ten
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test", limit: int | None = None,
              batch_size: int = 512, description: str = "evaluating") -> float:
     """Top-1 accuracy (0-1) of `model` on a split."""
+    loader = data.loader(split, batch_size=batch_size, limit=limit)
+    with progress_bar(len(loader), description) as advance:
+        return top1(model, iterate_batches(loader), advance)
+
+
+@torch.no_grad()
+def top1(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+         advance: Callable[[], Any] | None = None) -> float:
+    """Top-1 accuracy (0-1) of `model`, in eval mode (its mode is restored), over batches of
+    (images, labels); `advance` is called after each batch."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = total = 0
-    loader = data.loader(split, batch_size=batch_size, limit=limit)
-    with progress_bar(len(loader), description) as advance:
-        for x, y in iterate_batches(loader):
+    try:
+        for x, y in batches:
             pred = model(x.to(device)).argmax(1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
-            advance()
-    model.train(was_training)
+            if advance is not None:
+                advance()
+    finally:
+        model.train(was_training)
     return correct / max(total, 1)
 
 
