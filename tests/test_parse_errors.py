@@ -23,6 +23,13 @@ from helpers import FINISHED_RUN, assert_one_line_error, run_cli
     (["score", "--criterion"], "option '--criterion' requires an argument"),
     (["nonsense"], "no such command 'nonsense'"),
     (["compress", "--verify=maybe"], "--verify"),
+    # the model given the way another command takes it: the fix is spelled out
+    (["compress", "torchvision:resnet18"], "edgeprune compress takes the model as an option, "
+     "not an argument: `edgeprune compress --model torchvision:resnet18`"),
+    (["train", "resnet20"], "`edgeprune train --model resnet20`"),
+    (["prune", "--model", "demo"], "edgeprune prune takes the model as its first argument, "
+     "not --model: `edgeprune prune MODEL [OPTIONS]`"),
+    (["compress", "rpi4"], "got unexpected extra argument(s) (rpi4); `edgeprune compress"),
 ])
 def test_a_parse_error_is_one_line_naming_the_option(capsys, tmp_path, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)

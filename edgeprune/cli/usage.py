@@ -7,6 +7,7 @@ of an installed `click`; `CLICK` is the module holding the ones Typer raises."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from edgeprune.cli.bounds import OutOfRange
@@ -34,9 +35,35 @@ def usage_line(error: Any) -> str:
     if isinstance(error, CLICK.BadParameter) and param is not None and not missing:
         return _bad_value(error, param, ctx, where)
     message = " ".join(error.format_message().split()).rstrip(".")
+    moved = _model_elsewhere(error, message, ctx)
+    if moved:
+        return moved
     if isinstance(error, CLICK.UsageError):
         return f"{message[:1].lower()}{message[1:]}; {where} lists what it takes"
     return message
+
+
+def _model_elsewhere(error: Any, message: str, ctx: Any) -> str | None:
+    """The fix when the model was given the way another command takes it: `compress` and
+    `train` take `--model MODEL`, `prune`, `score`, `export` and `explain` take it as their
+    first argument."""
+    if ctx is None:
+        return None
+    params = {p.name: p for p in ctx.command.params}
+    model = params.get("model")
+    if model is None:
+        return None
+    path = ctx.command_path
+    if model.param_type_name == "option":
+        extra = re.search(r"unexpected extra argument(?:\(s\)|s)? \((.+)\)$", message)
+        ref = extra.group(1).split()[0] if extra else ""
+        if _looks_like_model(ref) and isinstance(error, CLICK.UsageError):
+            return (f"{path} takes the model as an option, not an argument: "
+                    f"`{path} --model {ref}`")
+    elif isinstance(error, CLICK.NoSuchOption) and error.option_name == "--model":
+        return (f"{path} takes the model as its first argument, not --model: "
+                f"`{path} MODEL [OPTIONS]`")
+    return None
 
 
 def _bad_value(error: Any, param: Any, ctx: Any, where: str) -> str:
@@ -51,3 +78,11 @@ def _bad_value(error: Any, param: Any, ctx: Any, where: str) -> str:
         kind = "an integer" if bound.integer else "a number"
         return f"{name}: {reason}; give {kind} {bound.expected()}"
     return f"{name}: {reason}; see {where}"
+
+
+def _looks_like_model(ref: str) -> bool:
+    """A --model reference: 'demo', a zoo name, 'library:NAME' or a checkpoint path."""
+    from edgeprune.models import list_models
+
+    return (ref == "demo" or ":" in ref or ref.endswith((".pt", ".pth"))
+            or ref in list_models())
