@@ -90,10 +90,35 @@ def test_missing_model_file(tmp_path):
         load_model(str(tmp_path / "nope.pt"))
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"not a checkpoint", b""])
+def test_a_file_that_is_not_torch_save_says_so_whatever_torch_raised(tmp_path, content):
+    """A text file made torch.load raise KeyError('101'), which reached the user as ': 101'."""
+    (tmp_path / "text.pt").write_bytes(content)
+    with pytest.raises(EdgepruneError, match="text.pt: it is empty, damaged or not a "
+                       "torch.save file; give an edgeprune checkpoint"):
+        load_model(str(tmp_path / "text.pt"))
+
+
 def test_state_dict_file_without_architecture(tmp_path):
     torch.save(create_model("democnn", 1).state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(EdgepruneError, match="--model ARCH --weights"):
+    with pytest.raises(EdgepruneError, match="holds a state_dict but no architecture: give the "
+                       "architecture as the model .* with --weights .*sd.pt"):
         load_model(str(tmp_path / "sd.pt"))
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(EdgepruneError, match="holds a list, not a checkpoint or state_dict"):
+        load_model(str(tmp_path / "list.pt"))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_weights_saved_from_a_ddp_or_compiled_model_load_into_the_bare_one(tmp_path, prefix):
+    """A state_dict saved from DistributedDataParallel or torch.compile has every key behind
+    'module.' or '_orig_mod.'; it loads into the architecture it came from."""
+    ref = create_model("democnn", 1).eval()
+    torch.save({"state_dict": {prefix + k: v for k, v in ref.state_dict().items()},
+                "epoch": 3}, tmp_path / "ddp.pt")
+    loaded = load_model("democnn", weights=tmp_path / "ddp.pt", in_channels=1).model.eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), ref(x))
 
 
 def test_pickled_module(tmp_path):

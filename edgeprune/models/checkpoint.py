@@ -113,6 +113,25 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]],
     return model
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""What (Distributed)DataParallel and torch.compile put before every key of a state_dict."""
+
+
+def unwrapped(state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+    """`state_dict` without the wrapper prefix that every one of its keys has and none of the
+    model's (`own`) has: weights saved from a DDP or compiled model load into the bare one."""
+    changed = True
+    while changed and state_dict:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state_dict) and not any(
+                    k.startswith(prefix) for k in own):
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+                changed = True
+    return state_dict
+
+
 def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with a one-line error that names what does not match: names, shapes,
     a parameter that is not floating point (int64 conv weights), NaN or infinite values."""
@@ -121,6 +140,7 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
         raise EdgepruneError(f"weights in {source} are not a mapping of names to tensors; "
                              "save them with torch.save(model.state_dict(), path)")
     own = model.state_dict()
+    state_dict = unwrapped(state_dict, own)
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()

@@ -222,15 +222,19 @@ def _check_inflation(path: Path) -> None:
                              "reads")
 
 
+def _is_state_dict(obj: Any) -> bool:
+    """A name -> tensor mapping, as `module.state_dict()` returns."""
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
 def _why_not_data(error: Exception) -> str:
     """A short reason from torch.load(weights_only=True)'s long message."""
     text = str(error)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return f"{PICKLED} such as {found.group(1)}"
-    if "WeightsUnpickler error" in text or not text.strip():
-        return "it is empty, damaged or not a torch.save file"
-    return text.strip().splitlines()[0]
+    return "it is empty, damaged or not a torch.save file"
 
 
 def _arch_of(ckpt: dict, source: str) -> ArchRef:
@@ -282,8 +286,11 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
         check_trusted(_arch_of(obj, str(path)).ref, str(path), trust_code)
         return obj
     if obj is not None:
-        raise EdgepruneError(f"{path} holds a state_dict but no architecture; pass "
-                             f"--model ARCH --weights {path}")
+        what = ("a state_dict but no architecture" if _is_state_dict(obj) else
+                f"a {type(obj).__name__}, not a checkpoint or state_dict; if it is weights")
+        raise EdgepruneError(f"{path} holds {what}: give the architecture as the model (a zoo "
+                             "name, torchvision:NAME, timm:NAME or pkg.mod:factory) with "
+                             f"--weights {path}")
     if not why.startswith(PICKLED):
         raise EdgepruneError(f"cannot read model file {path}: {why}; give an edgeprune "
                              "checkpoint or a file written by torch.save")
