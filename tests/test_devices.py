@@ -414,6 +414,8 @@ def test_bench_models_checks_every_file_first(models: dict[str, Path], tmp_path:
         bench_models([models["onnx"], tmp_path / "missing.onnx"])
     with pytest.raises(EdgepruneError, match="at least one"):
         bench_models([])
+    with pytest.raises(EdgepruneError, match="is a folder; give its .onnx or .tflite files"):
+        bench_models([tmp_path])
 
 
 def _cli() -> typer.Typer:

@@ -145,6 +145,9 @@ def bench_rows(paths: Sequence[Path | str], profile: TargetProfile,
     options = options or BenchOptions(threads=default_threads(profile, device))
     backend = get_backend(device or "local", ssh)
     for p in paths:  # fail before connecting or measuring anything
+        if p.is_dir():
+            raise EdgepruneError(f"{p} is a folder; give its .onnx or .tflite files (a run's "
+                                 "are in RUN/ship/ and RUN/models/)")
         if not p.is_file():
             raise EdgepruneError(f"model file not found: {p}")
     with progress_bar(None, f"bench {len(paths)} files on {escape(backend.device)}"):

@@ -278,9 +278,9 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
     allows; None for a pickled module, which only `trust_code` lets through. Reads the file as
     plain data and builds nothing, so commands check a --model file before any work."""
     if path.suffix.lower() in EXPORTED_SUFFIXES and path.is_file():
-        raise EdgepruneError(f"{path} is an exported {path.suffix[1:]} file; --model takes a "
-                             "PyTorch model (see --help), and 'edgeprune bench' measures "
-                             "exported files")
+        raise EdgepruneError(f"{path} is an exported {path.suffix[1:]} file; the model given "
+                             "here is a PyTorch one (see --help), and 'edgeprune bench' "
+                             "measures exported files")
     obj, why = _read_file(path)
     if is_checkpoint(obj):
         check_trusted(_arch_of(obj, str(path)).ref, str(path), trust_code)
