@@ -87,7 +87,7 @@ def real(low: float, high: float, *, low_open: bool = False, high_open: bool = F
 
 FRACTION = real(0.0, 1.0, low_open=True, high_open=True)
 EPOCHS = real(0, 1000, zero="none")
-PER_CORE = f"8 per core of this machine's {CORES}, never below 64"
+PER_CORE = f"the larger of 64 and 8 per core of this machine's {CORES}"
 THREADS = count(1, MAX_THREADS, why=PER_CORE)
 
 BOUNDS: dict[str, Bound] = {
