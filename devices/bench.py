@@ -69,6 +69,9 @@ def get_backend(device: str = "local", ssh: Any = None) -> Backend:
     """The backend for a --device value: `local` or `ssh://[user@]host[:port]`. `ssh` is an
     `SshOptions` for the ssh backend. Unknown kinds get a close-match suggestion."""
     kind = device.split("://", 1)[0] if "://" in device else device
+    if "@" in kind and "://" not in device:  # 'pi@raspberrypi.local' without its scheme
+        raise EdgepruneError(f"--device {device!r} has no scheme; write it as "
+                             f"ssh://{device}")
     if kind not in BACKENDS:
         raise unknown_name_error("device kind", kind, BACKENDS)
     return BACKENDS[kind](device, ssh)

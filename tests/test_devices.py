@@ -213,6 +213,9 @@ def test_unknown_names_suggest_a_close_match() -> None:
         get_backend("locl")
     with pytest.raises(EdgepruneError, match=r"unknown device kind 'adb'"):
         get_backend("adb://phone")
+    with pytest.raises(EdgepruneError, match=r"--device 'pi@raspberrypi.local' has no scheme; "
+                       r"write it as ssh://pi@raspberrypi.local"):
+        get_backend("pi@raspberrypi.local")
 
 
 def test_required_targets_exist() -> None:

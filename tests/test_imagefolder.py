@@ -91,6 +91,15 @@ def test_train_and_val_with_other_classes_are_refused_by_name(tmp_path):
         load_dataset("imagefolder", root, (3, 16, 16))
 
 
+def test_a_data_dir_that_is_a_file_or_missing_says_which(tmp_path):
+    (tmp_path / "labels.csv").write_text("a,b\n")
+    with pytest.raises(EdgepruneError, match="labels.csv is a file; pass the folder that holds "
+                       "one folder per class as --data-dir"):
+        load_dataset("imagefolder", tmp_path / "labels.csv", (3, 16, 16))
+    with pytest.raises(EdgepruneError, match="nope does not exist; pass --data-dir"):
+        load_dataset("imagefolder", tmp_path / "nope", (3, 16, 16))
+
+
 @pytest.mark.parametrize(("layout", "message"), [
     ("val-only", "has val/ but no train/"),
     ("one-class", "at least two"),

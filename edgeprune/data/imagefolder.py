@@ -263,6 +263,9 @@ def find_tree(root: Path, val_fraction: float = VAL_FRACTION, seed: int = 0,
     A symlink loop is an error, or with `skip_loops` left out and listed in
     `record["symlink_loops"]`."""
     loops: list[str] | None = [] if skip_loops else None
+    if root.is_file():
+        raise EdgepruneError(f"image folder {root} is a file; pass the folder that holds one "
+                             "folder per class as --data-dir")
     if not root.is_dir():
         raise EdgepruneError(f"image folder {root} does not exist; pass --data-dir")
     val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
