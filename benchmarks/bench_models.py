@@ -34,8 +34,8 @@ RESULTS = HERE / "results" / "models.json"
 DOC = HERE.parent / "docs" / "MODELS.md"
 STAGES = ("prune", "onnx", "tflite fp32", "tflite int8", "verify")
 EXPORTS = (("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "int8"))
-COMMAND = ("nice -n 10 python benchmarks/bench_models.py --only torchvision --timeout 600` and "
-           "`nice -n 10 python benchmarks/bench_models.py --only timm --timeout 600")
+COMMAND = ("nice -n 10 python benchmarks/bench_models.py --only torchvision --timeout 1200` and "
+           "`nice -n 10 python benchmarks/bench_models.py --only timm --timeout 1200")
 
 TIMM = (
     # CNNs
@@ -68,16 +68,29 @@ def input_size(library: str, name: str) -> int:
 
 
 def models(only: str | None) -> list[str]:
-    """`library:name` for every torchvision classifier and the timm selection."""
+    """`library:name` for every torchvision classifier (smallest first) and the timm
+    selection."""
     import torchvision
 
     refs = []
     if only in (None, "torchvision"):
-        refs += [f"torchvision:{n}" for n in torchvision.models.list_models(
-            module=torchvision.models)]
+        names = torchvision.models.list_models(module=torchvision.models)
+        refs += [f"torchvision:{n}" for n in sorted(names, key=_torchvision_params)]
     if only in (None, "timm"):
         refs += [f"timm:{n}" for n in TIMM]
     return refs
+
+
+def _torchvision_params(name: str) -> tuple[int, str]:
+    """(parameters, name) from the builder's weights metadata (no download), so a resumed
+    run measures the small models first and a session that stops early covers the most."""
+    import torchvision
+
+    try:
+        params = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+    except (KeyError, AttributeError, ValueError):
+        params = 0
+    return params, name
 
 
 def one_model(ref: str, data_dir: Path, work: Path) -> dict:
@@ -215,6 +228,7 @@ def rates(refs: list[str]) -> str:
 def write_doc(refs: list[str]) -> None:
     """Replace the matrix section of docs/MODELS.md (between its markers)."""
     start, end = "<!-- matrix:start -->", "<!-- matrix:end -->"
+    refs = sorted(refs, key=lambda r: (not r.startswith("torchvision:"), r))  # by name
     body = (f"{start}\nMade by `{COMMAND}` then `python benchmarks/bench_models.py --table` "
             f"(results: `benchmarks/results/models.json`).\n\n{rates(refs)}\n\n"
             f"{table(refs)}\n{end}")
