@@ -76,6 +76,17 @@ def test_images_too_small_for_the_models_downsampling_name_the_fix() -> None:
     assert "\n" not in text
 
 
+def test_an_in_memory_dataset_of_another_size_says_it_is_not_resized() -> None:
+    """--input-size resizes an image folder only; on the demo data it cannot be the fix."""
+    from edgeprune.data import load_demo_subset
+    from edgeprune.jobs.loading import check_shape
+
+    spec = InputSpec(1, 64, 64, (0.5,), (0.5,), tuple("abcdefghij"))
+    with pytest.raises(EdgepruneError, match="gives 1x28x28 images; demo's images are not "
+                       "resized: drop --input-size or use a model made for them"):
+        check_shape(spec, load_demo_subset())
+
+
 def test_matching_models_pass_and_keep_their_mode() -> None:
     model = _rgb_model().train()
     spec = InputSpec(3, 8, 8, (0.5,) * 3, (0.5,) * 3, tuple("abcd"))

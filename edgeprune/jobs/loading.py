@@ -160,10 +160,13 @@ def _config_classes(loaded: LoadedModel) -> int | None:
 def check_shape(spec: InputSpec, data: DataBundle) -> None:
     """EdgepruneError when the dataset's images do not have the model's input shape."""
     if spec.shape != data.spec.shape:
+        fix = ("pass a matching --dataset/--data-dir or --input-size" if data.name == "imagefolder"
+               else f"{data.name}'s images are not resized: drop --input-size or use a model made "
+               "for them, or an image folder (--dataset imagefolder --data-dir DIR), which is "
+               "resized to --input-size")
         raise EdgepruneError(
             f"the model expects {'x'.join(map(str, spec.shape))} inputs but dataset "
-            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; pass a matching "
-            "--dataset/--data-dir or --input-size")
+            f"{data.name} gives {'x'.join(map(str, data.spec.shape))} images; {fix}")
 
 
 def check_outputs(model: nn.Module, spec: InputSpec, num_classes: int,
