@@ -113,6 +113,12 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]],
     return model
 
 
+def is_state_dict(obj: Any) -> bool:
+    """A mapping of names to tensors, as `module.state_dict()` returns (an empty one too)."""
+    return isinstance(obj, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 """What (Distributed)DataParallel and torch.compile put before every key of a state_dict."""
 
@@ -135,8 +141,7 @@ def unwrapped(state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
 def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with a one-line error that names what does not match: names, shapes,
     a parameter that is not floating point (int64 conv weights), NaN or infinite values."""
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+    if not is_state_dict(state_dict):
         raise EdgepruneError(f"weights in {source} are not a mapping of names to tensors; "
                              "save them with torch.save(model.state_dict(), path)")
     own = model.state_dict()

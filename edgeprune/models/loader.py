@@ -32,6 +32,7 @@ from edgeprune.models.checkpoint import (
     ArchRef,
     apply_structure,
     is_checkpoint,
+    is_state_dict,
     load_weights_into,
 )
 from edgeprune.models.reference import (
@@ -222,12 +223,6 @@ def _check_inflation(path: Path) -> None:
                              "reads")
 
 
-def _is_state_dict(obj: Any) -> bool:
-    """A name -> tensor mapping, as `module.state_dict()` returns."""
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
 def _why_not_data(error: Exception) -> str:
     """A short reason from torch.load(weights_only=True)'s long message."""
     text = str(error)
@@ -286,7 +281,7 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict | None:
         check_trusted(_arch_of(obj, str(path)).ref, str(path), trust_code)
         return obj
     if obj is not None:
-        what = ("a state_dict but no architecture" if _is_state_dict(obj) else
+        what = ("a state_dict but no architecture" if obj and is_state_dict(obj) else
                 f"a {type(obj).__name__}, not a checkpoint or state_dict; if it is weights")
         raise EdgepruneError(f"{path} holds {what}: give the architecture as the model (a zoo "
                              "name, torchvision:NAME, timm:NAME or pkg.mod:factory) with "
