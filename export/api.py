@@ -4,7 +4,6 @@ of them passed (nothing of a failed call is left in the output folder)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -31,6 +30,7 @@ from edgeprune.export.registry import select_exporters
 from edgeprune.export.trace import locate_op, trace
 from edgeprune.export.validate import EvalSet, Metrics, compare, validate_outputs
 from edgeprune.files import Staging, sha256_file, staged
+from edgeprune.models.copying import clone
 from edgeprune.spec import InputSpec
 
 
@@ -161,7 +161,7 @@ def prepare(model: torch.nn.Module, spec: InputSpec, out_dir: Path, samples: tor
 def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A CPU copy of `model` in eval mode with frozen parameters (a converted PT2E graph is
     already fixed in inference mode and refuses `eval()`)."""
-    net = copy.deepcopy(model).cpu().requires_grad_(False)
+    net = clone(model).cpu().requires_grad_(False)
     try:
         net.eval()
     except NotImplementedError:

@@ -126,3 +126,22 @@ def test_a_timm_model_on_a_users_folder_keeps_the_folders_class_names(tmp_path):
     assert md.loaded.meta["input_spec_from"] == "timm pretrained_cfg"
     assert md.spec.labels == tuple(CLASSES)
     assert md.spec.mean == pytest.approx((0.485, 0.456, 0.406))  # still the config's
+
+
+def test_a_model_with_timms_attention_bias_cache_prunes_after_an_eval_forward():
+    """EfficientFormer (like LeViT and EfficientViT) caches its attention biases in an eval
+    forward pass; under autograd the cache is a non-leaf tensor that deepcopy refuses, and
+    after a cut it would hold the uncut biases. Every copy and every cut starts it empty."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientformer_l1", depths=(1, 1, 1, 2), num_vit=1,
+                              embed_dims=(16, 16, 32, 32), num_classes=3).eval()
+    x = torch.randn(2, 3, 224, 224)
+    model(x)  # fills the cache with a tensor that has a grad_fn
+    result = prune(model, x, flops_reduction=0.3, criterion="l1")
+    assert result.flops_reduction >= 0.3
+    with torch.no_grad():
+        cached = result.model.eval()(x)
+        fresh = result.model.train().eval()(x)  # timm's train() empties the cache
+    torch.testing.assert_close(cached, fresh)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from edgeprune.criteria.base import Batches, prunable_layers
+from edgeprune.models.copying import clone
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.PReLU)
@@ -120,7 +121,7 @@ def find_taps(model: nn.Module, names: list[str] | None = None) -> dict[str, Tap
 def working_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy with frozen parameters and no in-place activations (a hook's view of
     a BatchNorm output must not be overwritten by the ReLU after it)."""
-    work = copy.deepcopy(model).eval()
+    work = clone(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
     for m in work.modules():

@@ -46,7 +46,6 @@ Documented reading (docs/CRITERIA.md, `lrp`, where the code leaves a choice open
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +74,7 @@ from edgeprune.criteria.base import (
 )
 from edgeprune.data import first_per_class
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.copying import clone
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 PASS_THROUGH = (nn.LayerNorm, nn.GroupNorm, nn.Mish)
@@ -271,7 +271,7 @@ def with_attention_rules(model: nn.Module) -> int:
 
 def canonical_model(model: nn.Module, example: Tensor) -> tuple[nn.Module, list[Canonizer]]:
     """An eval-mode copy of `model` ready for LRP and the canonizers to use with it."""
-    work = copy.deepcopy(model).eval()
+    work = clone(model).eval()
     with_attention_rules(work)
     try:
         gm = fx.symbolic_trace(work)

@@ -12,7 +12,6 @@ not run backward.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,6 +23,7 @@ from torch.nn import functional as F
 from edgeprune import distributed
 from edgeprune.criteria.base import Batches, Criterion
 from edgeprune.criteria.tp_layer import per_layer
+from edgeprune.models.copying import clone
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Taylor(Criterion, name="taylor"):
 
     def score(self, model: nn.Module, batches: Batches | None = None) -> dict[str, Tensor]:
         data = self.require_batches(batches)
-        work = copy.deepcopy(model).eval()
+        work = clone(model).eval()
         device = next(iter(work.parameters())).device
         for p in work.parameters():
             p.requires_grad_(True)

@@ -4,7 +4,6 @@ function records its stage in the run folder."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict
@@ -21,6 +20,7 @@ from edgeprune.jobs.loading import reference_batches, score_batch_size
 from edgeprune.jobs.policy import choose_schedule, fine_tune_between, finetune_epochs, teacher
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.models import parameter_shapes, save_checkpoint
+from edgeprune.models.copying import clone
 from edgeprune.pruning import Goal, prune
 from edgeprune.training import TrainConfig, TrainResult, evaluate, train
 
@@ -44,7 +44,7 @@ def score_and_prune(inputs: Inputs, run: RunFolder, model: torch.nn.Module, goal
         batches = reference_batches(inputs.data, cfg.data_dir, cfg.score_samples,
                                     cfg.samples_per_class, cfg.seed, batch_size)
     if scores is None:
-        scores = criterion.score(copy.deepcopy(model).to(accelerator.device()),
+        scores = criterion.score(clone(model).to(accelerator.device()),
                                  batches if criterion.needs_data else None)
         scores = {name: values.cpu() for name, values in scores.items()}
         seen = sum(len(b[1]) for b in batches) if criterion.needs_data else 0

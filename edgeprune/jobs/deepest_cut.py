@@ -21,7 +21,6 @@ the dense model and loading their weights.
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
@@ -50,6 +49,7 @@ from edgeprune.jobs.policy import (
     trial_epochs,
 )
 from edgeprune.jobs.runs import RunFolder
+from edgeprune.models.copying import clone
 from edgeprune.pruning import FlopsReduction, prune
 from edgeprune.pruning.level_search import SearchState, Trial, run_search
 from edgeprune.pruning.search import Unreachable, count
@@ -93,8 +93,8 @@ class _Trials:
         cfg = self.inputs.cfg
         relative = min(MAX_RELATIVE, 1 - (1 - level) / (1 - parent_achieved))
         if relative <= 0:
-            return copy.deepcopy(self.models[parent]), self.scores[parent]
-        result = prune(copy.deepcopy(self.models[parent]), self.x, scores=self.scores[parent],
+            return clone(self.models[parent]), self.scores[parent]
+        result = prune(clone(self.models[parent]), self.x, scores=self.scores[parent],
                        round_to=self.inputs.target.simd_width,
                        global_ranking=cfg.global_ranking, goal=FlopsReduction(relative),
                        residual_stream=cfg.residual_stream)

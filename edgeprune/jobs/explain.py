@@ -11,7 +11,6 @@ function, fmcluster).
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.files import staged_folder
 from edgeprune.jobs.bounds import check_bound
 from edgeprune.jobs.loading import load_reference
+from edgeprune.models.copying import clone
 from edgeprune.pruning import prune
 from edgeprune.report.atlas import draw_atlas_layer
 
@@ -50,7 +50,7 @@ def kept_channels(model: nn.Module, example_inputs: Tensor, scores: dict[str, Te
                   flops_reduction: float, round_to: int = 8) -> dict[str, list[int]]:
     """Output channels of every prunable layer that `prune()` keeps at `flops_reduction` with
     these scores, with `compress`'s default policy (every layer cut by the same share)."""
-    result = prune(copy.deepcopy(model).eval(), example_inputs, scores=scores,
+    result = prune(clone(model).eval(), example_inputs, scores=scores,
                    flops_reduction=flops_reduction, round_to=round_to, global_ranking=False)
     return {n: result.kept.get(n, list(range(layer.weight.shape[0])))
             for n, layer in prunable_layers(model).items()}

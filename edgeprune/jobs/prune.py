@@ -4,7 +4,6 @@ dense and pruned on this machine, and save the pruned model as an edgeprune chec
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from edgeprune.jobs.config import CompressConfig
 from edgeprune.jobs.loading import load_model_and_data, reference_batches, score_batch_size
 from edgeprune.jobs.policy import choose_goal, choose_schedule, fine_tune_between
 from edgeprune.models import save_checkpoint
+from edgeprune.models.copying import clone
 from edgeprune.pruning.api import RESIDUAL_STREAM_CHOICES, PruneResult, prune
 from edgeprune.spec import InputSpec
 
@@ -32,7 +32,7 @@ def export_and_measure(model: nn.Module, spec: InputSpec, fmt: str, threads: int
     """p50 latency (ms) of `model` exported to `fmt` and run on `device` (`local`: this
     machine; `ssh://user@host`: the device, through the device harness)."""
     with tempfile.TemporaryDirectory() as tmp:
-        results = export_model(copy.deepcopy(model).eval(), spec, Path(tmp), samples[:8],
+        results = export_model(clone(model).eval(), spec, Path(tmp), samples[:8],
                                formats=(fmt,), stem="model")
         return get_backend(device).bench([results[0].path],
                                          BenchOptions(threads=threads))[0].p50_ms

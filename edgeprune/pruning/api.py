@@ -8,7 +8,6 @@ cannot prune (checked for exactness, not only for running) and kernel re-estimat
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from edgeprune.console import info
 from edgeprune.criteria import Criterion, get_criterion
 from edgeprune.criteria.base import prunable_layers
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.copying import clone
 from edgeprune.pruning.compat import torch_pruning_compat
 from edgeprune.pruning.goals import (
     Figures,
@@ -153,7 +153,7 @@ def prune(model: nn.Module, example_inputs: Tensor, *, scores: dict[str, Tensor]
     schedule = schedule or OneShot()
     _check_policy(round_to, min_channels)
     data = list(batches) if batches is not None else None
-    base = copy.deepcopy(model).eval()
+    base = clone(model).eval()
     crit = _criterion(criterion) if scores is None else None
     scores = scores if scores is not None else _score(crit, base, data)
     _check_scores(base, scores)

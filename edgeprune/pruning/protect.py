@@ -5,8 +5,6 @@ fails or because it is no longer exact (see `is_exact`)."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
@@ -15,6 +13,7 @@ from torch_pruning.pruner import function
 
 from edgeprune.criteria.base import prunable_layers
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.copying import clone
 from edgeprune.pruning.compat import torch_pruning_compat
 from edgeprune.pruning.importance import OUT_CHANNEL_FNS
 from edgeprune.pruning.surgery import Cut, kept_from_removed, out_width, record_removed
@@ -190,10 +189,10 @@ def is_exact(base: nn.Module, cut: Cut, example_inputs: Tensor, rtol: float = 1e
     output shape but silently scrambles the model."""
     if not cut.kept:
         return True
-    reference = copy.deepcopy(base).eval()
+    reference = clone(base).eval()
     _zero_removed(reference, cut.kept)
     reference = _without_channel_mixing_norms(reference)
-    pruned = _without_channel_mixing_norms(copy.deepcopy(cut.model).eval())
+    pruned = _without_channel_mixing_norms(clone(cut.model).eval())
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, *example_inputs.shape[1:], generator=g, dtype=example_inputs.dtype)
     with torch.no_grad():
@@ -239,7 +238,7 @@ def _probe_group(model: nn.Module, root: str, example_inputs: Tensor,
                  expected: torch.Size) -> tuple[list[str], str] | None:
     """Remove a few channels of `root`'s group on a copy: (the group's layers, why) when the
     copy fails, changes its output shape or is no longer exact, else None."""
-    work = copy.deepcopy(model)
+    work = clone(model)
     graph = build_graph(work, example_inputs)
     module = work.get_submodule(root)
     fn = function.prune_linear_out_channels if isinstance(module, nn.Linear) \

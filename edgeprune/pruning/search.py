@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from edgeprune.console import info, progress_bar
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.copying import forget_forward_caches
 from edgeprune.pruning.goals import Figures, SearchedGoal
 from edgeprune.pruning.latency import LatencyModel
 from edgeprune.pruning.protect import (
@@ -37,7 +38,7 @@ class GraphFailure(Exception):
 
 def count(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass, counted by Torch-Pruning."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    macs, params = tp.utils.count_ops_and_params(forget_forward_caches(model), example_inputs)
     return int(macs), int(params)
 
 

@@ -3,12 +3,12 @@ in, a pruned copy out, with a record of which original channels every layer kept
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from edgeprune.models.copying import clone, forget_forward_caches
 from edgeprune.pruning.attention import (
     as_whole_heads,
     attention_head_dim,
@@ -109,7 +109,7 @@ def cut(base: nn.Module, example_inputs: Tensor, scores: dict[str, Tensor], poli
     Attention loses whole heads at the same ratio (`head_pruning_ratio`; a `qkv` layer named
     in `layer_ratios` sets its own), ranked as the channels are, each attention keeping one
     head at least (see `attention.py`)."""
-    work = copy.deepcopy(base)
+    work = clone(base)
     names = {m: n for n, m in work.named_modules()}
     widths = {n: w for n, m in work.named_modules() if (w := out_width(m)) is not None}
     owned = {id(p) for m in names for p in m.parameters(recurse=False)
@@ -147,6 +147,7 @@ def cut(base: nn.Module, example_inputs: Tensor, scores: dict[str, Tensor], poli
             record_removed(trimmed, pruner.DG, names, widths, removed)
             trimmed.prune()
     sync_heads(work)
+    forget_forward_caches(work)  # the trace filled them with the uncut attention biases
     return Cut(work, kept_from_removed(removed, widths))
 
 

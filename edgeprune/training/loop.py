@@ -22,6 +22,7 @@ from edgeprune import accelerator, distributed
 from edgeprune.console import info, progress_bar, warn
 from edgeprune.data import DataBundle, iterate_batches
 from edgeprune.files import atomic_write_bytes
+from edgeprune.models.copying import clone
 
 
 @dataclass
@@ -222,7 +223,7 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig | None = None,
     device = default_device()
     model.to(device)
     if teacher is not None:
-        teacher = copy.deepcopy(teacher).to(device).eval()
+        teacher = clone(teacher).to(device).eval()
     sampler = DistributedSampler(data.split_of("train", cfg.train_limit, cfg.seed),
                                  shuffle=True, seed=cfg.seed) if spread else None
     batch_size = max(1, cfg.batch_size // distributed.world_size()) if spread else cfg.batch_size

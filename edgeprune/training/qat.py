@@ -15,7 +15,6 @@ only (the fix the two libraries' later releases make).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from torch import nn
 
 from edgeprune.console import info, progress_bar
 from edgeprune.data import DataBundle, iterate_batches
+from edgeprune.models.copying import clone
 from edgeprune.training.loop import TrainConfig, optimize, random_crop_flip, training_loss
 
 MAX_BATCH = 4096
@@ -90,7 +90,7 @@ def prepare(model: nn.Module, example: torch.Tensor, quant: Any) -> torch.fx.Gra
     RANDOM_LAYERS in eval mode."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    net = copy.deepcopy(model).cpu().train()
+    net = clone(model).cpu().train()
     for module in net.modules():  # random layers in train mode capture ops the int8
         if type(module).__name__ in RANDOM_LAYERS:  # converter cannot lower (aten.bernoulli)
             module.eval()
@@ -130,7 +130,7 @@ def train_qat(model: nn.Module, data: DataBundle, config: TrainConfig,
     example = torch.zeros(1, *data.spec.shape)
     qat = prepare(model, example, quant)
     move_exported_model_to_train(qat)
-    teacher = copy.deepcopy(teacher).cpu().eval() if teacher is not None else None
+    teacher = clone(teacher).cpu().eval() if teacher is not None else None
     loader = data.loader("train", config.batch_size, shuffle=True, limit=config.train_limit,
                          seed=config.seed)
     steps = max(1, round(config.epochs * len(loader)))
