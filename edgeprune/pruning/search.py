@@ -29,7 +29,14 @@ from edgeprune.pruning.surgery import Cut, Policy, cut
 
 
 class Unreachable(EdgepruneError):
-    """Even the most pruned candidate the policy allows misses the goal."""
+    """Even the most pruned candidate the policy allows misses the goal; `reference` and
+    `most` are the figures of the unpruned model and of that candidate (what can be
+    reached at most)."""
+
+    def __init__(self, message: str, reference: Figures | None = None,
+                 most: Figures | None = None) -> None:
+        super().__init__(message)
+        self.reference, self.most = reference, most
 
 
 class GraphFailure(Exception):
@@ -168,8 +175,8 @@ def _bisect(evaluate: Callable[[float], Trial], goal: SearchedGoal | FilterCount
         advance(status=f"{_status(best)} at ratio 1")
         if not goal.met(reference, best.figures):
             raise Unreachable(f"{goal.shortfall(reference, best.figures)} with these "
-                                 "protected layers and channel floor; lower the target or "
-                                 "min_channels")
+                              "protected layers and channel floor; lower the target or "
+                              "min_channels", reference, best.figures)
         lo, hi = 0.0, 1.0
         while hi - lo > resolution:
             mid = (lo + hi) / 2
