@@ -117,6 +117,44 @@ def test_channel_shuffle_outputs_are_protected_not_scrambled():
     assert any(after < before for before, after in inner)  # inside the blocks: pruned
 
 
+class _PartialResidual(nn.Module):
+    """ReXNet's block: wider out than in, and only the first channels add the shortcut,
+    `cat([y[:, :c] + x, y[:, c:]])`."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.cin = cin
+        self.expand = nn.Sequential(nn.Conv2d(cin, 4 * cin, 1), nn.BatchNorm2d(4 * cin),
+                                    nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(4 * cin, cout, 1), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.expand(x))
+        return torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], dim=1)
+
+
+def test_channel_slices_joined_by_cat_are_kept_whole_instead_of_searching_forever(monkeypatch):
+    """Six such blocks in a row send Torch-Pruning's group search into a group that grows
+    without end (timm's rexnet_100 never finished pruning); those layers are kept whole and
+    the rest prunes. The limit is lowered so that a regression fails instead of hanging."""
+    from edgeprune.pruning import compat
+
+    monkeypatch.setattr(compat, "GROUP_LIMIT", 1000)
+    widths = [8 + 4 * i for i in range(7)]
+    torch.manual_seed(0)
+    blocks = [_PartialResidual(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), *blocks,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(widths[-1], NUM_CLASSES)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    result = prune(model, x, flops_reduction=0.3, criterion="l1")
+    check_pruned(model, x, result, 0.3)
+    unresolved = [n for n, why in result.protected_reasons.items() if "torch.cat" in why]
+    assert unresolved and all(n.endswith("project.0") for n in unresolved)
+    assert any(after < before for n, (before, after) in result.channels.items()
+               if n.endswith("expand.0"))  # inside the blocks: pruned
+
+
 def test_an_all_conv_head_is_protected_as_the_classifier():
     _, _, result = pruned_torchvision("squeezenet1_0")
     assert result.protected_reasons["classifier.1"].startswith("classifier")

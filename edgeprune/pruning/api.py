@@ -38,6 +38,7 @@ from edgeprune.pruning.protect import (
     output_shape,
     residual_stream_names,
     terminal_names,
+    unresolved_names,
     untraced_names,
 )
 from edgeprune.pruning.reestimate import Reestimate, Refit, reestimate_kernels
@@ -253,15 +254,23 @@ def _check_scores(model: nn.Module, scores: dict[str, Tensor]) -> None:
 def _protected(base: nn.Module, expected: Any, example_inputs: Tensor,
                scores: dict[str, Tensor], ignored: list[str],
                keep_stream: bool = False) -> tuple[list[str], dict]:
-    """Classifier, caller-ignored, residual-stream (with `keep_stream`), untraced and
-    unscored layers, with the reason for each."""
+    """Classifier, caller-ignored, unresolved (`unresolved_names`), residual-stream (with
+    `keep_stream`), untraced and unscored layers, with the reason for each."""
     graph = build_graph(base, example_inputs)
     found = {n: "classifier (its outputs are the model's outputs)"
              for n in classifier_names(base, expected) + terminal_names(base, graph)}
     for n in ignored:
         found.setdefault(n, "in ignored_layers")
+    unresolved = unresolved_names(base, graph, list(found))
+    for n in unresolved:
+        found[n] = ("Torch-Pruning cannot close its channel dependencies (a channel slice "
+                    "joined back by torch.cat)")
+    if unresolved:
+        info(f"prune: {len(unresolved)} layers kept whole (e.g. {unresolved[0]}): Torch-Pruning "
+             "cannot close their channel dependencies (a channel slice joined back by "
+             "torch.cat)")
     if keep_stream:
-        stream = residual_stream_names(base, graph)
+        stream = residual_stream_names(base, graph, unresolved)
         if not stream:
             info("prune: the model has no residual stream; residual_stream='keep' changes "
                  "nothing")

@@ -12,6 +12,13 @@ dimensions of every head, `num_heads`/`head_dim` kept consistent) in place of To
 which keeps the head count whatever it cuts: `mha_heads_pruned()` swaps it into Torch-Pruning's
 table of pruners for the duration of a call.
 
+Torch-Pruning follows a channel slice that is joined back by `torch.cat` (ReXNet's partial
+residual, `cat([x[:, :c] + shortcut, x[:, c:]])`) with index mappings that shift on every
+visit, so its group search adds dependencies without end. `groups_bounded()` stops a group at
+`GROUP_LIMIT` dependencies (the largest groups measured: DenseNet-121 102, DeiT-Tiny 180,
+ghostnet_100 151) with `EndlessGroup`, which carries the group so far; `protect.unresolved_names`
+keeps those layers whole.
+
 Every graph build also warns, over several lines, about parameters outside conv/linear layers
 ("Unwrapped parameters detected", e.g. ConvNeXt's `layer_scale`), and one `prune()` builds
 dozens of graphs. `unwrapped_parameters_summarised()` catches those warnings where they arise
@@ -29,12 +36,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch_pruning import ops
+from torch_pruning.dependency import group as tp_group
 from torch_pruning.dependency import index_mapping, shape_infer
 from torch_pruning.pruner import function
 
 from edgeprune.console import info
 
 _SIZED = (ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE)
+GROUP_LIMIT = 5000
+"""Dependencies in one pruning group past which Torch-Pruning's group search is not ending."""
 _UNWRAPPED = re.compile(r"Unwrapped parameters detected: (\[.*?\])")
 
 
@@ -92,6 +102,37 @@ def sizes_as_torch_pruning_expects() -> Iterator[None]:
         shape_infer.init_shape_information, index_mapping.update_index_mapping = originals
 
 
+class EndlessGroup(Exception):
+    """Torch-Pruning's search for one pruning group passed `GROUP_LIMIT` dependencies;
+    `group` is the group found so far."""
+
+    def __init__(self, group: Any) -> None:
+        super().__init__(f"a pruning group grew past {GROUP_LIMIT} dependencies")
+        self.group = group
+
+
+@contextmanager
+def groups_bounded() -> Iterator[None]:
+    """Within the block, a pruning group that grows past `GROUP_LIMIT` dependencies raises
+    `EndlessGroup` instead of growing forever."""
+    original = tp_group.Group.add_dep
+    if getattr(original, "bounded", False):  # nested use
+        yield
+        return
+
+    def add_dep(group: Any, dep: Any, idxs: Any) -> None:
+        original(group, dep, idxs)
+        if len(group._group) > GROUP_LIMIT:
+            raise EndlessGroup(group)
+
+    add_dep.bounded = True  # type: ignore[attr-defined]
+    tp_group.Group.add_dep = add_dep
+    try:
+        yield
+    finally:
+        tp_group.Group.add_dep = original
+
+
 @contextmanager
 def mha_heads_pruned() -> Iterator[None]:
     """Within the block, dependency graphs built by Torch-Pruning prune `nn.MultiheadAttention`
@@ -135,16 +176,16 @@ def unwrapped_parameters_summarised() -> Iterator[None]:
 
 def torch_pruning_compat(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: run `fn` inside `sizes_as_torch_pruning_expects()` (every group query of
-    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing)
-    and `mha_heads_pruned()`; the outermost call also summarises Torch-Pruning's warnings in
-    one line."""
+    Torch-Pruning rebuilds its index mappings, so surgery needs the shim as much as tracing),
+    `mha_heads_pruned()` and `groups_bounded()`; the outermost call also summarises
+    Torch-Pruning's warnings in one line."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         if _inside():
             return fn(*args, **kwargs)
         with unwrapped_parameters_summarised(), sizes_as_torch_pruning_expects(), \
-                mha_heads_pruned():
+                mha_heads_pruned(), groups_bounded():
             return fn(*args, **kwargs)
 
     return run

@@ -14,7 +14,7 @@ from torch_pruning.pruner import function
 from edgeprune.criteria.base import prunable_layers
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.copying import clone
-from edgeprune.pruning.compat import torch_pruning_compat
+from edgeprune.pruning.compat import EndlessGroup, torch_pruning_compat
 from edgeprune.pruning.importance import OUT_CHANNEL_FNS
 from edgeprune.pruning.surgery import Cut, kept_from_removed, out_width, record_removed
 
@@ -81,6 +81,31 @@ def group_roots(model: nn.Module, graph: tp.DependencyGraph, protected: list[str
             for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES)]
 
 
+@torch_pruning_compat
+def unresolved_names(model: nn.Module, graph: tp.DependencyGraph,
+                     protected: list[str]) -> list[str]:
+    """Layers whose channel dependencies Torch-Pruning's group search cannot close (a group
+    that grows without end, see `compat.EndlessGroup`): every layer of such a group that
+    would lose output channels, found group by group until the search over all the others
+    ends."""
+    names = {m: n for n, m in model.named_modules()}
+    layers = prunable_layers(model)
+    found: list[str] = []
+    while True:
+        ignored = [model.get_submodule(n) for n in [*protected, *found]]
+        try:
+            for _ in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+                pass
+            return found
+        except EndlessGroup as endless:
+            members = [n for n in dict.fromkeys(out_channel_members(endless.group, names))
+                       if n in layers and n not in found and n not in protected]
+            if not members:
+                raise EdgepruneError("Torch-Pruning's channel dependency search does not end "
+                                     "on this model; it cannot be pruned structurally") from None
+            found += members
+
+
 def _is_residual_add(node: object) -> bool:
     """A traced add of two graph tensors: where a residual branch joins the stream."""
     return node.type == ops.OPTYPE.ELEMENTWISE and len(node.inputs) >= 2 and \
@@ -88,13 +113,16 @@ def _is_residual_add(node: object) -> bool:
 
 
 @torch_pruning_compat
-def residual_stream_names(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+def residual_stream_names(model: nn.Module, graph: tp.DependencyGraph,
+                          protected: list[str] = ()) -> list[str]:
     """Layers whose output channels are coupled through a residual add: the stem, the last
     conv of every residual block and the projection shortcuts, which share the width of the
-    stream they write to. The convs inside the blocks are not among them."""
+    stream they write to. The convs inside the blocks are not among them; groups rooted at
+    `protected` layers are not searched."""
     names = {m: n for n, m in model.named_modules()}
     found: list[str] = []
-    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
+    ignored = [model.get_submodule(n) for n in protected]
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
         if any(_is_residual_add(dep.target) for dep, _ in group):
             found += [n for n in out_channel_members(group, names) if n not in found]
     return found
