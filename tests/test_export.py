@@ -581,6 +581,34 @@ def test_int8_of_vanishing_relu6_activations_is_refused_before_a_device_does(
     assert vanishing_activations(result.path.read_bytes()) == []
 
 
+@pytest.mark.parametrize("signal", [1e-9, 0.0])
+def test_int8_of_a_dead_layer_gets_a_range_xnnpack_accepts(images, tmp_path, signal):
+    """A conv whose outputs stay ~1e-9 (or 0) on every calibration sample (ResNet-50 pruned
+    and exported without fine-tuning) got an output scale so small against its inputs' that
+    XNNPACK refused the whole file ("failed to create XNNPACK runtime"); its range is widened
+    to the smallest XNNPACK accepts, named in the sidecar, and the file verifies."""
+    from edgeprune.export.tflite_quant import below_requantization_limit
+
+    x, _ = images
+    spec = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcd"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(-1e3)  # every channel dead after the ReLU ...
+        model[2].bias[0] = 0.0
+        model[2].weight[0].mul_(signal)  # ... but one, which carries `signal`
+    result = export_model(model, spec, tmp_path / "out", x[:8], formats=["tflite"],
+                          precisions=["int8"], calibration=torch.cat([x, x.flip(-1)]))[0]
+    assert result.verified and result.top1_agreement == 1.0
+    assert below_requantization_limit(result.path.read_bytes()) == {}
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["details"]["widened_ranges"] == ["ReLU_3"]
+
+
 def test_calibration_of_wrong_shape_refused(images, tmp_path):
     x, spec = images
     with pytest.raises(EdgepruneError, match=r"calibration samples have shape \(64, 3, 28, "
