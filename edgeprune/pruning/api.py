@@ -263,12 +263,12 @@ def _protected(base: nn.Module, expected: Any, example_inputs: Tensor,
         found.setdefault(n, "in ignored_layers")
     unresolved = unresolved_names(base, graph, list(found))
     for n in unresolved:
-        found[n] = ("Torch-Pruning cannot close its channel dependencies (a channel slice "
-                    "joined back by torch.cat)")
+        found[n] = ("Torch-Pruning's dependency search does not close around it (e.g. a "
+                    "channel slice joined back by torch.cat)")
     if unresolved:
-        info(f"prune: {len(unresolved)} layers kept whole (e.g. {unresolved[0]}): Torch-Pruning "
-             "cannot close their channel dependencies (a channel slice joined back by "
-             "torch.cat)")
+        info(f"prune: {len(unresolved)} layers kept whole (e.g. {unresolved[0]}): Torch-Pruning's "
+             "dependency search does not close around them (e.g. a channel slice joined back "
+             "by torch.cat)")
     if keep_stream:
         stream = residual_stream_names(base, graph, unresolved)
         if not stream:
