@@ -13,6 +13,7 @@ are untrained, with their BatchNorm statistics estimated on 64 of its images fir
 (`with_data_statistics`; rows marked "bn": "recalibrated").
 
     nice -n 10 python benchmarks/bench_models.py [--only torchvision|timm] [--timeout 900]
+    nice -n 10 python benchmarks/bench_models.py --models timm:deit_tiny_patch16_224,...
     python benchmarks/bench_models.py --table     # writes the matrix into docs/MODELS.md
 """
 
@@ -275,6 +276,8 @@ def write_doc(refs: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("torchvision", "timm"))
+    parser.add_argument("--models", help="comma-separated library:name references to run, in "
+                        "this order (those already in the results file are skipped)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--memory-gb", type=float, default=12.0)
     parser.add_argument("--data-dir", type=Path)
@@ -285,6 +288,11 @@ def main() -> None:
     if args.child:
         return child(args.child, args.data_dir, args.row)
     refs = models(args.only)
+    if args.models:
+        refs = [r.strip() for r in args.models.split(",") if r.strip()]
+        unknown = sorted(set(refs) - set(models(None)))
+        if unknown:
+            parser.error(f"not in the matrix: {', '.join(unknown)}")
     if args.table:
         return write_doc(models(None))
     with tempfile.TemporaryDirectory() as tmp:
