@@ -52,6 +52,11 @@ def recipe(precision: str, int8_io: bool = False) -> list[dict[str, Any]]:
         manager.add_dynamic_config(".*", every, num_bits=8)
     elif precision == "int8":
         manager.add_static_config(".*", every, activation_num_bits=8, weight_num_bits=8)
+        # DIV stays float: an int8 divisor that quantizes to its zero point stops the kernel
+        # (timm EdgeNeXt's Fourier position encoding divides by constants 1..5623, and 1
+        # fell on the zero point: "div.cc data[i] != zero_point was not true")
+        manager.add_quantization_config(".*", qtyping.TFLOperationName.DIV, None,
+                                        AlgorithmName.NO_QUANTIZE)
         if not int8_io:  # graph inputs and outputs stay float32
             for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
                 manager.add_quantization_config(".*", io, None, AlgorithmName.NO_QUANTIZE)

@@ -609,6 +609,38 @@ def test_int8_of_a_dead_layer_gets_a_range_xnnpack_accepts(images, tmp_path, sig
     assert sidecar["details"]["widened_ranges"] == ["ReLU_3"]
 
 
+class _WithFourierPositions(torch.nn.Module):
+    """A conv plus timm EdgeNeXt's Fourier position encoding, which divides positions by
+    temperature powers from 1 to ~5600."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.edgenext import PositionalEncodingFourier
+
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.positions = PositionalEncodingFourier(hidden_dim=8, dim=8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = y + self.positions((y.shape[0], y.shape[2], y.shape[3]))
+        return self.head(y.mean((2, 3)))
+
+
+def test_int8_keeps_a_division_by_small_constants_in_float(images, tmp_path):
+    """Quantized to int8 with the range 0..5600, EdgeNeXt's divisor 1 fell on its zero point
+    and the TFLite kernel stopped ("div.cc data[i] != zero_point was not true"); DIV stays
+    float."""
+    pytest.importorskip("timm")
+    x, _ = images
+    spec = InputSpec(1, 28, 28, (0.5,), (0.5,), tuple("abcd"))
+    torch.manual_seed(0)
+    result = export_model(_WithFourierPositions().eval(), spec, tmp_path / "out", x[:8],
+                          formats=["tflite"], precisions=["int8"],
+                          calibration=torch.cat([x, x.flip(-1)]))[0]
+    assert result.verified and result.details["ops"].get("DIV") == 2
+
+
 def test_calibration_of_wrong_shape_refused(images, tmp_path):
     x, spec = images
     with pytest.raises(EdgepruneError, match=r"calibration samples have shape \(64, 3, 28, "
