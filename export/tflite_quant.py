@@ -224,6 +224,7 @@ def below_requantization_limit(data: bytes) -> dict[str, float]:
 
 
 def _scales(tensor: Any) -> list[float]:
+    """A flatbuffer tensor's quantization scales (none for a float tensor)."""
     q = tensor.quantization
     return [] if q is None or q.scale is None else [float(v) for v in q.scale]
 
@@ -254,8 +255,7 @@ def vanishing_activations(data: bytes) -> list[tuple[str, float]]:
             if bound is None or not op.outputs:
                 continue
             tensor = graph.tensors[op.outputs[0]]
-            q = tensor.quantization
-            scales = [] if q is None or q.scale is None else list(q.scale)
+            scales = _scales(tensor)
             if scales and min(scales) > 0 and round(bound / min(scales)) > INT32_MAX:
                 found.append((_layer_name(tensor.name), float(min(scales))))
     return found
