@@ -133,10 +133,11 @@ def one_model(ref: str, data_dir: Path, work: Path) -> dict:
             summary = prune_file(str(model), criterion="l1", score_samples=8,
                                  out=work / "pruned.pt", **data)
         except Unreachable as exc:  # the architecture allows less than -50%: prune to that
-            level = math.floor(95 * (1 - exc.most.macs / exc.reference.macs)) / 100
+            most = 1 - exc.most.macs / exc.reference.macs
             summary = prune_file(str(model), criterion="l1", score_samples=8,
-                                 flops_reduction=level, out=work / "pruned.pt", **data)
-            row["most_cut"] = round(1 - exc.most.macs / exc.reference.macs, 4)
+                                 flops_reduction=math.floor(95 * most) / 100,
+                                 out=work / "pruned.pt", **data)
+            row["most_cut"] = round(most, 4)
         row["stages"]["prune"] = {"ok": True, "macs_cut": summary.get("flops_reduction")}
     except BaseException as exc:  # noqa: BLE001 - the reason is the result
         row["stages"]["prune"] = {"ok": False, "reason": reason(exc)}
