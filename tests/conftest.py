@@ -31,6 +31,16 @@ def tiny_checkpoint(tmp_path_factory, synthetic) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def restore_console():
+    """A CLI test run with --quiet leaves the console quiet for the process; each test starts
+    from the console state the one before it found, so what a test prints does not depend on
+    which tests ran first."""
+    quiet = is_quiet()
+    yield
+    set_quiet(quiet)
+
+
 @pytest.fixture(scope="module")
 def quiet_single_thread():
     """Progress bars off; one intra-op thread (tiny tensors on a shared 2-core machine run
