@@ -112,6 +112,10 @@ def main() -> None:
     parser.add_argument("--arms", default="uniform,greedy")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate "
+                        "(compress's --lr); rows at another rate are keyed with it")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--kd-alpha", type=float, default=0.7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from edgeprune.pruning.search import count
@@ -131,16 +135,20 @@ def main() -> None:
             widths = {n: m.out_channels for n, m in model.named_modules()
                       if isinstance(m, torch.nn.Conv2d)}
             torch.manual_seed(seed)
-            train(model, data, TrainConfig(epochs=2, lr=0.01, batch_size=128, seed=seed,
-                                           monitor=False), teacher=dense,
+            train(model, data, TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=128,
+                                           kd_alpha=args.kd_alpha, seed=seed, monitor=False),
+                  teacher=dense,
                   description=f"fine-tuning {arm}")
             row = {"macs_cut": 1 - count(model, x)[0] / dense_macs, "widths": widths,
                    "validation_drop": (dense_val - evaluate(model, data, split="val")) * 100,
                    "test_drop": (dense_test - evaluate(model, data, split="test")) * 100,
                    "dense_validation": dense_val, "dense_test": dense_test,
                    "wall_s": round(time.perf_counter() - t0, 1)}
-            results.save(f"{arm} seed {seed}", row,
-                         show=f"{arm} seed {seed}: -{row['macs_cut']:.1%} MACs, {widths}, "
+            key = f"{arm} seed {seed}" + (f" lr {args.lr:g}" if args.lr != 0.01 else "") + (
+                f" {args.epochs:g} epochs" if args.epochs != 2 else "") + (
+                f" kd alpha {args.kd_alpha:g}" if args.kd_alpha != 0.7 else "")
+            results.save(key, row,
+                         show=f"{key}: -{row['macs_cut']:.1%} MACs, {widths}, "
                               f"validation drop {row['validation_drop']:.2f}, "
                               f"test drop {row['test_drop']:.2f}")
 

@@ -32,7 +32,7 @@ from edgeprune.jobs.candidates import (
     speedup,
 )
 from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Failure, Inputs, Samples
-from edgeprune.jobs.policy import qat_epochs, qat_wanted, teacher
+from edgeprune.jobs.policy import qat_epochs, qat_lr, qat_wanted, teacher
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
 from edgeprune.stats import paired_drop
@@ -120,7 +120,7 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
          f"{drop['fp32']:.2f}), more than --max-drop {cfg.max_drop:g}: quantization-aware "
          f"training for {epochs:g} epochs")
     t0 = time.perf_counter()
-    tcfg = TrainConfig(epochs=epochs, lr=cfg.lr * 0.1, batch_size=cfg.batch_size,
+    tcfg = TrainConfig(epochs=epochs, lr=qat_lr(cfg), batch_size=cfg.batch_size,
                        seed=cfg.seed)
     trained: list[Any] = []
 

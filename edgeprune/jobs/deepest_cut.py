@@ -43,6 +43,7 @@ from edgeprune.jobs.compress_model import score_and_prune
 from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
 from edgeprune.jobs.policy import (
     qat_epochs,
+    qat_lr,
     qat_wanted,
     search_settings,
     teacher,
@@ -194,7 +195,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
             info(f"search: level {level:.1%} int8 loses {drop:.2f} points on validation, fp32 "
                  f"stays within {cfg.max_drop:g}: quantization-aware training for "
                  f"{qat_epochs_:g} epochs, as compress would")
-            qat = train_qat(model, data, TrainConfig(epochs=qat_epochs_, lr=cfg.lr * 0.1,
+            qat = train_qat(model, data, TrainConfig(epochs=qat_epochs_, lr=qat_lr(cfg),
                                                      batch_size=cfg.batch_size,
                                                      seed=cfg.seed + len(achieved)),
                             teacher=teacher(cfg, dense), evaluate=False,

@@ -38,6 +38,7 @@ FINETUNE_SAMPLES = 120_000  # images fine-tuning sees by default: 2 Fashion-MNIS
 MAX_AUTO_EPOCHS = 60  # ... but no more epochs than this on a small dataset
 QAT_SAMPLES = 15_000  # images quantization-aware training sees by default ...
 MAX_QAT_EPOCHS = 10  # ... in at most this many epochs
+QAT_LR_SHARE = 0.1  # ... at this share of the fine-tuning learning rate
 DEFAULT_FLOPS_REDUCTION = 0.5
 """The one level `prune` cuts to when no goal is named."""
 TRIALS_PER_BUDGET = 4  # the default search budget is four trials' fine-tuning ...
@@ -88,6 +89,12 @@ def qat_epochs(cfg: CompressConfig, train_images: int) -> float:
     if cfg.qat_epochs is not None:
         return cfg.qat_epochs
     return min(MAX_QAT_EPOCHS, QAT_SAMPLES / train_images)
+
+
+def qat_lr(cfg: CompressConfig) -> float:
+    """Peak learning rate of quantization-aware training: a tenth of fine-tuning's, since it
+    starts from a fine-tuned model and only adapts it to the int8 rounding."""
+    return cfg.lr * QAT_LR_SHARE
 
 
 def candidate_precisions(requested: str, preferred: tuple[str, ...]) -> list[str]:
