@@ -41,6 +41,16 @@ def restore_console():
     set_quiet(quiet)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_console_after_module():
+    """The same around a whole module: a module-scoped fixture that runs the CLI with --quiet
+    (tests/test_export_cli.py's `exported`) is set up before any test's `restore_console`
+    sees the state, so only a fixture of its own scope, set up first, can put it back."""
+    quiet = is_quiet()
+    yield
+    set_quiet(quiet)
+
+
 @pytest.fixture(scope="module")
 def quiet_single_thread():
     """Progress bars off; one intra-op thread (tiny tensors on a shared 2-core machine run
