@@ -233,6 +233,33 @@ def test_exactness_catches_a_scrambled_surgery():
     assert not is_exact(model, Cut(scrambled, result.kept), x)
 
 
+def test_exactness_holds_for_trained_statistics_that_only_the_norms_keep_finite():
+    """BatchNorm statistics that blow the activations up unless a channel-mixing norm follows
+    (as statistics from data did in timm MobileViTv2 once the exactness check replaced its
+    norms with identities): the check still tells a correct cut from a scrambled one, so the
+    layers stay prunable."""
+    layers: list[nn.Module] = []
+    width = 3
+    for _ in range(5):
+        bn = nn.BatchNorm2d(32)
+        with torch.no_grad():
+            bn.running_mean.fill_(-1e30)  # without the norm: inf by the third layer
+            bn.running_var.fill_(1e-10)
+        layers += [nn.Conv2d(width, 32, 3, padding=1), bn, nn.GroupNorm(1, 32), nn.ReLU()]
+        width = 32
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, NUM_CLASSES)).eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = prune(model, x, flops_reduction=0.3)
+    assert result.flops_reduction >= 0.3
+    assert not any("inexact" in why for why in result.protected_reasons.values())
+    assert is_exact(model, Cut(result.model, result.kept), x)
+    scrambled = copy.deepcopy(result.model)
+    with torch.no_grad():
+        scrambled[4].weight.copy_(scrambled[4].weight.flip(0))  # the second conv's filters
+    assert not is_exact(model, Cut(scrambled, result.kept), x)
+
+
 EXPORTED = ["resnet20", "mobilenet_v3_small"] + [
     pytest.param(n, marks=pytest.mark.slow) for n in ("shufflenet_v2_x0_5", "googlenet",
                                                       "efficientnet_b0", "densenet121")]
