@@ -217,6 +217,36 @@ def test_the_compat_shim_lets_torch_pruning_trace_chunk_and_5d_views():
     assert (shape_infer.init_shape_information, index_mapping.update_index_mapping) == before
 
 
+class _LongWalkToConcat(nn.Module):
+    """A concat whose inputs' width is 600 elementwise ops away from the conv that sets it
+    (what Swin-S's patch merging after 18 blocks and DPN-68's dual paths are to Torch-Pruning's
+    channel inference)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Conv2d(32, 16, 1)
+        self.fc = nn.Linear(16, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for _ in range(600):
+            x = F.relu(x)
+        x = self.head(torch.cat([x, x * 0.5], 1))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_concat_far_from_the_layer_that_sets_its_width_is_traced_and_pruned():
+    from torch_pruning.dependency import constants
+
+    model, x = _LongWalkToConcat().eval(), torch.randn(1, 3, 8, 8)
+    bound = constants.MAX_RECURSION_DEPTH
+    result = prune(model, x, flops_reduction=0.3)
+    assert result.flops_reduction >= 0.3
+    assert is_exact(model, Cut(result.model, result.kept), x)
+    assert bound == constants.MAX_RECURSION_DEPTH  # Torch-Pruning's own bound is back after
+
+
 def test_exactness_catches_a_scrambled_surgery():
     """Right shapes, mismatched channels: the producer's channels reversed, the consumer's
     inputs not (what a misread channel shuffle does)."""

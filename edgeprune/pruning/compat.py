@@ -12,6 +12,12 @@ dimensions of every head, `num_heads`/`head_dim` kept consistent) in place of To
 which keeps the head count whatever it cuts: `mha_heads_pruned()` swaps it into Torch-Pruning's
 table of pruners for the duration of a call.
 
+Torch-Pruning infers the channels of a concat's inputs by walking the graph back to a layer
+that knows its width, and gives up past `constants.MAX_RECURSION_DEPTH` (500) nodes visited in
+one walk (a count of visits, not a depth); the concat then sums None and the graph build fails.
+torchvision Swin-S (18 blocks before a patch merging) and timm DPN-68 (dual-path concats)
+passed it. `sizes_as_torch_pruning_expects()` lifts the bound to `SHAPE_WALK_LIMIT` too.
+
 Torch-Pruning follows a channel slice that is joined back by `torch.cat` (ReXNet's partial
 residual, `cat([x[:, :c] + shortcut, x[:, c:]])`) with index mappings that shift on every
 visit, so its group search adds dependencies without end. `groups_bounded()` stops a group at
@@ -36,13 +42,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch_pruning import ops
+from torch_pruning.dependency import constants, index_mapping, shape_infer
 from torch_pruning.dependency import group as tp_group
-from torch_pruning.dependency import index_mapping, shape_infer
 from torch_pruning.pruner import function
 
 from edgeprune.console import info
 
 _SIZED = (ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE)
+SHAPE_WALK_LIMIT = 100_000
+"""Nodes one channel-inference walk of Torch-Pruning may visit (its own bound is 500; Swin-S
+needs more, and a walk visits each node once, so the bound only stops a runaway)."""
 GROUP_LIMIT = 5000
 """Dependencies in one pruning group past which Torch-Pruning's group search is not ending."""
 _UNWRAPPED = re.compile(r"Unwrapped parameters detected: (\[.*?\])")
@@ -89,17 +98,21 @@ def _inside() -> bool:
 
 @contextmanager
 def sizes_as_torch_pruning_expects() -> Iterator[None]:
-    """Within the block, Torch-Pruning's graph builds see `_saved_self_sizes` again."""
+    """Within the block, Torch-Pruning's graph builds see `_saved_self_sizes` again, and its
+    channel inference may walk `SHAPE_WALK_LIMIT` nodes."""
     originals = (shape_infer.init_shape_information, index_mapping.update_index_mapping)
     if _inside():  # nested use
         yield
         return
+    walk_limit = constants.MAX_RECURSION_DEPTH
     shape_infer.init_shape_information = _with_sizes(originals[0])
     index_mapping.update_index_mapping = _with_sizes(originals[1])
+    constants.MAX_RECURSION_DEPTH = max(walk_limit, SHAPE_WALK_LIMIT)
     try:
         yield
     finally:
         shape_infer.init_shape_information, index_mapping.update_index_mapping = originals
+        constants.MAX_RECURSION_DEPTH = walk_limit
 
 
 class EndlessGroup(Exception):
