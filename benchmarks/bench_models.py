@@ -215,9 +215,15 @@ def summary(row: dict) -> str:
     return "all stages ok" if not bad and len(row["stages"]) == len(STAGES) else "; ".join(bad)
 
 
+MIN_CUT = 0.01
+"""A prune stage that removes less of the MACs than this cut nothing worth the name (every
+layer protected but a few channels): the row does not count as a pass."""
+
+
 def passed(row: dict) -> bool:
+    prune = row["stages"].get("prune", {})
     return "error" not in row and len(row["stages"]) == len(STAGES) and all(
-        v["ok"] for v in row["stages"].values())
+        v["ok"] for v in row["stages"].values()) and prune.get("macs_cut", 1.0) >= MIN_CUT
 
 
 def table(refs: list[str]) -> str:
@@ -238,7 +244,8 @@ def table(refs: list[str]) -> str:
                 cells.append(row.get("error", "-")[:120] if stage == "prune" else "-")
             elif v["ok"]:
                 cut = v.get("macs_cut")
-                cells.append("ok" if cut is None else f"ok (-{cut:.0%} FLOPs)")
+                cells.append("ok" if cut is None else f"ok (-{cut:.0%} FLOPs)" if cut >= MIN_CUT
+                             else f"**cuts nothing** (-{cut:.2%} FLOPs: the rest is protected)")
             else:
                 cells.append("**fails**: " + v["reason"].replace("|", "/")[:160])
         stats = "from data" if row.get("bn") == "recalibrated" else "initial"
