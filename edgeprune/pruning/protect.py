@@ -211,10 +211,8 @@ def _with_unit_statistics(model: nn.Module) -> nn.Module:
     """`model` with every BatchNorm's running mean 0 and variance 1 (what an untrained
     network holds), in place."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                module.running_mean is not None:
-            module.running_mean.zero_()
-            module.running_var.fill_(1.0)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()  # a no-op without running statistics
     return model
 
 
