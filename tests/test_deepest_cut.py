@@ -62,7 +62,9 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     assert sum(t["cost"] for t in trials) == pytest.approx(1.5)
     assert search["stopped"].startswith("budget of 1.5 epochs")
     for t in trials:
-        assert t["accepted"] == (t["drop_points"] <= result.max_drop + 1e-9)
+        judged = t["drop_bound"] if t["drop_bound"] is not None else t["drop_points"]
+        assert t["accepted"] == (judged <= result.max_drop + 1e-9)
+        assert t["drop_bound"] is None or t["drop_bound"] >= t["drop_points"]
         assert 0 < t["macs"] < result.dense.macs
     cuts = [(t["parent"], t["macs"]) for t in trials if t["cost"] > 0]
     assert len(cuts) == len(set(cuts))  # a level making the same cut is not fine-tuned twice
@@ -92,7 +94,16 @@ def test_no_decision_reads_a_test_image(searched):
     assert "val" in during and "test" not in during
     for c in result.candidates:  # the tolerance judged the validation drop
         assert c["validation_accuracy"] is not None
-        assert c["within_tolerance"] == (c["validation_drop_points"] <= result.max_drop + 1e-9)
+        _assert_judged_on_validation(c, result.max_drop)
+
+
+def _assert_judged_on_validation(c: dict, max_drop: float) -> None:
+    """The candidate's verdict is its validation drop's: the one-sided 95% bound where the
+    split can resolve the tolerance, else the point estimate."""
+    v = c["validation_drop"]
+    assert v["bound"] >= v["points"] and v["confidence"] == 0.95
+    assert v["judged"] == (v["bound"] if v["rule"] == "bound" else v["points"])
+    assert c["within_tolerance"] == (v["judged"] <= max_drop + 1e-9)
 
 
 def test_each_candidate_reports_its_test_drop_with_a_paired_interval(searched):
@@ -118,7 +129,7 @@ def test_a_pinned_level_does_not_search_and_decides_on_validation_too(tiny_check
     assert dataset["validation_images"] > 0 and dataset["validation_from"].startswith("test")
     for c in result.candidates:
         assert c["validation_accuracy"] is not None
-        assert c["within_tolerance"] == (c["validation_drop_points"] <= result.max_drop + 1e-9)
+        _assert_judged_on_validation(c, result.max_drop)
         assert c["test_drop"]["n"] == dataset["test_images"]
 
 

@@ -55,8 +55,9 @@ class Candidate:
     test_drop: dict[str, Any] | None = None
     """That drop with its 95% interval from the paired test predictions (edgeprune.stats)."""
     validation_accuracy: float | None = None
-    validation_drop_points: float | None = None
-    """Top-1 points below dense fp32 on the validation split: what the tolerance judges."""
+    validation_drop: dict[str, Any] | None = None
+    """The drop below dense fp32 on the validation split, with its one-sided 95% upper bound
+    and the figure the tolerance judges (`policy.ToleranceVerdict.to_dict`)."""
     within_tolerance: bool = False
     meets_budget: bool | None = None
     budget_latency_ms: float | None = None
@@ -92,21 +93,16 @@ def drop_points(reference_accuracy: float, accuracy: float) -> float:
 
 
 def judge(candidates: list[Candidate], reference_accuracy: float, max_drop: float,
-          budget_ms: float | None, budget_on_device: bool,
-          reference_validation: float | None = None) -> None:
+          budget_ms: float | None, budget_on_device: bool) -> None:
     """Fill in each candidate's accuracy drop (points below `reference_accuracy`), whether it
     is within `max_drop`, and, with a budget, whether it meets it: measured p50 on a device,
-    else the roofline estimate. With `reference_validation` (dense fp32 on the validation
-    split), the tolerance judges the validation drop and the test drop is only reported."""
+    else the roofline estimate. A candidate with a `validation_drop` is judged by it (its
+    bound, see `policy.ToleranceVerdict`) and its test drop is only reported."""
     for c in candidates:
         c.drop_points = None if c.accuracy is None else drop_points(reference_accuracy,
                                                                     c.accuracy)
-        basis = c.drop_points
-        if reference_validation is not None and c.validation_accuracy is not None:
-            c.validation_drop_points = drop_points(reference_validation,
-                                                   c.validation_accuracy)
-            basis = c.validation_drop_points
-        c.within_tolerance = basis is not None and basis <= max_drop + 1e-9
+        basis = _judged_drop(c)[0]
+        c.within_tolerance = basis <= max_drop + 1e-9
         if budget_ms is not None:
             c.budget_latency_ms = c.p50 if budget_on_device else c.estimate_ms
             c.meets_budget = (c.budget_latency_ms is not None
@@ -114,11 +110,21 @@ def judge(candidates: list[Candidate], reference_accuracy: float, max_drop: floa
 
 
 def _judged_drop(c: Candidate) -> tuple[float, str]:
-    """The drop the tolerance judged (validation when there is one, else test) and the
-    words naming where it was taken."""
-    if c.validation_drop_points is not None:
-        return c.validation_drop_points, " on the validation images"
+    """The figure the tolerance judges (on validation when there is one: the bound of the
+    drop, or its point estimate on a split too small for a bound; else the test drop) and
+    the words naming where it was taken."""
+    if c.validation_drop is not None:
+        return c.validation_drop["judged"], " on the validation images"
     return (c.drop_points if c.drop_points is not None else float("inf")), ""
+
+
+def _judged_words(c: Candidate) -> str:
+    """The judged drop as the reason quotes it: 'top-1 -0.45 points, 95% bound 0.91'."""
+    v = c.validation_drop
+    if v is None:
+        return f"top-1 {0.0 - _judged_drop(c)[0]:+.2f} points"
+    bound = f", 95% bound {v['bound']:.2f}" if v["rule"] == "bound" else ""
+    return f"top-1 {0.0 - v['points']:+.2f} points{bound}"
 
 
 def _budget_latency(c: Candidate) -> float:
@@ -162,18 +168,18 @@ def choose(candidates: list[Candidate], max_drop: float, budget_ms: float | None
                  key=lambda c: _slowness(c, by_estimate))
     if not fit:
         best = min(candidates, key=lambda c: _judged_drop(c)[0])
-        drop, where = _judged_drop(best)
+        where = _judged_drop(best)[1]
         return Choice(None, f"no candidate is within {_points(max_drop)} of dense fp32{where} "
-                      f"(the closest, {best.name}, loses {drop:.2f}); raise --max-drop or "
-                      "prune less")
+                      f"(the closest, {best.name}: {_judged_words(best)}); raise --max-drop "
+                      "or prune less")
     within = [c for c in fit if c.meets_budget] if budget_ms is not None else fit
     shipped = (within or fit)[0]
     speed = _speed(shipped, by_estimate)
-    drop, where = _judged_drop(shipped)
+    where = _judged_drop(shipped)[1]
     test = (f"; {0.0 - shipped.drop_points:+.2f} on the test images"
             if where and shipped.drop_points is not None else "")
     reason = (f"fastest of {len(fit)} candidate{'s' if len(fit) > 1 else ''} within "
-              f"{_points(max_drop)} of dense fp32{where} (top-1 {0.0 - drop:+.2f} points{test}"
+              f"{_points(max_drop)} of dense fp32{where} ({_judged_words(shipped)}{test}"
               f"{speed})")
     if budget_ms is not None:
         reason += (f"; meets the {budget_ms:g} ms budget ({budget_label})" if within else

@@ -252,10 +252,9 @@ def _run_stages(inputs: Inputs, run: RunFolder,
     candidates = candidates_of(inputs, dense_files, pruned_files)
     bench_candidates(inputs, run, candidates, dense_files, pruned_files)
     reference = next(c for c in candidates if (c.model, c.precision) == ("dense", "fp32"))
-    reference_validation = paired_figures(inputs, run, candidates, samples)
+    paired_figures(inputs, run, candidates, samples)
     on_device, decided_by = decided_on_device(candidates, cfg.primary_device, target.name)
-    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, on_device,
-          reference_validation)
+    judge(candidates, reference.accuracy, cfg.max_drop, cfg.latency_ms, on_device)
     offered = [c for c in candidates if c.precision in inputs.precisions]
     choice = choose(offered, cfg.max_drop, cfg.latency_ms,
                     "measured on the device" if on_device else "roofline estimate",

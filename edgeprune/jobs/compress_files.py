@@ -25,14 +25,13 @@ from edgeprune.export.api import file_predictions
 from edgeprune.jobs.candidates import (
     Candidate,
     Choice,
-    drop_points,
     latency_fields,
     measure_files,
     on_each_device,
     speedup,
 )
 from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Failure, Inputs, Samples
-from edgeprune.jobs.policy import qat_epochs, qat_lr, qat_wanted, teacher
+from edgeprune.jobs.policy import qat_epochs, qat_lr, qat_wanted, teacher, tolerance_verdict
 from edgeprune.jobs.runs import RunFolder
 from edgeprune.jobs.ship import write_ship
 from edgeprune.stats import paired_drop
@@ -112,13 +111,17 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
     if epochs <= 0 or not format_named(ship).qat or "int8" not in mine or \
             "fp32" not in mine or dense_fp32.accuracy is None:
         return []
-    top1, where = _decision_top1(inputs, [dense_fp32, mine["fp32"], mine["int8"]])
-    drop = {p: drop_points(top1[0], top1[i]) for i, p in ((1, "fp32"), (2, "int8"))}
-    if not qat_wanted(drop, cfg.max_drop):
+    x, y = validation_images(inputs)
+    reference, fp32, int8 = (file_predictions(r.path, x) == y.numpy()
+                             for r in (dense_fp32, mine["fp32"], mine["int8"]))
+    fp32_verdict, int8_verdict = (tolerance_verdict(reference, right, cfg.max_drop)
+                                  for right in (fp32, int8))
+    if not qat_wanted(int8_verdict, fp32_verdict):
         return []
-    info(f"qat: pruned int8 loses {drop['int8']:.2f} points on {where} (fp32: "
-         f"{drop['fp32']:.2f}), more than --max-drop {cfg.max_drop:g}: quantization-aware "
-         f"training for {epochs:g} epochs")
+    info(f"qat: pruned int8 loses {int8_verdict.drop.points:.2f} points on validation (95% "
+         f"bound {int8_verdict.drop.high:.2f}; fp32: {fp32_verdict.drop.points:.2f}, bound "
+         f"{fp32_verdict.drop.high:.2f}), outside --max-drop {cfg.max_drop:g}: "
+         f"quantization-aware training for {epochs:g} epochs")
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=epochs, lr=qat_lr(cfg), batch_size=cfg.batch_size,
                        seed=cfg.seed)
@@ -141,24 +144,9 @@ def qat_file(inputs: Inputs, run: RunFolder, model: torch.nn.Module,
         run.record(r.path, r.format, "qat", model="pruned", precision=r.precision)
         run.record(r.sidecar, "sidecar", "qat", model="pruned")
     run.stage_done("qat", wall_s=time.perf_counter() - t0, epochs=epochs,
-                   images_per_s=qat.images_per_s, ptq_drop=drop["int8"],
+                   images_per_s=qat.images_per_s, ptq_drop=int8_verdict.drop.points,
                    qat_accuracy=results[0].accuracy)
     return results
-
-
-def _decision_top1(inputs: Inputs, results: list[ExportResult]) -> tuple[list[float], str]:
-    """The files' top-1 on the images decisions are made on: the validation split when the
-    data has one (a level search), else the test images they were exported with."""
-    if inputs.data.val is None:
-        return [r.accuracy or 0.0 for r in results], "the test images"
-    x, y = validation_images(inputs)
-    return ([_file_top1(r.path, x, y) for r in results],
-            "validation")
-
-
-def _file_top1(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The model file's top-1 on (x, y), run in its runtime."""
-    return float(np.mean(file_predictions(path, x) == y.numpy()))
 
 
 def candidates_of(inputs: Inputs, dense: list[ExportResult],
@@ -178,21 +166,24 @@ def candidates_of(inputs: Inputs, dense: list[ExportResult],
 
 
 def paired_figures(inputs: Inputs, run: RunFolder, candidates: list[Candidate],
-                   samples: Samples) -> float | None:
+                   samples: Samples) -> None:
     """Each candidate's test drop with its 95% interval from the paired test predictions
     (against dense fp32, the first candidate) and, when the data has a validation split, its
-    validation top-1; returns dense fp32's validation top-1 (None without a split)."""
+    validation top-1 and tolerance verdict there (`policy.tolerance_verdict`)."""
     val = validation_images(inputs) if inputs.data.val is not None else None
-    right = {}
+    test, valid = {}, {}
     for c in candidates:
         path = run.work / c.path
-        right[c.name] = file_predictions(path, samples.x) == samples.y.numpy()
+        test[c.name] = file_predictions(path, samples.x) == samples.y.numpy()
         if val is not None:
-            c.validation_accuracy = _file_top1(path, *val)
-    reference = candidates[0]
+            valid[c.name] = file_predictions(path, val[0]) == val[1].numpy()
+            c.validation_accuracy = float(np.mean(valid[c.name]))
+    reference = candidates[0].name
     for c in candidates:
-        c.test_drop = paired_drop(right[reference.name], right[c.name]).to_dict()
-    return reference.validation_accuracy
+        c.test_drop = paired_drop(test[reference], test[c.name]).to_dict()
+        if val is not None:
+            c.validation_drop = tolerance_verdict(valid[reference], valid[c.name],
+                                                  inputs.cfg.max_drop).to_dict()
 
 
 def validation_images(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,17 +37,19 @@ from edgeprune.devices.estimate import estimate_model
 from edgeprune.devices.formats import format_named
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import ExportOptions, export_model
+from edgeprune.export.api import file_predictions
 from edgeprune.files import atomic_write_text
-from edgeprune.jobs.candidates import drop_points
 from edgeprune.jobs.compress_files import validation_images
 from edgeprune.jobs.compress_model import score_and_prune
 from edgeprune.jobs.compress_types import VERIFY_SAMPLES, Inputs, Samples
 from edgeprune.jobs.policy import (
+    ToleranceVerdict,
     qat_epochs,
     qat_lr,
     qat_wanted,
     search_settings,
     teacher,
+    tolerance_verdict,
     trial_epochs,
 )
 from edgeprune.jobs.runs import RunFolder
@@ -54,7 +57,7 @@ from edgeprune.models.copying import clone
 from edgeprune.pruning import FlopsReduction, prune
 from edgeprune.pruning.level_search import SearchState, Trial, run_search
 from edgeprune.pruning.search import Unreachable, count
-from edgeprune.training import TrainConfig, evaluate, top1, train
+from edgeprune.training import TrainConfig, train
 from edgeprune.training.qat import train_qat
 
 SEARCH_FILE = "search.json"
@@ -135,9 +138,9 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     epochs = trial_epochs(cfg, len(data.train))
     precision, ship = inputs.precisions[0], inputs.target.ship_format
     qat_epochs_ = qat_epochs(cfg, len(data.train)) if format_named(ship).qat else 0.0
-    dense_val = evaluate(dense, data, split="val", description="evaluating dense (val)")
     dense_macs = count(dense, torch.zeros(1, *inputs.spec.shape))[0]
     val_x, val_y = validation_images(inputs)
+    dense_right = model_right(dense, val_x, val_y)
     trials = _Trials(inputs, run, dense)
     scores, _ = score_and_prune(inputs, run, dense, FlopsReduction(settings.start), scores)
     trials.scores[None] = scores
@@ -151,8 +154,11 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     info(f"search: the deepest cut whose {ship} {precision} file stays within "
          f"{cfg.max_drop:g} point{'' if cfg.max_drop == 1 else 's'} of dense on {len(val_y)} "
          "validation images "
-         f"(dense top-1 {dense_val * 100:.2f}%); {epochs:g} fine-tuning epochs a trial, "
-         f"budget {settings.budget:g} epochs")
+         f"(dense top-1 {dense_right.mean() * 100:.2f}%; {_rule(dense_right, cfg.max_drop)}); "
+         f"{epochs:g} fine-tuning epochs a trial, budget {settings.budget:g} epochs")
+
+    def verdict(right: np.ndarray) -> ToleranceVerdict:
+        return tolerance_verdict(dense_right, right, cfg.max_drop)
 
     def evaluate_level(level: float, parent: int | None) -> Trial:
         t0 = time.perf_counter()
@@ -179,38 +185,38 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
                  "as it was, without fine-tuning it again")
             return Trial(level, same.achieved, macs, same.drop_points, same.accepted, 0.0,
                          time.perf_counter() - t0, same.latency_ms, parent,
-                         f"{same.note}, the cut of level {same.level:g}")
+                         f"{same.note}, the cut of level {same.level:g}", same.drop_bound)
         tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                            seed=cfg.seed + len(achieved), monitor=False)
         if epochs > 0:
             train(model, data, tcfg, teacher=teacher(cfg, dense),
                   description=f"fine-tuning level {level:.0%}")
         model = model.cpu().eval()
-        accuracy, latency = _judge(inputs, model, samples, val_x, val_y, precision)
-        drop, note, cost = drop_points(dense_val, accuracy), f"{ship} {precision}", epochs
-        fp32 = top1(model, zip(val_x.split(512), val_y.split(512), strict=True)) if (
+        right, latency = _judge(inputs, model, samples, val_x, precision)
+        judged, note, cost = verdict(right == val_y.numpy()), f"{ship} {precision}", epochs
+        fp32 = verdict(model_right(model, val_x, val_y)) if (
             precision == "int8" and qat_epochs_ > 0) else None
-        if fp32 is not None and qat_wanted({"int8": drop, "fp32": drop_points(dense_val, fp32)},
-                                           cfg.max_drop):
-            info(f"search: level {level:.1%} int8 loses {drop:.2f} points on validation, fp32 "
-                 f"stays within {cfg.max_drop:g}: quantization-aware training for "
+        if fp32 is not None and qat_wanted(judged, fp32):
+            info(f"search: level {level:.1%} int8 loses {_drop(judged)} on validation, fp32 "
+                 f"{_drop(fp32)} is within {cfg.max_drop:g}: quantization-aware training for "
                  f"{qat_epochs_:g} epochs, as compress would")
             qat = train_qat(model, data, TrainConfig(epochs=qat_epochs_, lr=qat_lr(cfg),
                                                      batch_size=cfg.batch_size,
                                                      seed=cfg.seed + len(achieved)),
                             teacher=teacher(cfg, dense), evaluate=False,
                             description=f"quantization-aware training, level {level:.0%}")
-            accuracy, latency = _judge(inputs, qat.model, samples, val_x, val_y, "int8-qat",
-                                       qat.quantizer)
-            drop, note, cost = (drop_points(dense_val, accuracy), f"{ship} int8 (QAT)",
-                                cost + qat_epochs_)
-        trial = Trial(level, 1 - macs / dense_macs, macs, drop, drop <= cfg.max_drop + 1e-9,
-                      cost, time.perf_counter() - t0, latency, parent, note)
+            right, latency = _judge(inputs, qat.model, samples, val_x, "int8-qat",
+                                    qat.quantizer)
+            judged, note, cost = (verdict(right == val_y.numpy()), f"{ship} int8 (QAT)",
+                                  cost + qat_epochs_)
+        trial = Trial(level, 1 - macs / dense_macs, macs, judged.drop.points, judged.within,
+                      cost, time.perf_counter() - t0, latency, parent, note,
+                      judged.drop.high if judged.by_bound else None)
         index = len(achieved) - 1
         achieved[index] = trial.achieved
         trials.keep(index, model, kept_scores)
         info(f"search: level {level:.1%} -> MACs {macs / 1e6:.2f}M (-{trial.achieved:.1%}), "
-             f"validation drop {drop:+.2f} points, ~{latency:.3f} ms on {inputs.target.name}: "
+             f"validation drop {_drop(judged)}, ~{latency:.3f} ms on {inputs.target.name}: "
              f"{'accepted' if trial.accepted else 'rejected'}")
         return trial
 
@@ -261,19 +267,39 @@ def _model_of(state: SearchState, parent: int | None) -> str:
 
 
 def _judge(inputs: Inputs, model: nn.Module, samples: Samples, val_x: torch.Tensor,
-           val_y: torch.Tensor, precision: str, quantizer: Any = None
-           ) -> tuple[float, float]:
-    """The would-be shipped file's top-1 on the validation images and its target estimate;
-    `quantizer` is QAT's, for an 'int8-qat' model."""
+           precision: str, quantizer: Any = None) -> tuple[np.ndarray, float]:
+    """The would-be shipped file's top-1 class of each validation image and its target
+    estimate; `quantizer` is QAT's, for an 'int8-qat' model."""
     with tempfile.TemporaryDirectory(prefix="edgeprune-trial-") as tmp:
         result = export_model(model, inputs.spec, Path(tmp), val_x[:VERIFY_SAMPLES],
                               formats=[inputs.target.ship_format], stem="trial",
                               verify=False, precisions=[precision],
-                              calibration=samples.calibration, eval_samples=(val_x, val_y),
+                              calibration=samples.calibration,
                               options=ExportOptions(quantizer=quantizer) if quantizer is not None
                               else None)[0]
         latency = estimate_model(result.path, inputs.target, inputs.threads)[1].latency_ms
-    return result.accuracy or 0.0, latency
+        return file_predictions(result.path, val_x), latency
+
+
+def model_right(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Whether `model` (in eval mode, on the CPU) gets each image of (x, y) right."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        pred = torch.cat([model(batch).argmax(1) for batch in x.split(512)])
+    return (pred == y).numpy()
+
+
+def _drop(v: ToleranceVerdict) -> str:
+    """A verdict's drop for the progress lines: the point estimate and its bound."""
+    return f"{v.drop.points:+.2f} points (95% bound {v.drop.high:+.2f})"
+
+
+def _rule(reference_right: np.ndarray, max_drop: float) -> str:
+    """Which figure the tolerance judges on these images, in words for the progress line."""
+    if tolerance_verdict(reference_right, reference_right, max_drop).by_bound:
+        return "a level passes when the 95% upper bound of its drop is within the tolerance"
+    return (f"{len(reference_right)} images are too few for a 95% bound within "
+            f"{max_drop:g} points, so the point estimate judges")
 
 
 def _load_state(run: RunFolder) -> SearchState:

@@ -111,6 +111,9 @@ class Trial:
     """Index of the trial whose model this one was pruned from (None: the dense model)."""
     note: str = ""
     """Free text, e.g. "int8 PTQ", "int8 QAT"."""
+    drop_bound: float | None = None
+    """The upper confidence bound of that drop when the driver judged by it (None: the
+    point estimate was judged)."""
 
     def __post_init__(self) -> None:
         self.level = round_level(self.level)
@@ -122,6 +125,8 @@ class Trial:
         self.wall_s = float(self.wall_s)
         if self.latency_ms is not None:
             self.latency_ms = float(self.latency_ms)
+        if self.drop_bound is not None:
+            self.drop_bound = float(self.drop_bound)
 
     def to_dict(self) -> dict[str, Any]:
         """The trial as JSON-ready data (`from_dict` reads it back to an equal trial)."""

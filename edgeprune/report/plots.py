@@ -230,9 +230,9 @@ def finetune_plot(history: Sequence[dict[str, Any]],
 
 
 def search_plot(search: dict[str, Any] | None, max_drop: float | None) -> bytes | None:
-    """The level search's path: every trial's validation drop against its estimated latency
-    on the target, accepted and rejected apart, the tolerance as a line and the level that
-    went on to ship starred."""
+    """The level search's path: every trial's validation drop (with a line up to the 95% bound
+    that judged it) against its estimated latency on the target, accepted and rejected apart,
+    the tolerance as a line and the level that went on to ship starred."""
     trials = [t for t in (search or {}).get("trials") or []
               if t.get("macs")]  # a level deeper than the architecture allows made no model
     if not trials or any(t.get("latency_ms") is None for t in trials):
@@ -243,6 +243,10 @@ def search_plot(search: dict[str, Any] | None, max_drop: float | None) -> bytes 
         chosen = [t for t in trials if t["accepted"] == accepted]
         ax.scatter([t["latency_ms"] for t in chosen], [t["drop_points"] for t in chosen],
                    color=color, label=label, zorder=3)
+        bounded = [t for t in chosen if t.get("drop_bound") is not None]
+        if bounded:  # the one-sided 95% bound the tolerance judged, above each point
+            ax.vlines([t["latency_ms"] for t in bounded], [t["drop_points"] for t in bounded],
+                      [t["drop_bound"] for t in bounded], color=color, alpha=0.6, zorder=2)
     for i, t in enumerate(trials, start=1):
         ax.annotate(f"{i}: {t['level']:.0%}", (t["latency_ms"], t["drop_points"]),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
