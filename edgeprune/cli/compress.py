@@ -123,15 +123,16 @@ def summary(result: CompressResult) -> Group:
 
 
 def candidates_table(result: CompressResult) -> Table:
-    """One row per candidate file: accuracy, size, p50 latency, speedup over dense fp32 (with
-    its lowest-highest round, the files timed interleaved) and the target estimate; '*' marks
-    the shipped one."""
+    """One row per candidate file: test accuracy, its drop, the validation drop that decided
+    (with its bound), size, p50 latency, speedup over dense fp32 (with its lowest-highest
+    round, the files timed interleaved) and the target estimate; '*' marks the shipped one."""
     from rich.table import Table
 
     budget = f", budget {result.latency_budget_ms:g} ms" if result.latency_budget_ms else ""
     where = result.candidates[0]["latency_label"] if result.candidates else ""
     decided = f"; decided by {result.decided_by}" if result.decided_by else ""
-    table = Table("", "candidate", "top-1", "vs dense", "MB", "p50 ms", "speedup",
+    table = Table("", "candidate", "top-1", "vs dense", "val. drop (bound)", "MB", "p50 ms",
+                  "speedup",
                   f"{result.target} est.", "verdict",
                   title=f"candidates: p50 {where}, interleaved; tolerance "
                   f"{result.max_drop:g} points{budget}{decided}")
@@ -142,15 +143,25 @@ def candidates_table(result: CompressResult) -> Table:
             verdict += ", slow"
         sp = c["speedup"]
         table.add_row(mark, c["name"], f"{c['accuracy'] * 100:.2f}%",
-                      f"{0.0 - c['drop_points']:+.2f}", f"{c['size_bytes'] / 1e6:.2f}",
+                      f"{0.0 - c['drop_points']:+.2f}", _validation_drop(c),
+                      f"{c['size_bytes'] / 1e6:.2f}",
                       f"{c['latency_ms']['p50']:.3f}",
                       f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
                       f"~{c['estimate_ms']:.2f} ms ({c['estimate_speedup']:.1f}x)"
                       if c.get("estimate_speedup") else f"~{c['estimate_ms']:.2f} ms", verdict)
     for f in result.failed:
-        table.add_row("", f["name"], "-", "-", "-", "-", "-", "-",
+        table.add_row("", f["name"], "-", "-", "-", "-", "-", "-", "-",
                       f"failed at {f['stage']}: {f['reason']}")
     return table
+
+
+def _validation_drop(c: dict) -> str:
+    """The validation drop that decided, with the one-sided 95% bound the tolerance judged."""
+    v = c.get("validation_drop")
+    if not v:
+        return "-"
+    bound = f"<= {v['bound']:.2f}" if v["rule"] == "bound" else "point"
+    return f"{v['points']:.2f} ({bound})"
 
 
 def summary_table(result: CompressResult) -> Table:

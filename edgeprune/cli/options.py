@@ -138,7 +138,8 @@ def compress_options(
         help="auto | fp32 | fp16 | int8: the precisions tried (auto: the target's list, e.g. "
         "int8 then fp32); the fastest file within --max-drop ships")] = D.precision,
     max_drop: Annotated[float, bounded(
-        "max_drop", "accuracy tolerance: top-1 points a shipped file may lose against dense fp32")
+        "max_drop", "accuracy tolerance: top-1 points a shipped file may lose against dense "
+        "fp32, judged by the one-sided 95% upper bound of its drop on the validation images")
     ] = D.max_drop,
     qat_epochs: Annotated[float | None, bounded(
         "qat_epochs", "when int8 post-training quantization loses more than --max-drop, this many "

@@ -126,16 +126,16 @@ def _shipped(report: dict[str, Any]) -> str:
             "meets budget" if c["meets_budget"] else "over budget")
         rows.append(_row([escape(c["name"]), pct(c.get("accuracy")),
                           f'<span class="{cls}">{0.0 - drop:+.2f} points</span>'
-                          if drop is not None else "-", size(c["size_bytes"]),
+                          if drop is not None else "-", _decided_drop(c), size(c["size_bytes"]),
                           ms((c.get("latency_ms") or {}).get("p50")),
                           f"{sp['value']:.2f}x ({sp['low']:.2f}-{sp['high']:.2f})"
                           if sp else "-", ms(c.get("estimate_ms"), approx=True)
                           + (f" ({c['estimate_speedup']:.2f}x)" if c.get("estimate_speedup")
                              else ""),
                           escape(" ".join(x for x in (mark, budget) if x))],
-                         (1, 2, 3, 4, 5, 6)))
+                         (1, 2, 3, 4, 5, 6, 7)))
     for f in shipped.get("failed") or []:
-        rows.append(_row([escape(f["name"]), "-", "-", "-", "-", "-", "-",
+        rows.append(_row([escape(f["name"]), "-", "-", "-", "-", "-", "-", "-",
                           f'<span class="bad">failed at {escape(f["stage"])}: '
                           f'{escape(f["reason"])}</span>'], ()))
     where = escape(candidates[0].get("latency_label", ""))
@@ -144,14 +144,26 @@ def _shipped(report: dict[str, Any]) -> str:
     budget = (f", latency budget {shipped['latency_budget_ms']:g} ms"
               if shipped.get("latency_budget_ms") else "")
     note = (f'<p class="note">Accuracy: top-1 of each file in its runtime on the test images, '
-            f"against dense fp32 (tolerance {shipped.get('max_drop', 1.0):g} points{budget}). "
+            f"against dense fp32 (tolerance {shipped.get('max_drop', 1.0):g} points{budget}); "
+            "the validation drop, with the one-sided 95% upper bound the tolerance judged, "
+            "is what decided. "
             f"Latency: p50 measured on {where}, every file timed in turn in the same rounds; "
             "speedup over dense fp32 with its lowest and highest round. Estimate: the "
             "target's roofline, never a measurement, with its speedup over dense fp32."
             + (f" <b>Decided by: {escape(shipped['decided_by'])}.</b>"
                if shipped.get("decided_by") else "") + "</p>")
-    return lead + _table(["candidate", "top-1", "vs dense fp32", "size", "p50",
-                          "speedup", "estimate", ""], rows) + note
+    return lead + _table(["candidate", "top-1", "vs dense fp32", "validation drop (bound)",
+                          "size", "p50", "speedup", "estimate", ""], rows) + note
+
+
+def _decided_drop(c: dict[str, Any]) -> str:
+    """The validation drop that decided, with the bound the tolerance judged ('-' for a run
+    made before validation verdicts were recorded)."""
+    v = c.get("validation_drop")
+    if not v:
+        return "-"
+    bound = f" (&le; {v['bound']:.2f})" if v["rule"] == "bound" else " (point estimate)"
+    return f"{v['points']:.2f}{bound}"
 
 
 def _div(a: float | None, b: float | None) -> float | None:
