@@ -282,7 +282,8 @@ def _judge(inputs: Inputs, model: nn.Module, samples: Samples, val_x: torch.Tens
 
 
 def model_right(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Whether `model` (in eval mode, on the CPU) gets each image of (x, y) right."""
+    """Whether `model` gets each image of (x, y) right; it is moved to the CPU and left in
+    eval mode (what the search judges it in)."""
     model = model.cpu().eval()
     with torch.no_grad():
         pred = torch.cat([model(batch).argmax(1) for batch in x.split(512)])
