@@ -94,7 +94,7 @@ def tolerance_text(precision: str) -> str:
 
     check = DEFAULT_CHECKS[precision]
     if check.atol is not None:
-        return f"every logit within {check.atol:g} + {check.rtol:g} x abs(host)"
+        return f"every logit {check.describe()} (host's)"
     return (f"top-1 within {check.max_accuracy_drop:g} point(s), same class on "
             f">= {check.min_agreement:.0%}")
 
@@ -103,7 +103,7 @@ def parity(file: str, precision: str, host: np.ndarray, box: np.ndarray,
            labels: np.ndarray) -> Parity:
     """Whether the box's logits reproduce the host's for one file, judged as the export
     verification judges a file against PyTorch (the host standing for the reference):
-    fp32 logits within atol + rtol*|ref| and the same class on every decisive sample; fp16 and
+    fp32 logits within `Check.bound` and the same class on every decisive sample; fp16 and
     int8 the same class on at least the precision's agreement floor and top-1 on the labels
     within its accuracy tolerance, in either direction (the box is not allowed to be better
     either: it is meant to be the same computation)."""

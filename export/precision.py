@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from edgeprune.errors import EdgepruneError
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-qat")
@@ -34,12 +36,15 @@ MIN_CALIBRATION_SAMPLES = 64
 class Check:
     """Thresholds for one precision.
 
-    `atol`/`rtol`: every logit within atol + rtol * |PyTorch's| (None: not checked);
-    `min_agreement`: share of samples whose top-1 class equals PyTorch's (for fp32 only
-    samples whose top-2 margin exceeds the tolerance count); `max_accuracy_drop`: top-1
-    accuracy on labelled samples may be at most this many percentage points below PyTorch's
-    (None: not checked). With labels, the accuracy check replaces the agreement floor for
-    reduced precisions, because a few flipped predictions on a small batch say little.
+    `atol`/`rtol`: every logit within atol + rtol * the largest |logit| PyTorch gives that
+    sample (`bound`; None: not checked). The scale is the sample's, not each logit's own:
+    float32 rounding in a deep network is relative to the magnitudes it carries, so a logit
+    near zero is no more exact than its sample's largest one. `min_agreement`: share of
+    samples whose top-1 class equals PyTorch's (for fp32 only samples whose top-2 margin
+    exceeds twice the bound count); `max_accuracy_drop`: top-1 accuracy on labelled samples
+    may be at most this many percentage points below PyTorch's (None: not checked). With
+    labels, the accuracy check replaces the agreement floor for reduced precisions, because a
+    few flipped predictions on a small batch say little.
     """
 
     atol: float | None
@@ -47,9 +52,28 @@ class Check:
     min_agreement: float
     max_accuracy_drop: float | None
 
+    def bound(self, reference: np.ndarray) -> np.ndarray:
+        """Per sample of PyTorch's (N, ...) `reference`, how far each of its logits may be
+        off: atol + rtol * max |logit| of that sample, shape (N, 1). Needs `atol`."""
+        if self.atol is None:
+            raise ValueError("this precision has no logit tolerance (atol is None)")
+        ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+        scale = np.abs(ref).max(axis=1, keepdims=True) if ref.size else np.zeros((len(ref), 1))
+        return self.atol + self.rtol * scale
+
+    def describe(self) -> str:
+        """The logit tolerance in words, as tables and failure messages state it."""
+        if self.atol is None:
+            return "logits not checked"
+        return f"within {self.atol:g} + {self.rtol:g} x the sample's largest abs(logit)"
+
 
 DEFAULT_CHECKS: dict[str, Check] = {
-    "fp32": Check(atol=1e-4, rtol=1e-4, min_agreement=1.0, max_accuracy_drop=None),
+    # rtol 1e-3 of the sample's scale: PyTorch's own float32 logits of EfficientNet-B5/B7 are
+    # up to 4.3e-4 of that scale away from float64 (docs/EXPORT.md), so a file cannot be
+    # asked to match them more closely; a conversion fault (a wrong op, padding or
+    # constant) moves logits by 1e-2 of the scale or more.
+    "fp32": Check(atol=1e-4, rtol=1e-3, min_agreement=1.0, max_accuracy_drop=None),
     "fp16": Check(atol=None, rtol=0.0, min_agreement=0.97, max_accuracy_drop=0.5),
     "int8": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
     "int8-dynamic": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),

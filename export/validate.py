@@ -81,15 +81,14 @@ def top1(logits: np.ndarray) -> np.ndarray:
     return logits.reshape(len(logits), -1).argmax(1)
 
 
-def decisive(reference: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    """Samples whose top-1 logit leads the runner-up by more than twice the tolerance, so
-    that outputs within tolerance cannot change the predicted class."""
+def decisive(reference: np.ndarray, check: Check) -> np.ndarray:
+    """Samples whose top-1 logit leads the runner-up by more than twice the check's logit
+    tolerance, so that outputs within tolerance cannot change the predicted class."""
     ref = reference.reshape(len(reference), -1)
     if ref.shape[1] < 2:
         return np.ones(len(ref), dtype=bool)
     best_two = np.sort(ref, axis=1)[:, -2:]
-    slack = 2 * (atol + rtol * np.abs(best_two[:, 1]))
-    return best_two[:, 1] - best_two[:, 0] > slack
+    return best_two[:, 1] - best_two[:, 0] > 2 * check.bound(ref)[:, 0]
 
 
 def parity_failures(reference: np.ndarray, outputs: np.ndarray, check: Check) -> list[str]:
@@ -100,12 +99,12 @@ def parity_failures(reference: np.ndarray, outputs: np.ndarray, check: Check) ->
         failures.append("outputs contain NaN or inf")
     ref = reference.astype(np.float64)
     if check.atol is not None:
-        diff = np.abs(outputs.astype(np.float64) - ref)
-        outside = int(np.count_nonzero(~(diff <= check.atol + check.rtol * np.abs(ref))))
+        flat = ref.reshape(len(ref), -1)
+        diff = np.abs(outputs.astype(np.float64).reshape(flat.shape) - flat)
+        outside = int(np.count_nonzero(~(diff <= check.bound(flat))))
         if outside:
-            failures.append(f"{outside} of {diff.size} logits outside atol={check.atol:g} "
-                            f"rtol={check.rtol:g}")
-    mask = (decisive(ref, check.atol, check.rtol) if check.atol is not None
+            failures.append(f"{outside} of {diff.size} logits not {check.describe()}")
+    mask = (decisive(ref, check) if check.atol is not None
             else np.ones(len(ref), dtype=bool))
     if mask.any():
         same = int(np.sum(top1(outputs)[mask] == top1(ref)[mask]))

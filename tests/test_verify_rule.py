@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeprune.export.precision import Check
+from edgeprune.export.precision import DEFAULT_CHECKS, Check
 from edgeprune.export.validate import (
     EvalSet,
     accuracy_failures,
@@ -71,3 +71,47 @@ def test_agreement_floor_uses_the_wilson_upper_end() -> None:
     assert failures and "80.0% of 100 samples (95% interval up to 86.7%)" in failures[0]
     exact = Check(atol=None, rtol=0.0, min_agreement=1.0, max_accuracy_drop=None)
     assert parity_failures(reference, outputs(1), exact)  # fp32: one flip is a fault
+
+
+# ---------------------------------------------------------------- fp32: logits within a bound
+
+FP32 = DEFAULT_CHECKS["fp32"]
+
+
+def test_fp32_bound_scales_with_the_samples_largest_logit() -> None:
+    reference = np.array([[7.57, 0.02, -0.3], [0.04, 0.01, -0.02]])
+    bound = FP32.bound(reference)
+    assert bound.shape == (2, 1)
+    assert bound[:, 0] == pytest.approx([1e-4 + 1e-3 * 7.57, 1e-4 + 1e-3 * 0.04])
+
+
+def test_fp32_accepts_float32_rounding_of_a_deep_network() -> None:
+    # EfficientNet-B5's TFLite file, measured: 1.9e-3 off on a sample whose largest logit is
+    # 7.57, where PyTorch's own float32 logits are 8.6e-4 from float64. The error is the
+    # sample's, so the small logits of that sample may carry it too.
+    reference = np.array([[7.57, 0.02, -0.3], [0.04, 0.01, -0.02]])
+    outputs = reference + np.array([[1.9e-3, -1.9e-3, 1.0e-3], [5e-5, -5e-5, 0.0]])
+    assert parity_failures(reference, outputs, FP32) == []
+
+
+def test_fp32_fails_a_conversion_fault_that_keeps_the_class() -> None:
+    reference = np.array([[7.57, 0.02, -0.3], [0.04, 0.01, -0.02]])
+    shifted = reference.copy()
+    shifted[0, 2] += 0.01 * 7.57  # 1% of the scale: a wrong constant, not rounding
+    failures = parity_failures(reference, shifted, FP32)
+    assert failures == ["1 of 6 logits not within 0.0001 + 0.001 x the sample's largest "
+                        "abs(logit)"]
+    near_zero = reference.copy()
+    near_zero[1, 1] += 3e-4  # sample 1's bound is 1.4e-4: its small scale keeps it tight
+    assert parity_failures(reference, near_zero, FP32)
+
+
+def test_fp32_class_flip_fails_unless_the_margin_is_within_the_bound() -> None:
+    reference = np.array([[2.0, 0.0], [1.0, 1.0005], [0.0, 3.0]])  # sample 1: a near-tie
+    flipped = reference.copy()
+    flipped[1] = [1.0005, 1.0]  # within 1e-4 + 1e-3 x 1.0005 of PyTorch's: rounding
+    assert parity_failures(reference, flipped, FP32) == []
+    swapped = reference.copy()
+    swapped[0] = [0.0, 2.0]
+    assert any("top-1 agrees with PyTorch on 50.0% of 2 samples" in f
+               for f in parity_failures(reference, swapped, FP32))
