@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 class ResultsFile:
-    """`data` holds every result; `save` merges one into the file (re-read first, in case
-    another run wrote to it meanwhile) and replaces the file atomically."""
+    """`data` holds every result; `save` merges one key into the file as it is on disk now
+    (another run may have written to it meanwhile, and its results win over this run's
+    older copy of them) and replaces the file atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -18,7 +19,7 @@ class ResultsFile:
     def save(self, key: str, value: object, show: str | None = None) -> None:
         """Merge `key` = `value` in and write; prints the key and value (or only `show`)."""
         on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data = {**on_disk, **self.data, key: value}
+        self.data = {**on_disk, key: value}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
