@@ -87,7 +87,7 @@ def test_the_search_tries_levels_within_its_budget_and_records_each(searched):
     assert "<h2>Level search</h2>" in html and "validation accuracy drop against" in html
     for c in result.candidates:  # the figure that decided, beside the test drop
         v = c["validation_drop"]
-        assert (f"{v['points']:.2f} (&le; {v['bound']:.2f})" if v["rule"] == "bound" else
+        assert (f"{v['points']:.2f} (&lt;= {v['bound']:.2f})" if v["rule"] == "bound" else
                 f"{v['points']:.2f} (point estimate)") in html
     assert_matches_manifest(result.run_dir)
 

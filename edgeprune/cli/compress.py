@@ -128,6 +128,8 @@ def candidates_table(result: CompressResult) -> Table:
     round, the files timed interleaved) and the target estimate; '*' marks the shipped one."""
     from rich.table import Table
 
+    from edgeprune.report.numbers import decided_drop_text
+
     budget = f", budget {result.latency_budget_ms:g} ms" if result.latency_budget_ms else ""
     where = result.candidates[0]["latency_label"] if result.candidates else ""
     decided = f"; decided by {result.decided_by}" if result.decided_by else ""
@@ -143,7 +145,7 @@ def candidates_table(result: CompressResult) -> Table:
             verdict += ", slow"
         sp = c["speedup"]
         table.add_row(mark, c["name"], f"{c['accuracy'] * 100:.2f}%",
-                      f"{0.0 - c['drop_points']:+.2f}", _validation_drop(c),
+                      f"{0.0 - c['drop_points']:+.2f}", decided_drop_text(c),
                       f"{c['size_bytes'] / 1e6:.2f}",
                       f"{c['latency_ms']['p50']:.3f}",
                       f"{sp['value']:.2f}x ({sp['low']:.1f}-{sp['high']:.1f})",
@@ -153,15 +155,6 @@ def candidates_table(result: CompressResult) -> Table:
         table.add_row("", f["name"], "-", "-", "-", "-", "-", "-", "-",
                       f"failed at {f['stage']}: {f['reason']}")
     return table
-
-
-def _validation_drop(c: dict) -> str:
-    """The validation drop that decided, with the one-sided 95% bound the tolerance judged."""
-    v = c.get("validation_drop")
-    if not v:
-        return "-"
-    bound = f"<= {v['bound']:.2f}" if v["rule"] == "bound" else "point"
-    return f"{v['points']:.2f} ({bound})"
 
 
 def summary_table(result: CompressResult) -> Table:

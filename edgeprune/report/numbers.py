@@ -19,6 +19,18 @@ SCHEMA = "edgeprune.report/1"
 MODELS = ("dense", "pruned")
 
 
+def decided_drop_text(candidate: dict[str, Any]) -> str:
+    """A candidate's validation drop that decided, with the one-sided 95% bound the tolerance
+    judged: '0.45 (<= 0.91)', '0.45 (point estimate)' when the split was too small for a
+    bound, '-' for a run made before validation verdicts were recorded. The CLI table and the
+    report print it alike."""
+    v = candidate.get("validation_drop")
+    if not v:
+        return "-"
+    bound = f"<= {v['bound']:.2f}" if v["rule"] == "bound" else "point estimate"
+    return f"{v['points']:.2f} ({bound})"
+
+
 def _ratio(before: float | None, after: float | None) -> float | None:
     return before / after if before and after else None
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from edgeprune.report.numbers import decided_drop_text
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2933;
  margin:0;background:#f5f7fa;line-height:1.45}
@@ -126,7 +128,8 @@ def _shipped(report: dict[str, Any]) -> str:
             "meets budget" if c["meets_budget"] else "over budget")
         rows.append(_row([escape(c["name"]), pct(c.get("accuracy")),
                           f'<span class="{cls}">{0.0 - drop:+.2f} points</span>'
-                          if drop is not None else "-", _decided_drop(c), size(c["size_bytes"]),
+                          if drop is not None else "-", escape(decided_drop_text(c)),
+                          size(c["size_bytes"]),
                           ms((c.get("latency_ms") or {}).get("p50")),
                           f"{sp['value']:.2f}x ({sp['low']:.2f}-{sp['high']:.2f})"
                           if sp else "-", ms(c.get("estimate_ms"), approx=True)
@@ -154,16 +157,6 @@ def _shipped(report: dict[str, Any]) -> str:
                if shipped.get("decided_by") else "") + "</p>")
     return lead + _table(["candidate", "top-1", "vs dense fp32", "validation drop (bound)",
                           "size", "p50", "speedup", "estimate", ""], rows) + note
-
-
-def _decided_drop(c: dict[str, Any]) -> str:
-    """The validation drop that decided, with the bound the tolerance judged ('-' for a run
-    made before validation verdicts were recorded)."""
-    v = c.get("validation_drop")
-    if not v:
-        return "-"
-    bound = f" (&le; {v['bound']:.2f})" if v["rule"] == "bound" else " (point estimate)"
-    return f"{v['points']:.2f}{bound}"
 
 
 def _div(a: float | None, b: float | None) -> float | None:
