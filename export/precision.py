@@ -70,9 +70,8 @@ class Check:
 
 DEFAULT_CHECKS: dict[str, Check] = {
     # rtol 1e-3 of the sample's scale: PyTorch's own float32 logits of EfficientNet-B5/B7 are
-    # up to 4.3e-4 of that scale away from float64 (docs/EXPORT.md), so a file cannot be
-    # asked to match them more closely; a conversion fault (a wrong op, padding or
-    # constant) moves logits by 1e-2 of the scale or more.
+    # up to 8.6e-4 from float64 (docs/EXPORT.md), so a file cannot be asked to match them
+    # more closely than about that; an error of 1% of the scale still fails.
     "fp32": Check(atol=1e-4, rtol=1e-3, min_agreement=1.0, max_accuracy_drop=None),
     "fp16": Check(atol=None, rtol=0.0, min_agreement=0.97, max_accuracy_drop=0.5),
     "int8": Check(atol=None, rtol=0.0, min_agreement=0.90, max_accuracy_drop=1.0),
