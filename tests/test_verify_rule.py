@@ -86,9 +86,9 @@ def test_fp32_bound_scales_with_the_samples_largest_logit() -> None:
 
 
 def test_fp32_accepts_float32_rounding_of_a_deep_network() -> None:
-    # EfficientNet-B5's TFLite file, measured: 1.9e-3 off on a sample whose largest logit is
-    # 7.57, where PyTorch's own float32 logits are 8.6e-4 from float64. The error is the
-    # sample's, so the small logits of that sample may carry it too.
+    # EfficientNet-B5's TFLite file, measured: up to 1.9e-3 off, its largest logit 7.57,
+    # where PyTorch's own float32 logits are up to 8.6e-4 from float64. Here that error sits
+    # on one sample; it is the sample's, so the small logits of that sample may carry it too.
     reference = np.array([[7.57, 0.02, -0.3], [0.04, 0.01, -0.02]])
     outputs = reference + np.array([[1.9e-3, -1.9e-3, 1.0e-3], [5e-5, -5e-5, 0.0]])
     assert parity_failures(reference, outputs, FP32) == []
