@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,9 @@ from edgeprune.data import iterate_batches, load_dataset
 from edgeprune.devices.bench import bench_local
 from edgeprune.export import PRECISIONS, ExportResult, export_model
 from edgeprune.models import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe_host  # noqa: E402
 
 FORMATS = ("onnx", "tflite")
 
@@ -102,15 +104,13 @@ def print_report(lines: list[str], params: dict[str, int], n_eval: int, wall: fl
     import ai_edge_litert
     import onnxruntime
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
     text = "\n".join([
         f"Demo model (democnn, Fashion-MNIST), dense ({params['dense']:,} params) and pruned "
         f"to half its FLOPs by L1 norm without fine-tuning ({params['pruned']:,} params). "
         f"Accuracy: top-1 of the file on the {n_eval:,} Fashion-MNIST test images and its "
         "difference to the PyTorch model's, in points. Parity: max |logit difference| and "
         "top-1 agreement with PyTorch on 32 test images. Latency: p50 of batch-1 runs, one "
-        f"thread, on the host ({cpu}, {os.cpu_count()} cores, load average "
+        f"thread, on the host ({describe_host()}, load average "
         f"{os.getloadavg()[0]:.1f} at the end; onnxruntime {onnxruntime.__version__}, "
         f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}). Export time: "
         "conversion (shared by a format's precisions) + quantization + 32-sample check. "

@@ -15,7 +15,8 @@ meets, each checked against the dense fp32 model with the files measured side by
 For each: wall time and peak RSS of the compress command (its process, from wait4), the shipped
 file, and then `edgeprune bench DENSE_FP32 SHIPPED --threads 1 --rounds 20` (ai-edge-litert,
 the two files interleaved in one process): the speedup as the median of the per-round ratios
-with its lowest and highest round. Figures are this host's.
+with its lowest and highest round. Figures are this host's; each row records which host
+(CPU, cores, widest SIMD extension: benchmarks/host.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from host import describe_host  # noqa: E402
+
 SCENARIOS = ("default", "embedded", "resnet20", "imagefolder")
 
 
@@ -74,7 +79,7 @@ def compress_and_bench(name: str, args: list[str], work: Path,
     ratio = rows[1]["ratios"]
     return {
         "scenario": name, "command": "edgeprune compress " + " ".join(args),
-        "wall_s": wall, "peak_rss_mb": rss,
+        "host": describe_host(), "wall_s": wall, "peak_rss_mb": rss,
         "dense_accuracy": dense["accuracy"], "shipped": shipped["name"],
         "shipped_accuracy": shipped["accuracy"], "drop_points": shipped["drop_points"],
         "test_images": json.loads((run_dir / "dataset.json").read_text())["test_images"],
@@ -120,8 +125,8 @@ def scenario_args(name: str, work: Path) -> list[str]:
 
 def markdown(results: list[dict]) -> str:
     lines = ["| scenario | shipped | top-1 dense -> shipped (test images) | drop | smaller | "
-             "faster, 1 thread (lowest-highest round) | compress wall | peak RSS |",
-             "|---|---|---|---|---|---|---|---|"]
+             "faster, 1 thread (lowest-highest round) | compress wall | peak RSS | host |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rss = f"{r['peak_rss_mb'] / 1024:.1f} GB" if r.get("peak_rss_mb") else "-"
         lines.append(
@@ -129,7 +134,8 @@ def markdown(results: list[dict]) -> str:
             f"{r['shipped_accuracy'] * 100:.2f}% ({r['test_images']:,}) | "
             f"{round(-r['drop_points'], 2) + 0.0:+.2f} | {r['size_ratio']:.1f}x | "
             f"{r['speedup_1_thread']:.2f}x ({r['speedup_spread'][0]:.2f}-"
-            f"{r['speedup_spread'][1]:.2f}) | {r['wall_s']:.0f} s | {rss} |")
+            f"{r['speedup_spread'][1]:.2f}) | {r['wall_s']:.0f} s | {rss} | "
+            f"{r.get('host', 'not recorded')} |")
     lines.append("")
     for r in results:
         lines.append(f"- {r['scenario']}: `{r['command']}`; dense fp32 "
