@@ -64,10 +64,12 @@ def compress_and_bench(name: str, args: list[str], work: Path,
     if previous is None:
         out, wall, rss = run(["edgeprune", "compress", *args, "--out", str(run_dir),
                               "--overwrite", "--json", "--quiet"], work)
-        summary = json.loads(out)
+        if not out.lstrip().startswith("{"):  # --json must print the summary; say what came
+            print(f"{name}: compress --json printed no JSON; stdout began {out[:300]!r}",
+                  file=sys.stderr)
     else:
-        summary = json.loads((run_dir / "summary.json").read_text())
         wall, rss = previous["wall_s"], previous["peak_rss_mb"]
+    summary = json.loads((run_dir / "summary.json").read_text())
     shipped = summary["shipped"]
     dense = next(c for c in summary["candidates"]
                  if (c["model"], c["precision"]) == ("dense", "fp32"))
