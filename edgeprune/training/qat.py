@@ -15,9 +15,10 @@ only (the fix the two libraries' later releases make).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,10 @@ def prepare(model: nn.Module, example: torch.Tensor, quant: Any) -> torch.fx.Gra
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.export.export(net, (example.repeat(2, 1, 1, 1),),
                                   dynamic_shapes=({0: batch},))
-    with _annotator_takes_functions():
+    # litert-torch's add+relu annotator print()s "Relu partition has more than one output
+    # node" for a ReLU module used twice (every torchvision-style residual block); stdout
+    # carries results (`compress --json`), so the library's chatter goes to stderr.
+    with _annotator_takes_functions(), redirect_stdout(sys.stderr):
         return prepare_qat_pt2e(program.module(), quant)
 
 
