@@ -109,6 +109,8 @@ def given_widths(dense, scores, x, widths: list[int]) -> torch.nn.Module:
     ratios = {n: 1 - w / dense.get_submodule(n).out_channels
               for n, w in zip(names, widths, strict=True)
               if w < dense.get_submodule(n).out_channels}
+    if not ratios:
+        return copy.deepcopy(dense)
     return prune(dense, x, scores=scores, round_to=1, global_ranking=False,
                  goal=LayerRatios(ratios)).model
 
@@ -116,24 +118,17 @@ def given_widths(dense, scores, x, widths: list[int]) -> torch.nn.Module:
 def greedy(dense, data, scores, x, target: float) -> torch.nn.Module:
     """NetAdapt's loop without short-term fine-tuning: 8 channels at a time from the layer
     where they cost the least validation top-1 per MAC, until within 0.01 of `target`."""
-    from edgeprune.pruning import prune
     from edgeprune.pruning.bn_recalibration import recalibrate_bn
-    from edgeprune.pruning.goals import LayerRatios
     from edgeprune.pruning.search import count
     from edgeprune.training import evaluate
 
     names = [n for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    widths = {n: dense.get_submodule(n).out_channels for n in names}
-    keep = dict(widths)
+    keep = {n: dense.get_submodule(n).out_channels for n in names}
     bn_batches = data.reference(1024, seed=1, batch_size=128)
     dense_macs = count(dense, x)[0]
 
     def build(counts: dict[str, int]) -> torch.nn.Module:
-        ratios = {n: 1 - counts[n] / widths[n] for n in names if counts[n] < widths[n]}
-        if not ratios:
-            return copy.deepcopy(dense)
-        return prune(dense, x, scores=scores, round_to=1, global_ranking=False,
-                     goal=LayerRatios(ratios)).model
+        return given_widths(dense, scores, x, [counts[n] for n in names])
 
     macs, accuracy = dense_macs, evaluate(dense, data, split="val", limit=2000)
     while 1 - macs / dense_macs < target - 0.01:
