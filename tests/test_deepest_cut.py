@@ -244,3 +244,25 @@ def test_a_level_the_parents_cut_already_reaches_takes_the_parents_verdict(
     assert second["level"] == 0.7 and second["parent"] == 0  # within the first's 75%
     assert second["macs"] == first["macs"] and second["cost"] == 0 and second["accepted"]
     assert "the cut of level 0.5" in second["note"]
+
+
+def test_a_step_from_a_twin_trial_repeats_the_step_from_the_trial_it_twins():
+    """The full Fashion-MNIST search tried 50% (-62.6% MACs, accepted), 70% from it (-76.8%,
+    rejected), 60% (the 50% cut again: a twin of it, same model) and 65% from that twin,
+    which cut -76.8% again: the same cut from the same model, so it is 70%'s twin and is not
+    fine-tuned a second time."""
+    from torch import nn
+
+    from edgeprune.pruning.level_search import Trial
+
+    trials = object.__new__(deepest_cut._Trials)
+    first, deeper = nn.Linear(1, 1), nn.Linear(1, 1)
+    trials.models = {None: nn.Linear(1, 1), 0: first, 1: deeper, 2: first}
+    earlier = [Trial(0.5, 0.626, 11_000, 0.56, True, 8.0, 160.0),
+               Trial(0.7, 0.768, 6_800, 1.74, False, 2.0, 116.0, parent=0),
+               Trial(0.6, 0.626, 11_000, 0.56, True, 0.0, 0.0, parent=0,
+                     note="tflite int8, the cut of level 0.5")]
+    assert trials.twin_of(earlier, 2, 6_800) == 1  # from the twin: 70%'s cut
+    assert trials.twin_of(earlier, 2, 11_000) == 2  # the parent's own cut
+    assert trials.twin_of(earlier, None, 6_800) is None  # from the dense model: a new cut
+    assert trials.twin_of(earlier, 0, 5_000) is None  # deeper than any: a new cut

@@ -278,7 +278,24 @@ def test_compress_options_set_the_search_budget_and_its_wall_time_guard() -> Non
 
     cfg = CompressConfig(search_minutes=2.5)
     settings = search_settings(cfg, 2000)
-    assert settings.wall_s == 150.0 and trial_epochs(cfg, 2000) == 60
-    assert settings.budget == 4 * 60  # four trials, each fine-tuned as a pinned run
+    assert settings.wall_s == 150.0 and trial_epochs(cfg, 2000, from_dense=True) == 60
+    assert settings.budget == 4 * 60  # the embedded subset: every trial at the 60-epoch cap
     assert search_settings(CompressConfig(search_budget=30), 2000).wall_s is None
     assert search_settings(CompressConfig(search_budget=30), 2000).budget == 30
+
+
+def test_a_trial_cut_from_the_dense_model_fine_tunes_longer_than_one_cut_from_a_trial() -> None:
+    """On full Fashion-MNIST a cut from the dense model fine-tunes like a pinned run (6
+    epochs), a step from an accepted trial a quarter of it, and the default budget is one of
+    the first and three of the second; --epochs sets every trial's length."""
+    from edgeprune.jobs.config import CompressConfig
+    from edgeprune.jobs.policy import finetune_epochs, search_settings, trial_epochs
+
+    cfg = CompressConfig()
+    assert trial_epochs(cfg, 60_000, from_dense=True) == finetune_epochs(cfg, 60_000) == 6
+    assert trial_epochs(cfg, 60_000, from_dense=False) == 2
+    assert search_settings(cfg, 60_000).budget == 6 + 3 * 2
+    pinned = CompressConfig(epochs=3)
+    assert trial_epochs(pinned, 60_000, True) == trial_epochs(pinned, 60_000, False) == 3
+    assert search_settings(pinned, 60_000).budget == 4 * 3
+    assert search_settings(CompressConfig(epochs=0), 60_000).budget == float("inf")

@@ -124,8 +124,8 @@ def compress_options(
         "bn_recalibration", "re-estimate BatchNorm statistics on this many training images "
         "after pruning (no weight update; 0 = off); use it with --epochs 0")] = D.bn_recalibration,
     epochs: Annotated[float | None, bounded(
-        "epochs", "fine-tuning epochs (default: enough to see 120k images, at most 60; 0 = no "
-        "fine-tuning)")] = D.epochs,
+        "epochs", "fine-tuning epochs (default: enough to see 360k images, at most 60; a "
+        "search trial cut from an accepted trial: 120k; 0 = no fine-tuning)")] = D.epochs,
     finetune: Annotated[str, typer.Option(
         help="fine-tuning loss: distill (knowledge distillation from the dense model) | ce "
         "(cross-entropy on the labels, as the criteria papers fine-tune)")] = D.finetune,

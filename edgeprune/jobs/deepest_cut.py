@@ -7,8 +7,9 @@ The policy (which level next, when to stop, which trial wins) is
 progressively: from the model of the deepest accepted trial below it (the dense model at
 first), with the criterion's scores of the channels that model kept (scored once, on the
 dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
-for `policy.trial_epochs` epochs (a pinned run's fine-tuning: the winner ships as it is, not
-fine-tuned again) and is judged by the file that would ship (the target's format at its
+for `policy.trial_epochs` epochs (a pinned run's fine-tuning when cut from the dense model, a
+quarter of it when cut from an accepted trial; the winner ships as it is, not fine-tuned
+again) and is judged by the file that would ship (the target's format at its
 first precision, int8 post-training quantization on the Pi profiles) on the validation split
 (half of the held-out images, see `compress._resolve`). The images the report uses are never
 read here.
@@ -105,6 +106,17 @@ class _Trials:
         return result.model, {n: s[result.kept[n]] if n in result.kept else s
                               for n, s in self.scores[parent].items()}
 
+    def twin_of(self, earlier: list[Trial], parent: int | None, macs: int) -> int | None:
+        """The trial among `earlier` whose model a cut of `parent`'s model to `macs` would be:
+        the parent itself when the cut is the parent's, else a fine-tuned trial that made
+        the same cut from the same model (a parent that was itself such a twin counts as
+        the trial it repeats). None: a new cut."""
+        if parent is not None and earlier[parent].macs == macs:
+            return parent
+        return next((i for i, t in enumerate(earlier)
+                     if t.macs == macs and t.cost > 0 and not t.note.startswith(UNREACHABLE)
+                     and self.models.get(t.parent) is self.models[parent]), None)
+
     def keep(self, index: int, model: nn.Module, scores: dict[str, torch.Tensor]) -> None:
         """Remember trial `index`'s model and scores, and write both beside search.json."""
         self.models[index], self.scores[index] = model, scores
@@ -119,6 +131,11 @@ class _Trials:
         """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
         for index, trial in enumerate(state.trials):
             if trial.note.startswith(UNREACHABLE):  # no model was made
+                continue
+            twin = self.twin_of(state.trials[:index], trial.parent, trial.macs) \
+                if trial.cost == 0 else None
+            if twin is not None:  # the same model as in the run that was killed
+                self.models[index], self.scores[index] = self.models[twin], self.scores[twin]
                 continue
             model, scores = self.prune_from(trial.parent, trial.level, achieved[trial.parent])
             weights = torch.load(self.run.path(TRIALS) / f"trial-{index}.pt",
@@ -135,7 +152,8 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
     validation split; returns the winner, fine-tuned by its trial (and its accepted parents)."""
     cfg, data = inputs.cfg, inputs.data
     settings = search_settings(cfg, len(data.train))
-    epochs = trial_epochs(cfg, len(data.train))
+    epochs = {from_dense: trial_epochs(cfg, len(data.train), from_dense)
+              for from_dense in (True, False)}
     precision, ship = inputs.precisions[0], inputs.target.ship_format
     qat_epochs_ = qat_epochs(cfg, len(data.train)) if format_named(ship).qat else 0.0
     dense_macs = count(dense, torch.zeros(1, *inputs.spec.shape))[0]
@@ -155,7 +173,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
          f"{cfg.max_drop:g} point{'' if cfg.max_drop == 1 else 's'} of dense on {len(val_y)} "
          "validation images "
          f"(dense top-1 {dense_right.mean() * 100:.2f}%; {_rule(dense_right, cfg.max_drop)}); "
-         f"{epochs:g} fine-tuning epochs a trial, budget {settings.budget:g} epochs")
+         f"{_epochs_line(epochs)}, budget {settings.budget:g} epochs")
 
     def verdict(right: np.ndarray) -> ToleranceVerdict:
         return tolerance_verdict(dense_right, right, cfg.max_drop)
@@ -172,9 +190,7 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
             return Trial(level, 0.0, 0, 100.0, False, 0.0, time.perf_counter() - t0, None,
                          parent, f"{UNREACHABLE}: {reason}")  # no model: 100 points lost
         macs = count(model, torch.zeros(1, *inputs.spec.shape))[0]
-        twin = parent if parent is not None and state.trials[parent].macs == macs else next(
-            (i for i, t in enumerate(state.trials)
-             if t.parent == parent and t.macs == macs and t.cost > 0), None)
+        twin = trials.twin_of(state.trials, parent, macs)
         if twin is not None:  # channel rounding made the same cut (or the parent's): judged
             same = state.trials[twin]
             index = len(achieved) - 1
@@ -186,14 +202,15 @@ def search_deepest_cut(inputs: Inputs, run: RunFolder, dense: nn.Module,
             return Trial(level, same.achieved, macs, same.drop_points, same.accepted, 0.0,
                          time.perf_counter() - t0, same.latency_ms, parent,
                          f"{same.note}, the cut of level {same.level:g}", same.drop_bound)
-        tcfg = TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+        tuning = epochs[parent is None]
+        tcfg = TrainConfig(epochs=tuning, lr=cfg.lr, batch_size=cfg.batch_size,
                            seed=cfg.seed + len(achieved), monitor=False)
-        if epochs > 0:
+        if tuning > 0:
             train(model, data, tcfg, teacher=teacher(cfg, dense),
                   description=f"fine-tuning level {level:.0%}")
         model = model.cpu().eval()
         right, latency = _judge(inputs, model, samples, val_x, precision)
-        judged, note, cost = verdict(right == val_y.numpy()), f"{ship} {precision}", epochs
+        judged, note, cost = verdict(right == val_y.numpy()), f"{ship} {precision}", tuning
         fp32 = verdict(model_right(model, val_x, val_y)) if (
             precision == "int8" and qat_epochs_ > 0) else None
         if fp32 is not None and qat_wanted(judged, fp32):
@@ -288,6 +305,14 @@ def model_right(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarra
     with torch.no_grad():
         pred = torch.cat([model(batch).argmax(1) for batch in x.split(512)])
     return (pred == y).numpy()
+
+
+def _epochs_line(epochs: dict[bool, float]) -> str:
+    """The trials' fine-tuning lengths for the search's first line."""
+    if epochs[True] == epochs[False]:
+        return f"{epochs[True]:g} fine-tuning epochs a trial"
+    return (f"{epochs[True]:g} fine-tuning epochs a trial cut from the dense model, "
+            f"{epochs[False]:g} from an accepted trial's")
 
 
 def _drop(v: ToleranceVerdict) -> str:
