@@ -286,16 +286,36 @@ def test_compress_options_set_the_search_budget_and_its_wall_time_guard() -> Non
 
 def test_a_trial_cut_from_the_dense_model_fine_tunes_longer_than_one_cut_from_a_trial() -> None:
     """On full Fashion-MNIST a cut from the dense model fine-tunes like a pinned run (6
-    epochs), a step from an accepted trial a quarter of it, and the default budget is one of
-    the first and three of the second; --epochs sets every trial's length."""
+    epochs), a step from an accepted trial a third of it, and the default budget is two of
+    each; --epochs sets every trial's length."""
     from edgeprune.jobs.config import CompressConfig
     from edgeprune.jobs.policy import finetune_epochs, search_settings, trial_epochs
 
     cfg = CompressConfig()
     assert trial_epochs(cfg, 60_000, from_dense=True) == finetune_epochs(cfg, 60_000) == 6
     assert trial_epochs(cfg, 60_000, from_dense=False) == 2
-    assert search_settings(cfg, 60_000).budget == 6 + 3 * 2
+    assert search_settings(cfg, 60_000).budget == 2 * 6 + 2 * 2
     pinned = CompressConfig(epochs=3)
     assert trial_epochs(pinned, 60_000, True) == trial_epochs(pinned, 60_000, False) == 3
     assert search_settings(pinned, 60_000).budget == 4 * 3
     assert search_settings(CompressConfig(epochs=0), 60_000).budget == float("inf")
+
+
+def test_the_default_budget_steps_deeper_from_a_fallback_when_the_first_level_fails() -> None:
+    """Level 50% outside the tolerance costs a cut from the dense model, and so does the
+    shallower 25% tried next; the default budget still lets the search step deeper from 25%
+    (as it did when every trial cost the same), instead of ending at the fallback."""
+    from edgeprune.jobs.config import CompressConfig
+    from edgeprune.jobs.policy import search_settings, trial_epochs
+
+    cfg, calls = CompressConfig(), []
+
+    def evaluate(level: float, parent: int | None) -> Trial:
+        calls.append((level, parent))
+        return make_trial(level, parent, 0.5 if level < 0.45 else 2.0,
+                          cost=trial_epochs(cfg, 60_000, from_dense=parent is None))
+
+    state = run_search(evaluate, search_settings(cfg, 60_000))
+    assert calls == [(0.5, None), (0.25, None), (0.375, 1), (0.4375, 2)]
+    assert state.best().level == 0.4375 and state.stopped.startswith("budget")
+

@@ -42,9 +42,9 @@ def compress(
         "on validation data, see --search-budget]")] = D.flops_reduction,
     search_budget: Annotated[float | None, bounded(
         "search_budget", "fine-tuning epochs the level search may spend on its trials "
-        "(QAT included) [default: four trials: one cut from the dense model, fine-tuned as a "
-        "pinned run would be, and three cut from accepted trials, fine-tuned a quarter as "
-        "long]")
+        "(QAT included) [default: four trials' fine-tuning: two cut from the dense model, "
+        "fine-tuned as a pinned run would be, and two cut from accepted trials, fine-tuned a "
+        "third as long]")
     ] = D.search_budget,
     search_minutes: Annotated[float | None, bounded(
         "search_minutes", "a wall-time guard on the level search: no trial starts after its "

@@ -8,7 +8,7 @@ progressively: from the model of the deepest accepted trial below it (the dense 
 first), with the criterion's scores of the channels that model kept (scored once, on the
 dense model), one-shot to the level's share of the dense model's FLOPs; it then fine-tunes
 for `policy.trial_epochs` epochs (a pinned run's fine-tuning when cut from the dense model, a
-quarter of it when cut from an accepted trial; the winner ships as it is, not fine-tuned
+third of it when cut from an accepted trial; the winner ships as it is, not fine-tuned
 again) and is judged by the file that would ship (the target's format at its
 first precision, int8 post-training quantization on the Pi profiles) on the validation split
 (half of the held-out images, see `compress._resolve`). The images the report uses are never
@@ -17,7 +17,8 @@ read here.
 Every trial is written to the run folder as it ends (`search.json`, and the trial's
 state_dict and channel scores under `search/`), so a run killed during the search resumes at
 the trial it was in: the finished trials' models are rebuilt by replaying their pruning from
-the dense model and loading their weights.
+the dense model and loading their weights, and a trial that repeated another's cut is linked
+to that trial's model again, as it was in the killed run.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ class _Trials:
             self.run.record(path, "search-trial", "search", trial=index)
 
     def restore(self, state: SearchState, achieved: dict[int | None, float]) -> None:
-        """Rebuild the finished trials' models (replaying their pruning, loading weights)."""
+        """Rebuild the finished trials' models (replaying their pruning, loading weights); a
+        trial that repeated another's cut shares that trial's model, as in the killed run."""
         for index, trial in enumerate(state.trials):
             if trial.note.startswith(UNREACHABLE):  # no model was made
                 continue

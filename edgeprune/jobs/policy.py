@@ -45,8 +45,8 @@ MAX_QAT_EPOCHS = 10  # ... in at most this many epochs
 QAT_LR_SHARE = 0.1  # ... at this share of the fine-tuning learning rate
 DEFAULT_FLOPS_REDUCTION = 0.5
 """The one level `prune` cuts to when no goal is named."""
-TRIALS_PER_BUDGET = 4  # the default search budget: one trial from the dense model and three
-# cut from accepted trials ...
+DENSE_TRIALS_PER_BUDGET = 2  # the default search budget: two trials cut from the dense model
+STEP_TRIALS_PER_BUDGET = 2  # ... and two cut from accepted trials ...
 SEARCH_START, SEARCH_STEP, SEARCH_MIN_STEP = 0.5, 0.2, 0.05
 
 
@@ -79,9 +79,9 @@ def trial_epochs(cfg: CompressConfig, train_images: int, from_dense: bool) -> fl
     (`finetune_epochs`), so it is judged in the state it ships in. A trial cut from an
     accepted trial's model starts from a network that has recovered already and loses only
     the step between the two levels, so it fine-tunes for STEP_FINETUNE_SAMPLES images, a
-    quarter as long (NetAdapt's short-term fine-tuning of each step, Yang et al. 2018).
-    Judged after a quarter of its fine-tuning from the dense model, full Fashion-MNIST's
-    -62.6% cut lost 1.54 validation points and was rejected; after the whole of it, 0.38."""
+    third as long (NetAdapt's short-term fine-tuning of each step, Yang et al. 2018).
+    Judged after half an epoch, full Fashion-MNIST's -62.6% cut lost 1.54 validation points
+    and was rejected; after the 6 epochs of a cut from the dense model, 0.38."""
     if cfg.epochs is not None or from_dense:
         return finetune_epochs(cfg, train_images)
     return _epochs_to_see(STEP_FINETUNE_SAMPLES, train_images)
@@ -90,13 +90,14 @@ def trial_epochs(cfg: CompressConfig, train_images: int, from_dense: bool) -> fl
 def search_settings(cfg: CompressConfig, train_images: int) -> SearchSettings:
     """How the level search runs: from SEARCH_START up in SEARCH_STEP steps, the step halved
     on each rejection, until the bracket is narrower than SEARCH_MIN_STEP or --search-budget
-    (default: the fine-tuning epochs of TRIALS_PER_BUDGET trials, the first from the dense
-    model, the others cut from accepted trials) is spent, or the trials' wall time
-    reaches --search-minutes (no new trial starts after it); with --epochs 0 the trials
-    fine-tune nothing and only the bracket and the wall time end it."""
+    (default: the fine-tuning epochs of DENSE_TRIALS_PER_BUDGET trials cut from the dense
+    model and STEP_TRIALS_PER_BUDGET cut from accepted trials, so that a first level outside
+    the tolerance leaves room for a shallower one and a step deeper from it) is spent, or
+    the trials' wall time reaches --search-minutes (no new trial starts after it); with
+    --epochs 0 the trials fine-tune nothing and only the bracket and the wall time end it."""
     budget = cfg.search_budget if cfg.search_budget is not None else (
-        trial_epochs(cfg, train_images, from_dense=True)
-        + (TRIALS_PER_BUDGET - 1) * trial_epochs(cfg, train_images, from_dense=False))
+        DENSE_TRIALS_PER_BUDGET * trial_epochs(cfg, train_images, from_dense=True)
+        + STEP_TRIALS_PER_BUDGET * trial_epochs(cfg, train_images, from_dense=False))
     if cfg.epochs == 0:  # trials cost no fine-tuning, so the bracket alone ends the search
         budget = math.inf  # (a handful of trials)
     wall_s = cfg.search_minutes * 60 if cfg.search_minutes is not None else None
