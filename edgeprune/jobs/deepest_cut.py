@@ -115,7 +115,7 @@ class _Trials:
         if parent is not None and earlier[parent].macs == macs:
             return parent
         return next((i for i, t in enumerate(earlier)
-                     if t.macs == macs and t.cost > 0 and not t.note.startswith(UNREACHABLE)
+                     if t.macs == macs and t.cost > 0  # unreachable trials cost 0 too
                      and self.models.get(t.parent) is self.models[parent]), None)
 
     def keep(self, index: int, model: nn.Module, scores: dict[str, torch.Tensor]) -> None:
